@@ -1,0 +1,409 @@
+"""Typed, strict configuration: the `sweep.yaml` schema and the resolved config of one trial.
+
+One frozen class per concern (litgpt's `args.py`, Ray Train's `api/config.py`); every cross-field check
+lives in a validator here, so a bad sweep file is refused at load with the YAML path and the fix, before
+anything is submitted. Nothing in this module touches Ray, S3, MLflow or the environment.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# The paper's ImageNet nets (Table 1) and its CIFAR-10 nets of 6n+2 layers (Section 4.2, Table 6).
+IMAGENET_DEPTHS: tuple[int, ...] = (18, 34, 50, 101, 152)
+CIFAR_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110, 1202)
+ALL_DEPTHS: tuple[int, ...] = IMAGENET_DEPTHS + CIFAR_DEPTHS
+
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+class ConfigError(ValueError):
+    """A sweep file that cannot run. The message names the file, the YAML path and the fix."""
+
+
+class _Strict(BaseModel):
+    # strict: YAML "0.1" (a string) is not a float, `yes` is not silently a bool; frozen: runtime state is
+    # never written into the parsed config (STYLE.md, torchvision's init_distributed_mode anti-pattern).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class ModelConfig(_Strict):
+    """Which member of the ResNet family a trial trains."""
+
+    depth: int = 18
+    residual: bool = True
+    # He et al. 2015, Section 3.3 / Table 3: A zero-padding identity, B projection when dimensions grow, C all.
+    shortcut: Literal["A", "B", "C"] = "B"
+    # v1: stride 2 in the bottleneck's first 1x1 (the paper); v1.5: stride in the 3x3 (torchvision's default).
+    variant: Literal["v1", "v1.5"] = "v1.5"
+    # Zero-init of each block's last BN (Goyal et al. 2017, arXiv:1706.02677, Section 5.1).
+    zero_init_residual: bool = False
+    # Width of the first stage; 64 in the paper (16 for CIFAR). Smaller values make CPU smoke runs cheap.
+    base_width: int | None = Field(default=None, gt=0)
+    num_classes: int = Field(default=1000, gt=1)
+    # Explicit registry name (e.g. the tiny `test_resnet` used in CI); overrides the name derived from depth.
+    arch: str | None = None
+
+    @field_validator("depth")
+    @classmethod
+    def _known_depth(cls, depth: int) -> int:
+        if depth not in ALL_DEPTHS:
+            choices = ", ".join(str(d) for d in ALL_DEPTHS)
+            raise ValueError(f"{depth} is not a ResNet depth; choose one of {choices}")
+        return depth
+
+    @property
+    def is_cifar(self) -> bool:
+        return self.arch is None and self.depth in CIFAR_DEPTHS
+
+    @property
+    def registry_name(self) -> str:
+        if self.arch is not None:
+            return self.arch
+        return f"cifar_resnet{self.depth}" if self.is_cifar else f"resnet{self.depth}"
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """Overrides for `models.get_model(self.registry_name, **kwargs)`."""
+        kwargs: dict[str, Any] = {"residual": self.residual, "num_classes": self.num_classes}
+        if self.base_width is not None:
+            kwargs["base_width"] = self.base_width
+        if self.arch is None and not self.is_cifar:
+            # The CIFAR nets are option A by definition (Section 4.2); the switches below are ImageNet-only.
+            kwargs.update(shortcut=self.shortcut, variant=self.variant, zero_init_residual=self.zero_init_residual)
+        return kwargs
+
+
+class RecipeConfig(_Strict):
+    """The optimisation recipe. Defaults are the paper's ImageNet recipe (Section 3.4)."""
+
+    # "SGD with a mini-batch size of 256. The learning rate starts from 0.1" (Section 3.4); scaled linearly with
+    # the global batch (Goyal et al. 2017): lr_effective = lr * batch_size / lr_reference_batch.
+    lr: float = Field(default=0.1, gt=0)
+    lr_reference_batch: int = Field(default=256, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    batch_size: int = Field(default=256, gt=0, description="global batch, summed over all workers")
+    epochs: int = Field(default=90, gt=0)
+    # "divided by 10 when the error plateaus" (Section 3.4); `step` at fixed epochs is torchvision's 30/60/80.
+    schedule: Literal["step", "plateau", "cosine"] = "step"
+    # strict=False: a YAML list is the natural way to write these.
+    milestones: tuple[int, ...] = Field(default=(30, 60, 80), strict=False)
+    gamma: float = Field(default=0.1, gt=0, lt=1)
+    plateau_patience: int = Field(default=5, ge=0)
+    # "auto": 5 epochs of linear warm-up when the global batch exceeds 1024 (Goyal et al. 2017, Section 2.2),
+    # none at the paper's 256.
+    warmup_epochs: float | Literal["auto"] = "auto"
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    # Augmentation preset of pipelines.presets: `standard` (RandomResizedCrop) or `paper` (Section 3.4 scale aug).
+    preset: Literal["standard", "paper"] = "standard"
+    image_size: int = Field(default=224, gt=0)
+    resize_size: int = Field(default=256, gt=0)
+    # "auto": bf16 autocast on GPU, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # None: channels_last on GPU (faster convolutions on tensor cores), contiguous NCHW on CPU.
+    channels_last: bool | None = None
+    compile: bool = False
+    # Caps an epoch at this many steps (smoke runs); None trains every sample of every epoch.
+    steps_per_epoch: int | None = Field(default=None, gt=0)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, milestones: tuple[int, ...]) -> tuple[int, ...]:
+        if any(b <= a for a, b in itertools.pairwise(milestones)) or any(m <= 0 for m in milestones):
+            raise ValueError(f"{list(milestones)} must be positive and strictly increasing, e.g. [30, 60, 80]")
+        return milestones
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> RecipeConfig:
+        if self.image_size > self.resize_size:
+            raise ValueError(
+                f"image_size {self.image_size} is larger than resize_size {self.resize_size}; "
+                "the validation center crop must fit in the resized image (the paper: 224 of 256)"
+            )
+        return self
+
+    @property
+    def scaled_lr(self) -> float:
+        return self.lr * self.batch_size / self.lr_reference_batch
+
+    @property
+    def resolved_warmup_epochs(self) -> float:
+        if self.warmup_epochs == "auto":
+            return 5.0 if self.batch_size > 1024 else 0.0
+        return self.warmup_epochs
+
+
+class DataConfig(_Strict):
+    """Where the shards are (a local path or `s3://bucket/prefix` written by `resnet-orch data shard`)."""
+
+    train: str
+    val: str | None = None
+    backend: Literal["auto", "dali", "torch"] = "auto"
+    num_threads: int = Field(default=4, gt=0)
+
+
+class ResourcesConfig(_Strict):
+    """Per-trial resources: `workers` DDP ranks, each with these GPUs and CPUs."""
+
+    workers: int = Field(default=1, gt=0)
+    gpus_per_worker: float = Field(default=0, ge=0)
+    cpus_per_worker: float = Field(default=1, gt=0)
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus_per_worker > 0
+
+
+class CheckpointConfig(_Strict):
+    every_steps: int = Field(default=1000, gt=0, description="also written at each epoch end")
+    keep: int = Field(default=3, gt=0)
+
+
+class TrackingConfig(_Strict):
+    # None: the embedded MLflow store under RESNET_ORCH_HOME.
+    uri: str | None = None
+    experiment: str | None = None
+    registered_model: str | None = None
+
+
+class ChaosConfig(_Strict):
+    """Fault injection for drills: SIGKILL `kill_rank` at `at_step` of each trial's first attempt only."""
+
+    kill_rank: int = Field(ge=0)
+    at_step: int = Field(gt=0)
+
+
+class TrialConfig(_Strict):
+    """Everything one trial runs with, fully resolved (logged as the trial's MLflow params and artifact)."""
+
+    trial_id: str
+    sweep_name: str
+    seed: int
+    model: ModelConfig
+    recipe: RecipeConfig
+    data: DataConfig
+    resources: ResourcesConfig
+    checkpoint: CheckpointConfig
+    storage: str
+    max_failures: int = Field(ge=0)
+    chaos: ChaosConfig | None = None
+
+    @property
+    def per_worker_batch(self) -> int:
+        return self.recipe.batch_size // self.resources.workers
+
+
+_MODEL_AXES = frozenset(ModelConfig.model_fields)
+_RECIPE_AXES = frozenset(RecipeConfig.model_fields)
+GRID_AXES: tuple[str, ...] = ("seed", *sorted(_MODEL_AXES), *sorted(_RECIPE_AXES))
+
+
+class SweepConfig(_Strict):
+    """The `sweep.yaml` schema. `grid` maps an axis (a model or recipe field, or `seed`) to its values."""
+
+    name: str
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seed: int = 0
+    model: ModelConfig = ModelConfig()
+    recipe: RecipeConfig = RecipeConfig()
+    data: DataConfig
+    resources: ResourcesConfig = ResourcesConfig()
+    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    max_failures: int = Field(default=3, ge=0)
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    # None: RESNET_ORCH_HOME/storage on this machine; a multi-node cluster needs s3:// or a shared path.
+    storage: str | None = None
+    tracking: TrackingConfig = TrackingConfig()
+    chaos: ChaosConfig | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str) -> str:
+        if not _NAME_PATTERN.match(name):
+            raise ValueError(
+                f"{name!r} is not a valid sweep name; use letters, digits, '-', '_' or '.' (at most 63 characters)"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> SweepConfig:
+        for axis, values in self.grid.items():
+            if axis not in GRID_AXES:
+                raise _PathError(("grid", axis), f"unknown axis; choose among {', '.join(GRID_AXES)}")
+            if not values:
+                raise _PathError(("grid", axis), "is empty; list at least one value or remove the axis")
+            for index, value in enumerate(values):
+                _check_axis_value(self, axis, index, value)
+        for trial in self._combinations():
+            workers = self.resources.workers
+            batch = trial["recipe"].batch_size
+            if batch % workers:
+                raise _PathError(
+                    ("recipe", "batch_size"),
+                    f"{batch} is not divisible by resources.workers={workers}; choose a multiple of {workers}",
+                )
+        if self.chaos is not None and self.chaos.kill_rank >= self.resources.workers:
+            raise _PathError(
+                ("chaos", "kill_rank"),
+                f"{self.chaos.kill_rank} is not a rank of a {self.resources.workers}-worker trial; "
+                f"choose 0..{self.resources.workers - 1}",
+            )
+        return self
+
+    def _combinations(self) -> list[dict[str, Any]]:
+        axes = list(self.grid)
+        combos: list[dict[str, Any]] = []
+        for values in itertools.product(*(self.grid[a] for a in axes)):
+            chosen = dict(zip(axes, values, strict=True))
+            model_overrides = {k: v for k, v in chosen.items() if k in _MODEL_AXES}
+            recipe_overrides = {k: v for k, v in chosen.items() if k in _RECIPE_AXES}
+            combos.append(
+                {
+                    "axes": chosen,
+                    "seed": chosen.get("seed", self.seed),
+                    "model": self.model.model_validate({**self.model.model_dump(), **model_overrides}),
+                    "recipe": self.recipe.model_validate({**self.recipe.model_dump(), **recipe_overrides}),
+                }
+            )
+        return combos
+
+    def expand(self, storage_root: str | None = None) -> list[TrialConfig]:
+        """The grid's cartesian product, in file order, one `TrialConfig` each with a stable id."""
+        storage = self.storage or storage_root
+        if storage is None:
+            raise ConfigError("storage: not set; give `storage:` in the sweep file or a default storage root")
+        trials = []
+        for index, combo in enumerate(self._combinations()):
+            trials.append(
+                TrialConfig(
+                    trial_id=trial_id(index, combo["axes"]),
+                    sweep_name=self.name,
+                    seed=combo["seed"],
+                    model=combo["model"],
+                    recipe=combo["recipe"],
+                    data=self.data,
+                    resources=self.resources,
+                    checkpoint=self.checkpoint,
+                    storage=storage,
+                    max_failures=self.max_failures,
+                    chaos=self.chaos,
+                )
+            )
+        return trials
+
+
+def trial_id(index: int, axes: dict[str, Any]) -> str:
+    """`003-depth34-plain-shortcutB-seed1`: stable across resumes, readable in `status` and MLflow."""
+    parts = [f"{index:03d}"]
+    for axis, value in axes.items():
+        if axis == "residual":
+            parts.append("residual" if value else "plain")
+        elif isinstance(value, bool):
+            parts.append(axis if value else f"no-{axis}")
+        else:
+            parts.append(f"{axis}{value}".replace("/", "-"))
+    return "-".join(parts)
+
+
+class _PathError(ValueError):
+    """A validation error that knows its own YAML path (grid values are checked one by one)."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _check_axis_value(sweep: SweepConfig, axis: str, index: int, value: Any) -> None:
+    base: BaseModel
+    if axis == "seed":
+        if type(value) is not int:
+            raise _PathError(("grid", axis, index), f"{value!r} is not an integer seed")
+        return
+    base = sweep.model if axis in _MODEL_AXES else sweep.recipe
+    try:
+        base.model_validate({**base.model_dump(), axis: value})
+    except ValidationError as exc:
+        detail = exc.errors()[0]
+        raise _PathError(("grid", axis, index), _clean_message(detail["msg"], value)) from None
+
+
+def _clean_message(msg: str, value: Any) -> str:
+    msg = msg.removeprefix("Value error, ")
+    return msg if repr(value) in msg or str(value) in msg else f"{value!r}: {msg}"
+
+
+def _format_loc(loc: tuple[str | int, ...]) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
+    """Valid keys of the config class at `loc` (for "unknown key" errors)."""
+    cls: type[BaseModel] = SweepConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part)
+        annotation = field.annotation if field else None
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not nested:
+            return []
+        cls = nested[0]
+    return sorted(cls.model_fields)
+
+
+def _describe(error: Any) -> tuple[tuple[str | int, ...], str]:
+    loc = tuple(error["loc"])
+    ctx_error = error.get("ctx", {}).get("error")
+    if isinstance(ctx_error, _PathError):
+        return ctx_error.loc, ctx_error.message
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return loc, f"unknown key; valid keys here: {', '.join(_fields_at(loc))}"
+    if kind == "missing":
+        return loc, "is required"
+    if kind == "value_error":
+        return loc, _clean_message(error["msg"], error.get("input"))
+    return loc, f"{error['msg']} (got {error.get('input')!r})"
+
+
+def parse_sweep(data: Any, source: str = "<sweep>") -> SweepConfig:
+    """Validate already-parsed YAML; raise `ConfigError` listing every problem with its YAML path."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping with at least `name` and `data`")
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc, message = _describe(error)
+            lines.append(f"{source}: {_format_loc(loc) or '<top>'}: {message}")
+        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+
+
+def load_sweep(path: str | Path) -> SweepConfig:
+    """Read and validate a sweep file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass the path of a sweep YAML (see examples/)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}; fix the syntax there") from None
+    return parse_sweep(data, source=str(path))
