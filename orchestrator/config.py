@@ -330,13 +330,15 @@ def _check_axis_value(sweep: SweepConfig, axis: str, index: int, value: Any) -> 
     try:
         base.model_validate({**base.model_dump(), axis: value})
     except ValidationError as exc:
-        detail = exc.errors()[0]
-        raise _PathError(("grid", axis, index), _clean_message(detail["msg"], value)) from None
+        raise _PathError(("grid", axis, index), _describe(exc.errors()[0])[1]) from None
 
 
 def _clean_message(msg: str, value: Any) -> str:
+    """Pydantic's message, led by the offending value unless the message names it (or it is a whole section)."""
     msg = msg.removeprefix("Value error, ")
-    return msg if repr(value) in msg or str(value) in msg else f"{value!r}: {msg}"
+    if isinstance(value, dict) or repr(value) in msg or str(value) in msg:
+        return msg
+    return f"{value!r}: {msg}"
 
 
 def _format_loc(loc: tuple[str | int, ...]) -> str:

@@ -1,0 +1,151 @@
+"""The sweep/trial schema: expansion, derived values and the error texts a user sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import ConfigError, SweepConfig, load_sweep, parse_sweep
+
+BASE = {"name": "t", "data": {"train": "s3://bucket/train"}}
+
+
+def sweep(**overrides: object) -> SweepConfig:
+    return parse_sweep({**BASE, **overrides}, source="sweep.yaml")
+
+
+def error_text(**overrides: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        sweep(**overrides)
+    return str(info.value)
+
+
+def test_grid_expands_to_cartesian_product_in_file_order() -> None:
+    trials = sweep(grid={"depth": [18, 34], "residual": [False, True], "seed": [0, 1]}).expand("/tmp/storage")
+    assert len(trials) == 8
+    assert [t.trial_id for t in trials[:3]] == [
+        "000-depth18-plain-seed0",
+        "001-depth18-plain-seed1",
+        "002-depth18-residual-seed0",
+    ]
+    assert [(t.model.depth, t.model.residual, t.seed) for t in trials[-2:]] == [(34, True, 0), (34, True, 1)]
+    assert {t.storage for t in trials} == {"/tmp/storage"}
+
+
+def test_recipe_axis_overrides_only_that_field() -> None:
+    trials = sweep(recipe={"epochs": 3}, grid={"lr": [0.1, 0.2]}).expand("/s")
+    assert [t.recipe.lr for t in trials] == [0.1, 0.2]
+    assert {t.recipe.epochs for t in trials} == {3}
+
+
+def test_expand_needs_storage() -> None:
+    with pytest.raises(ConfigError, match="storage: not set"):
+        sweep().expand()
+    assert sweep(storage="s3://b/runs").expand()[0].storage == "s3://b/runs"
+
+
+def test_model_names_and_kwargs_for_each_family() -> None:
+    imagenet, cifar, tiny = (
+        sweep(model={"depth": 50, "shortcut": "A", "variant": "v1"}).expand("/s")[0].model,
+        sweep(model={"depth": 110, "residual": False}).expand("/s")[0].model,
+        sweep(model={"arch": "test_resnet"}).expand("/s")[0].model,
+    )
+    assert imagenet.registry_name == "resnet50"
+    assert imagenet.model_kwargs() == {
+        "residual": True,
+        "num_classes": 1000,
+        "shortcut": "A",
+        "variant": "v1",
+        "zero_init_residual": False,
+    }
+    assert cifar.registry_name == "cifar_resnet110"
+    assert cifar.model_kwargs() == {"residual": False, "num_classes": 1000}
+    assert tiny.registry_name == "test_resnet"
+
+
+def test_linear_lr_scaling_and_auto_warmup() -> None:
+    # Paper: 0.1 at batch 256; Goyal et al.: scale linearly and warm up for 5 epochs past 1024.
+    paper = sweep().expand("/s")[0].recipe
+    assert paper.scaled_lr == pytest.approx(0.1)
+    assert paper.resolved_warmup_epochs == 0.0
+    large = sweep(recipe={"batch_size": 8192}).expand("/s")[0].recipe
+    assert large.scaled_lr == pytest.approx(3.2)
+    assert large.resolved_warmup_epochs == 5.0
+    assert sweep(recipe={"warmup_epochs": 2}).expand("/s")[0].recipe.resolved_warmup_epochs == 2
+
+
+def test_per_worker_batch() -> None:
+    assert sweep(resources={"workers": 4}).expand("/s")[0].per_worker_batch == 64
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"grid": {"depth": [18, 19]}},
+            "sweep.yaml: grid.depth[1]: 19 is not a ResNet depth; choose one of 18, 34, 50, 101, 152, 20, 32, 44, "
+            "56, 110, 1202",
+        ),
+        ({"grid": {"shortcut": ["A", "D"]}}, "sweep.yaml: grid.shortcut[1]: Input should be 'A', 'B' or 'C' (got 'D')"),
+        ({"grid": {"depth": []}}, "sweep.yaml: grid.depth: is empty; list at least one value or remove the axis"),
+        ({"grid": {"seed": [0, "x"]}}, "sweep.yaml: grid.seed[1]: 'x' is not an integer seed"),
+        ({"recipe": {"lr": "0.1"}}, "sweep.yaml: recipe.lr: Input should be a valid number (got '0.1')"),
+        ({"model": {"residual": "yes"}}, "sweep.yaml: model.residual: Input should be a valid boolean (got 'yes')"),
+        (
+            {"resources": {"workers": 3}},
+            "sweep.yaml: recipe.batch_size: 256 is not divisible by resources.workers=3; choose a multiple of 3",
+        ),
+        (
+            {"chaos": {"kill_rank": 1, "at_step": 5}},
+            "sweep.yaml: chaos.kill_rank: 1 is not a rank of a 1-worker trial; choose 0..0",
+        ),
+        (
+            {"recipe": {"image_size": 300}},
+            "sweep.yaml: recipe: image_size 300 is larger than resize_size 256; the validation center crop must fit",
+        ),
+        ({"recipe": {"milestones": [60, 30]}}, "sweep.yaml: recipe.milestones: [60, 30] must be positive"),
+    ],
+)
+def test_error_names_yaml_path_and_fix(overrides: dict[str, object], expected: str) -> None:
+    assert error_text(**overrides).startswith(expected)
+
+
+def test_unknown_key_lists_valid_keys() -> None:
+    text = error_text(checkpoint={"every": 5})
+    assert text == "sweep.yaml: checkpoint.every: unknown key; valid keys here: every_steps, keep"
+
+
+def test_unknown_grid_axis_lists_axes() -> None:
+    assert error_text(grid={"dept": [18]}).startswith("sweep.yaml: grid.dept: unknown axis; choose among seed, arch,")
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_sweep({"name": "bad name", "recipe": {"epochs": 0}}, source="s.yaml")
+    lines = str(info.value).splitlines()
+    assert lines == [
+        "s.yaml: name: 'bad name' is not a valid sweep name; use letters, digits, '-', '_' or '.' (at most 63 "
+        "characters)",
+        "s.yaml: recipe.epochs: Input should be greater than 0 (got 0)",
+        "s.yaml: data: is required",
+    ]
+
+
+def test_load_sweep_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope.yaml: no such file; pass the path of a sweep YAML"):
+        load_sweep(tmp_path / "nope.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\ngrid: {depth: [18\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: not valid YAML at line 3, column 1; fix the syntax there"):
+        load_sweep(broken)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n")
+    with pytest.raises(ConfigError, match="the top level must be a mapping"):
+        load_sweep(listing)
+
+
+def test_configs_are_frozen() -> None:
+    trial = sweep().expand("/s")[0]
+    with pytest.raises(ValueError, match="frozen"):
+        trial.recipe.lr = 1.0  # type: ignore[misc]
