@@ -113,6 +113,11 @@ class SeaweedFS:
             raise RuntimeError("SeaweedFS is not running; use it as a context manager or call start()")
         return f"http://{_HOST}:{self.port}"
 
+    @property
+    def pid(self) -> int | None:
+        """Pid (and process-group id) of the running `weed`; the local stack records it to stop it later."""
+        return self._proc.pid if self._proc is not None else None
+
     def aws_env(self) -> dict[str, str]:
         """The standard AWS variables that point boto3 and DALI at this server."""
         return {
