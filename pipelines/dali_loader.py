@@ -1,0 +1,108 @@
+"""The DALI loader: one pipeline per epoch and rank, restored mid-epoch from DALI's own checkpoint.
+
+A pipeline is built per epoch because its seed, and the shard-file order, are functions of the epoch
+(DALI fixes a pipeline's seed at construction). `enable_checkpointing=True` makes `Pipeline.checkpoint()`
+capture the reader position, the shuffle buffer and every random operator's state after the last
+returned batch; building with `checkpoint=` continues exactly there (no decoding to fast-forward).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from nvidia.dali.pipeline import Pipeline
+from nvidia.dali.plugin.pytorch import feed_ndarray
+
+from pipelines import dali
+from pipelines.loader import EpochLoader, EpochPlan, LoaderSpec, ShardSet
+
+logger = logging.getLogger(__name__)
+
+
+def labels_from_cls(tensor_list: Any) -> torch.Tensor:
+    """WebDataset `.cls` payloads (ASCII decimal bytes) -> int64 tensor."""
+    return torch.tensor([int(np.asarray(tensor_list.at(i)).tobytes()) for i in range(len(tensor_list))])
+
+
+class DaliLoader(EpochLoader):
+    backend = "dali"
+
+    def __init__(self, spec: LoaderSpec, shards: ShardSet, plan: EpochPlan, device: torch.device) -> None:
+        super().__init__(spec, shards, plan, device)
+        self._device_id: int | None = None
+        if device.type == "cuda":
+            self._device_id = device.index if device.index is not None else torch.cuda.current_device()
+        self._pipe: Pipeline | None = None
+        self._checkpoint: bytes | None = None  # to restore from when the pipeline is next built
+
+    def _build(self) -> Pipeline:
+        order = self.epoch_files()
+        reader = dali.ReaderArgs(
+            paths=tuple(self.shards.tars[i] for i in order),
+            index_paths=tuple(self.shards.indexes[i] for i in order),
+            shard_id=self.plan.rank,
+            num_shards=self.plan.world_size,
+            shuffle=self.spec.shuffled,
+            initial_fill=self.spec.shuffle_buffer,
+        )
+        pipe = dali.build(
+            self.spec.split,
+            reader,
+            batch_size=self.spec.batch_size,
+            num_threads=self.spec.num_threads,
+            device_id=self._device_id,
+            seed=self.epoch_seed(),
+            preset=self.spec.preset,
+            image_size=self.spec.image_size,
+            resize_size=self.spec.resize_size,
+            fp16=self.spec.dtype == "float16",
+            layout="HWC" if self.spec.channels_last else "CHW",
+            ten_crop=self.spec.ten_crop,
+            checkpoint=self._checkpoint,
+            prefetch_queue_depth=self.spec.prefetch_queue_depth,
+        )
+        self._checkpoint = None
+        return pipe
+
+    def _produce(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._pipe is None:
+            self._pipe = self._build()
+        images, labels = self._pipe.run()
+        return self._to_torch(images), labels_from_cls(labels)
+
+    def _to_torch(self, images: Any) -> torch.Tensor:
+        dense = images.as_tensor()
+        dtype = torch.float16 if self.spec.dtype == "float16" else torch.float32
+        out = torch.empty(dense.shape(), dtype=dtype, device=self.device)
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        feed_ndarray(dense, out, cuda_stream=stream)
+        if self.spec.channels_last:
+            # HWC from DALI viewed as NCHW: exactly torch's channels_last memory format, no copy.
+            out = out.permute(0, 3, 1, 2) if out.dim() == 4 else out.permute(0, 1, 4, 2, 3)
+        return out.to(self.spec.torch_dtype)
+
+    def _release(self) -> None:
+        self._pipe = None
+        self._checkpoint = None
+
+    def _backend_state(self) -> dict[str, Any]:
+        if self._batch in (0, len(self)):
+            checkpoint = None  # epoch boundary: (epoch, batch) alone determines what comes next
+        elif self._pipe is not None:
+            checkpoint = self._pipe.checkpoint()
+        else:
+            checkpoint = self._checkpoint  # restored but not yet iterated: hand the same state on
+        return {"dali_checkpoint": base64.b64encode(checkpoint).decode("ascii") if checkpoint else None}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        checkpoint = state.get("dali_checkpoint")
+        if not checkpoint and 0 < self._batch < len(self):
+            raise ValueError(
+                f"loader state is mid-epoch (epoch {self._epoch}, batch {self._batch}) but has no "
+                "'dali_checkpoint'; save it with DaliLoader.state_dict()"
+            )
+        self._checkpoint = base64.b64decode(checkpoint) if checkpoint else None

@@ -1,0 +1,250 @@
+"""Where shard sets live: a local folder or `s3://bucket/prefix`, behind one small interface.
+
+The S3 client takes endpoint, credentials and region from the standard AWS variables and profile
+(`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, `AWS_REGION`, ...), exactly as DALI's
+reader does, so what the sharder writes is what the training pipeline reads. Nothing secret is logged.
+
+Writes are all-or-nothing per object: locally a `.partial` file renamed into place with `os.replace`;
+on S3 a single PUT or a multipart upload, which S3 makes visible only when complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+# Multipart above 64 MiB, 64 MiB parts: a 256 MB ImageNet shard goes up in 4 parallel parts.
+_MULTIPART_BYTES = 64 * 1024 * 1024
+_CREDENTIAL_ERRORS = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "InvalidToken",
+    "ExpiredToken",
+    "403",
+}
+
+
+class StorageError(RuntimeError):
+    """A shard location cannot be read or written; the message names the URI and the fix."""
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed shard-set URI: `s3://bucket/prefix` or a local path."""
+
+    uri: str
+    bucket: str | None  # None for local paths
+    path: str  # S3 key prefix (no leading/trailing '/') or absolute local directory
+
+    @property
+    def is_s3(self) -> bool:
+        return self.bucket is not None
+
+    def join(self, name: str) -> str:
+        """URI of `name` inside this location (what DALI's reader is given)."""
+        if self.bucket is None:
+            return str(Path(self.path) / name)
+        key = f"{self.path}/{name}" if self.path else name
+        return f"s3://{self.bucket}/{key}"
+
+
+def parse_uri(uri: str) -> Location:
+    """Parse a shard-set URI. Raises StorageError for schemes other than s3:// and local paths."""
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise StorageError(f"{uri!r} has no bucket; write it as s3://BUCKET/PREFIX")
+        return Location(uri=uri, bucket=bucket, path=prefix.strip("/"))
+    if "://" in uri:
+        raise StorageError(f"{uri!r}: unsupported scheme; use a local path or s3://BUCKET/PREFIX")
+    return Location(uri=uri, bucket=None, path=str(Path(uri).expanduser().resolve()))
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def s3_client() -> Any:
+    """boto3 S3 client from the standard AWS environment/profile; path-style when an endpoint is set
+    (S3-compatible stores such as SeaweedFS or MinIO do not resolve virtual-host bucket names)."""
+    import boto3
+    from botocore.config import Config
+
+    addressing = "path" if os.environ.get("AWS_ENDPOINT_URL") else "auto"
+    config = Config(s3={"addressing_style": addressing}, retries={"max_attempts": 5, "mode": "standard"})
+    return boto3.session.Session().client("s3", config=config)
+
+
+def describe_s3_error(exc: Exception, uri: str) -> StorageError:
+    """Turn a botocore error into a StorageError that says what to fix (never echoing secrets)."""
+    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL", "the AWS default endpoint")
+    if isinstance(exc, NoCredentialsError):
+        return StorageError(
+            f"{uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        )
+    if isinstance(exc, EndpointConnectionError):
+        return StorageError(f"{uri}: cannot connect to {endpoint}; check AWS_ENDPOINT_URL and that the server runs")
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _CREDENTIAL_ERRORS:
+            return StorageError(
+                f"{uri}: {endpoint} rejected the credentials ({code}); check AWS_ACCESS_KEY_ID/"
+                "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket's permissions"
+            )
+        if code in {"NoSuchBucket", "404"}:
+            return StorageError(f"{uri}: bucket or object not found at {endpoint} ({code}); create it or fix the URI")
+        return StorageError(f"{uri}: S3 error {code} at {endpoint}: {exc}")
+    return StorageError(f"{uri}: {exc}")
+
+
+class Store(Protocol):
+    """Object access relative to one Location."""
+
+    location: Location
+
+    def exists(self, name: str) -> bool: ...
+    def size(self, name: str) -> int | None: ...
+    def read_bytes(self, name: str) -> bytes: ...
+    def put_bytes(self, name: str, data: bytes) -> None: ...
+    def put_file(self, name: str, local_path: Path, sha256: str | None = None) -> None: ...
+    def checksum(self, name: str) -> str | None: ...
+    def check_writable(self) -> None: ...
+
+
+class LocalStore:
+    def __init__(self, location: Location) -> None:
+        self.location = location
+        self.root = Path(location.path)
+
+    def exists(self, name: str) -> bool:
+        return (self.root / name).is_file()
+
+    def size(self, name: str) -> int | None:
+        path = self.root / name
+        return path.stat().st_size if path.is_file() else None
+
+    def read_bytes(self, name: str) -> bytes:
+        try:
+            return (self.root / name).read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageError(f"{self.location.join(name)} does not exist") from exc
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        partial = self.root / f"{name}.partial"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_bytes(data)
+        os.replace(partial, self.root / name)
+
+    def put_file(self, name: str, local_path: Path, sha256: str | None = None) -> None:
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if local_path.parent == target.parent:
+            os.replace(local_path, target)
+            return
+        partial = self.root / f"{name}.partial"
+        shutil.copyfile(local_path, partial)
+        os.replace(partial, target)
+
+    def checksum(self, name: str) -> str | None:
+        """sha256 of the file, recomputed (a local file carries no trustworthy stored checksum)."""
+        path = self.root / name
+        return sha256_file(path) if path.is_file() else None
+
+    def check_writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"{self.location.uri}: cannot create the folder ({exc.strerror})") from exc
+        if not os.access(self.root, os.W_OK):
+            raise StorageError(f"{self.location.uri}: folder is not writable; choose another DEST")
+
+
+class S3Store:
+    def __init__(self, location: Location, client: Any | None = None) -> None:
+        if location.bucket is None:
+            raise StorageError(f"{location.uri} is not an s3:// URI")
+        self.location = location
+        self.bucket: str = location.bucket
+        self.client = client if client is not None else s3_client()
+
+    def _key(self, name: str) -> str:
+        return f"{self.location.path}/{name}" if self.location.path else name
+
+    def _call(self, name: str, method: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
+        except (ClientError, BotoCoreError) as exc:
+            raise describe_s3_error(exc, self.location.join(name)) from exc
+
+    def size(self, name: str) -> int | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except ClientError as exc:
+            if str(exc.response.get("Error", {}).get("Code")) in {"404", "NoSuchKey", "NotFound"}:
+                return None
+            raise describe_s3_error(exc, self.location.join(name)) from exc
+        return int(head["ContentLength"])
+
+    def exists(self, name: str) -> bool:
+        return self.size(name) is not None
+
+    def read_bytes(self, name: str) -> bytes:
+        response = self._call(name, "get_object", Key=self._key(name))
+        return bytes(response["Body"].read())
+
+    def put_bytes(self, name: str, data: bytes) -> None:
+        self._call(name, "put_object", Key=self._key(name), Body=data)
+
+    def put_file(self, name: str, local_path: Path, sha256: str | None = None) -> None:
+        """Upload (multipart for big files); `sha256` is stored as object metadata for resume checks."""
+        from boto3.s3.transfer import TransferConfig
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        config = TransferConfig(multipart_threshold=_MULTIPART_BYTES, multipart_chunksize=_MULTIPART_BYTES)
+        try:
+            extra = {"Metadata": {"sha256": sha256}} if sha256 else None
+            self.client.upload_file(str(local_path), self.bucket, self._key(name), ExtraArgs=extra, Config=config)
+        except (ClientError, BotoCoreError) as exc:
+            raise describe_s3_error(exc, self.location.join(name)) from exc
+        except Exception as exc:  # boto3's S3UploadFailedError wraps the ClientError
+            cause = exc.__cause__ or exc.__context__
+            if isinstance(cause, ClientError | BotoCoreError):
+                raise describe_s3_error(cause, self.location.join(name)) from exc
+            raise
+
+    def checksum(self, name: str) -> str | None:
+        """The sha256 recorded at upload (S3 sets metadata only on a completed upload)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
+        except ClientError:
+            return None
+        value = head.get("Metadata", {}).get("sha256")
+        return str(value) if value else None
+
+    def check_writable(self) -> None:
+        self._call("", "head_bucket")
+
+
+def open_store(uri: str) -> Store:
+    location = parse_uri(uri)
+    return S3Store(location) if location.is_s3 else LocalStore(location)
