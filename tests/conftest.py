@@ -1,0 +1,137 @@
+"""Shared fixtures: a real S3 server, sample images, and shard sets of them (sharded once per session).
+
+Session-scoped (started once, cleaned up at the end):
+
+* `s3_server` -> `orchestrator.services.SeaweedFS`: `weed mini` on 127.0.0.1, free ports. While it runs
+  the process environment holds AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
+  AWS_REGION pointing at it (restored afterwards), so boto3, DALI and Ray workers started later find it.
+  Use `.endpoint_url`, `.client()`, `.create_bucket(name)`, `.aws_env()`.
+* `s3_bucket` -> str: a bucket created on `s3_server` (`S3_TEST_BUCKET`).
+* `sample_images_dir` -> Path: a flat folder of JPEGs + `labels.tsv` (columns file, wnid, class_index,
+  name): `../shared/data/imagenet-sample` (1,000 real ImageNet images, one per class) where present,
+  else `GENERATED_CLASSES` classes x `GENERATED_PER_CLASS` JPEGs generated with PIL (some grayscale).
+* `sample_labels` -> dict[str, int]: file name -> class index, read from that labels.tsv.
+* `sample_shards_local` -> str: `sample_images_dir` sharded to a local folder (several shards).
+* `sample_shards_s3` -> str: the same sharded to `s3://S3_TEST_BUCKET/imagenet-sample`.
+
+Function-scoped, autouse: `_restore_rng` puts the `random`, numpy and torch global RNG states back
+after every test. Tests marked `gpu` are skipped where CUDA is absent.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from orchestrator.services import SeaweedFS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
+S3_TEST_BUCKET = "resnet-orch-test"
+GENERATED_CLASSES = 64
+GENERATED_PER_CLASS = 2
+# ~4 shards of the 110 MB shared sample: enough to exercise shard order and multi-shard reading.
+SAMPLE_SHARD_BYTES = 30 * 10**6
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not any(item.get_closest_marker("gpu") for item in items):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU; none is present")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _restore_rng() -> Iterator[None]:
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    torch = sys.modules.get("torch")
+    torch_state = torch.random.get_rng_state() if torch is not None else None
+    yield
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+    if torch is not None and torch_state is not None:
+        torch.random.set_rng_state(torch_state)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[SeaweedFS]:
+    with SeaweedFS() as server, pytest.MonkeyPatch.context() as mp:
+        for key, value in server.aws_env().items():
+            mp.setenv(key, value)
+        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
+            mp.delenv(key, raising=False)
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_server: SeaweedFS) -> str:
+    return s3_server.create_bucket(S3_TEST_BUCKET)
+
+
+def generate_sample_images(root: Path, classes: int = GENERATED_CLASSES, per_class: int = GENERATED_PER_CLASS) -> Path:
+    """Real JPEGs (random smooth colour fields, varied sizes; every 8th grayscale) + labels.tsv."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in range(classes):
+        wnid = f"n{c:08d}"
+        for i in range(per_class):
+            h, w = (int(v) for v in rng.integers(64, 400, size=2))
+            small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+            img = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
+            if (c * per_class + i) % 8 == 0:
+                img = img.convert("L")
+            name = f"{wnid}_{i}.JPEG"
+            img.save(root / name, format="JPEG", quality=90)
+            rows.append((name, wnid, c, f"class{c}"))
+    with open(root / "labels.tsv", "w", newline="") as f:
+        writer = csv.writer(f, dialect="excel-tab")
+        writer.writerow(("file", "wnid", "class_index", "name"))
+        writer.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="session")
+def sample_images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if (SHARED_SAMPLE / "labels.tsv").is_file():
+        return SHARED_SAMPLE
+    return generate_sample_images(tmp_path_factory.mktemp("imagenet-sample"))
+
+
+@pytest.fixture(scope="session")
+def sample_labels(sample_images_dir: Path) -> dict[str, int]:
+    with open(sample_images_dir / "labels.tsv", newline="") as f:
+        return {row["file"]: int(row["class_index"]) for row in csv.DictReader(f, dialect="excel-tab")}
+
+
+@pytest.fixture(scope="session")
+def sample_shards_local(sample_images_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    from pipelines.sharding import shard_dataset
+
+    dest = tmp_path_factory.mktemp("shards") / "imagenet-sample"
+    shard_dataset(sample_images_dir, str(dest), shard_bytes=SAMPLE_SHARD_BYTES)
+    return str(dest)
+
+
+@pytest.fixture(scope="session")
+def sample_shards_s3(sample_images_dir: Path, s3_bucket: str) -> str:
+    from pipelines.sharding import shard_dataset
+
+    uri = f"s3://{s3_bucket}/imagenet-sample"
+    shard_dataset(sample_images_dir, uri, shard_bytes=SAMPLE_SHARD_BYTES)
+    return uri
