@@ -177,6 +177,8 @@ class ChaosConfig(_Strict):
 
     kill_rank: int = Field(ge=0)
     at_step: int = Field(gt=0)
+    # `checkpoint`: die while writing the checkpoint of `at_step` (a checkpoint step), so the previous one is used.
+    during: Literal["step", "checkpoint"] = "step"
 
 
 class TrialConfig(_Strict):

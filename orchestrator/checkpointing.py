@@ -1,0 +1,248 @@
+"""A trial's full training state on disk, written atomically, and the count of a trial's attempts.
+
+Checkpoint directory layout (one per `ray.train.report`, persisted by Ray Train to the trial's storage):
+
+    model.pt          the model's `state_dict` (no DDP `module.` prefix; loadable by `models.get_model(...)`)
+    train_state.pt    step/epoch/attempt, optimizer, LR schedule, and per rank: loader position, RNG states,
+                      samples trained this epoch; plus the trial's per-step loss history
+    manifest.json     written last: format version, step, and the size and SHA-256 of each file above
+
+A directory is complete only when `manifest.json` is present and matches the files (`read_checkpoint` refuses
+anything else); it is assembled in a temporary sibling and renamed into place, so a writer killed halfway leaves
+no directory that could be reported or loaded as the latest. Ray Train registers a reported checkpoint only after
+every rank has reported and the upload finished, so a kill during the upload leaves the previous one as latest.
+The loader's mid-epoch position lives in the same checkpoint as the weights: a restart resumes at exactly the
+batch that would have come next (ray-project/ray#37633, #48224 replay or skip data without this).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.fs
+import torch
+
+FORMAT_VERSION = 1
+MODEL_FILE = "model.pt"
+STATE_FILE = "train_state.pt"
+MANIFEST_FILE = "manifest.json"
+ATTEMPTS_DIR = "attempts"
+CHECKPOINT_PREFIX = "checkpoint-step"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory that is incomplete or corrupt."""
+
+
+@dataclass
+class RankState:
+    """What differs between ranks: where each rank's loader is, and each rank's RNG streams."""
+
+    loader: dict[str, Any] | None  # None at an epoch boundary: the next epoch starts fresh
+    rng: dict[str, Any]
+
+
+@dataclass
+class TrainState:
+    """Everything besides the weights that a restart needs to continue exactly where the checkpoint was taken."""
+
+    step: int  # optimizer steps completed over the whole trial
+    epoch: int  # the epoch the next step belongs to
+    epoch_step: int  # steps of `epoch` already completed
+    attempt: int  # the attempt that wrote this checkpoint (0: the first)
+    optimizer: dict[str, Any]
+    schedule: dict[str, Any]
+    ranks: list[RankState]
+    # Rank 0's training loss of every completed step, in step order: the audit trail that shows a restart
+    # reproduced the uninterrupted run.
+    step_losses: list[float] = field(default_factory=list)
+    # Global samples trained in each completed epoch.
+    epoch_sizes: list[int] = field(default_factory=list)
+    # Sums over all ranks for the current epoch so far (samples, loss, correct top-1/top-5, timings).
+    epoch_totals: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "epoch_step": self.epoch_step,
+            "attempt": self.attempt,
+            "optimizer": self.optimizer,
+            "schedule": self.schedule,
+            "ranks": [vars(r) for r in self.ranks],
+            "step_losses": self.step_losses,
+            "epoch_sizes": self.epoch_sizes,
+            "epoch_totals": self.epoch_totals,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        return cls(**{**data, "ranks": [RankState(**r) for r in data["ranks"]]})
+
+
+def capture_rng() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _save_synced(obj: Any, path: Path) -> None:
+    with path.open("wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_checkpoint(
+    directory: Path,
+    model_state: dict[str, torch.Tensor],
+    state: TrainState,
+    *,
+    after_first_file: Callable[[], None] | None = None,
+) -> Path:
+    """Write a complete checkpoint at `directory` (which must not exist) and return it.
+
+    `after_first_file` runs once the weights are on disk but nothing is complete yet (fault-injection drills
+    kill the writer there).
+    """
+    directory = Path(directory)
+    if directory.exists():
+        raise FileExistsError(f"checkpoint directory {directory} already exists; pass a fresh path")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
+    try:
+        _save_synced(model_state, tmp / MODEL_FILE)
+        if after_first_file is not None:
+            after_first_file()
+        _save_synced(state.to_dict(), tmp / STATE_FILE)
+        manifest = {
+            "format": FORMAT_VERSION,
+            "step": state.step,
+            "epoch": state.epoch,
+            "epoch_step": state.epoch_step,
+            "attempt": state.attempt,
+            "files": {
+                name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                for name in (MODEL_FILE, STATE_FILE)
+            },
+        }
+        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    """The manifest of a complete checkpoint; `CheckpointError` naming what is missing or corrupt otherwise."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{directory} has no {MANIFEST_FILE}: the checkpoint was not completely written")
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if manifest.get("format") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{manifest_path}: format {manifest.get('format')!r}, this version reads {FORMAT_VERSION}"
+        )
+    for name, expected in manifest["files"].items():
+        path = directory / name
+        if not path.is_file() or path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+            raise CheckpointError(f"{path} is missing or does not match {MANIFEST_FILE}: the checkpoint is corrupt")
+    return manifest
+
+
+def read_checkpoint(directory: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], TrainState]:
+    """(model state_dict, TrainState) of a complete checkpoint."""
+    directory = Path(directory)
+    read_manifest(directory)
+    # weights_only=False: the train state holds numpy RNG tuples; these files are our own, written above.
+    model_state = torch.load(directory / MODEL_FILE, map_location=map_location, weights_only=True)
+    state = TrainState.from_dict(torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False))
+    return model_state, state
+
+
+def read_model_state(directory: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Only the weights (for evaluation or model registration)."""
+    directory = Path(directory)
+    read_manifest(directory)
+    weights: dict[str, Any] = torch.load(directory / MODEL_FILE, map_location=map_location, weights_only=True)
+    return weights
+
+
+def register_attempt(fs: pyarrow.fs.FileSystem, trial_fs_path: str) -> int:
+    """Record that an attempt of the trial at `trial_fs_path` starts; return its 0-based number.
+
+    Ray Train does not tell a train function how many times it was started; a marker per attempt in the trial's
+    storage does, on every node and across driver restarts. Call from one rank only.
+    """
+    directory = f"{trial_fs_path}/{ATTEMPTS_DIR}"
+    attempt = count_attempts(fs, trial_fs_path)
+    fs.create_dir(directory, recursive=True)
+    with fs.open_output_stream(f"{directory}/attempt-{attempt:04d}") as marker:
+        marker.write(str(attempt).encode())
+    return attempt
+
+
+def count_attempts(fs: pyarrow.fs.FileSystem, trial_fs_path: str) -> int:
+    selector = pyarrow.fs.FileSelector(f"{trial_fs_path}/{ATTEMPTS_DIR}", allow_not_found=True)
+    return sum(1 for info in fs.get_file_info(selector) if info.base_name.startswith("attempt-"))
+
+
+def latest_complete_checkpoint(fs: pyarrow.fs.FileSystem, trial_fs_path: str) -> str | None:
+    """The trial's checkpoint directory with the highest step that has a manifest (Ray's names sort by step)."""
+    selector = pyarrow.fs.FileSelector(trial_fs_path, allow_not_found=True)
+    candidates = sorted(
+        (info.path for info in fs.get_file_info(selector) if info.type == pyarrow.fs.FileType.Directory),
+        key=lambda path: path.rsplit("/", 1)[-1],
+        reverse=True,
+    )
+    for path in candidates:
+        if (
+            path.rsplit("/", 1)[-1].startswith(CHECKPOINT_PREFIX)
+            and fs.get_file_info(f"{path}/{MANIFEST_FILE}").is_file
+        ):
+            return path
+    return None
+
+
+def checkpoint_dir_name(step: int, attempt: int) -> str:
+    """Sorts by step; the attempt keeps a re-run of a step from overwriting a checkpoint it could not commit."""
+    return f"{CHECKPOINT_PREFIX}{step:09d}-attempt{attempt}"
