@@ -12,8 +12,8 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# Section 3.3, "Identity vs. Projection Shortcuts" / Table 3: (A) zero-padding identity when dimensions grow,
-# (B) projection when dimensions grow, identity otherwise, (C) projection on every shortcut.
+# Section 3.3 (options A, B) and Section 4.1 "Identity vs. Projection Shortcuts" / Table 3 (C): (A) zero-padding
+# identity when dimensions grow, (B) projection when dimensions grow, identity otherwise, (C) projection everywhere.
 ShortcutOption = Literal["A", "B", "C"]
 SHORTCUT_OPTIONS: tuple[ShortcutOption, ...] = ("A", "B", "C")
 
