@@ -132,7 +132,7 @@ def summary(
     ),
     base_width: int | None = typer.Option(None, help="width of the first stage (64 ImageNet, 16 CIFAR)"),
     num_classes: int | None = typer.Option(None, help="classifier outputs"),
-    image_size: int | None = typer.Option(None, min=1, help="input resolution [default: 224, CIFAR nets 32]"),
+    image_size: int | None = typer.Option(None, min=1, help="input resolution (default 224; 32 for the CIFAR nets)"),
     blocks: bool = typer.Option(True, "--blocks/--stages", help="one row per block, or per stage only"),
 ) -> None:
     """Print a model's layers with their output shapes, parameters and multiply-adds."""
