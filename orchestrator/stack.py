@@ -1,0 +1,657 @@
+"""The local stack: a Ray head with its dashboard, an MLflow server and a SeaweedFS S3 endpoint.
+
+It mirrors the cluster layout of docs/cluster.md on one machine: Ray for compute, MLflow for tracking
+with its artifacts in S3. `up` starts each service as a long-lived process that leads its own session
+(so `down` can signal its whole process group), records pids, ports and URLs in a state file under
+RESNET_ORCH_HOME (default ~/.resnet-orch), and waits until each one answers its health check. A second
+`up` reuses every service that still answers. Everything listens on 127.0.0.1 unless told otherwise.
+
+    state, started = up()          # started: which services were (re)started rather than reused
+    status()                       # [Health(name, healthy, detail), ...]
+    down()                         # stops them and waits until their ports are closed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.services import SeaweedFS, free_port
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_BUCKET = "resnet-orch"
+S3, MLFLOW, RAY = "s3", "mlflow", "ray"
+# MLflow's artifacts live in S3 and its server is told the S3 endpoint at start, so S3 comes first.
+START_ORDER = (S3, MLFLOW, RAY)
+_STATE_VERSION = 1
+# Ray puts Unix sockets under <temp-dir>/session_<timestamp>_<pid>/sockets/; Linux caps a socket path at
+# 107 bytes, and the session suffix takes about 60 of them.
+_MAX_RAY_TEMP_DIR_LEN = 40
+_RAY_START_PORT_FLAGS = (
+    "port",
+    "dashboard-port",
+    "ray-client-server-port",
+    "dashboard-agent-listen-port",
+    "dashboard-agent-grpc-port",
+    "runtime-env-agent-port",
+    "metrics-export-port",
+    "node-manager-port",
+    "object-manager-port",
+)
+
+
+class StackError(RuntimeError):
+    """A stack service could not be started, checked or stopped; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """One running service as `up` left it: enough to health-check it and to stop it."""
+
+    name: str
+    pid: int  # also its process-group id: every service is started in a new session
+    url: str
+    ports: tuple[int, ...]  # the ports `down` waits on until they are closed
+    log: str
+
+
+@dataclass(frozen=True)
+class StackState:
+    """What the state file records about a running stack."""
+
+    host: str
+    bucket: str
+    ray_address: str  # GCS address, for `ray.init(address=...)` and `ray start --address=...`
+    ray_temp_dir: str
+    credentials_file: str
+    services: dict[str, ServiceRecord]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": _STATE_VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StackState:
+        services = {
+            name: ServiceRecord(**{**record, "ports": tuple(record["ports"])})
+            for name, record in data["services"].items()
+        }
+        fields = {f.name for f in dataclasses.fields(cls)} - {"services"}
+        return cls(services=services, **{k: data[k] for k in fields})
+
+    def client_env(self) -> dict[str, str]:
+        """Environment that points Ray, MLflow, boto3 and DALI clients at this stack."""
+        creds = json.loads(Path(self.credentials_file).read_text())
+        return {
+            "RAY_ADDRESS": self.ray_address,
+            "RAY_API_SERVER_ADDRESS": self.services[RAY].url,
+            "RAY_AUTH_MODE": "token",
+            "MLFLOW_TRACKING_URI": self.services[MLFLOW].url,
+            "MLFLOW_S3_ENDPOINT_URL": self.services[S3].url,
+            "AWS_ENDPOINT_URL": self.services[S3].url,
+            "AWS_ACCESS_KEY_ID": creds["access_key"],
+            "AWS_SECRET_ACCESS_KEY": creds["secret_key"],
+            "AWS_REGION": creds["region"],
+            "AWS_DEFAULT_REGION": creds["region"],
+        }
+
+
+@dataclass(frozen=True)
+class Health:
+    name: str
+    healthy: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    """Where the stack keeps its state, logs and data under RESNET_ORCH_HOME."""
+
+    root: Path
+
+    @classmethod
+    def from_env(cls, home: str | os.PathLike[str] | None = None) -> StackPaths:
+        base = Path(home or os.environ.get("RESNET_ORCH_HOME", "~/.resnet-orch")).expanduser().resolve()
+        return cls(base / "stack")
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / "stack.lock"
+
+    @property
+    def credentials_file(self) -> Path:
+        return self.root / "s3-credentials.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def s3_data(self) -> Path:
+        return self.root / "s3"
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlflow.db"
+
+    @property
+    def ray_temp_dir(self) -> Path:
+        candidate = self.root / "ray"
+        if len(str(candidate)) <= _MAX_RAY_TEMP_DIR_LEN:
+            return candidate
+        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:10]
+        return Path("/tmp") / f"resnet-orch-ray-{digest}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public API
+
+
+def up(
+    home: str | os.PathLike[str] | None = None,
+    *,
+    host: str = DEFAULT_HOST,
+    bucket: str = DEFAULT_BUCKET,
+    num_cpus: int | None = None,
+    timeout_s: float = 180.0,
+) -> tuple[StackState, list[str]]:
+    """Start the stack, or reuse what already runs; returns the state and the services (re)started."""
+    paths = StackPaths.from_env(home)
+    paths.root.mkdir(parents=True, exist_ok=True)
+    paths.logs.mkdir(exist_ok=True)
+    with _locked(paths):
+        previous = _load_state(paths)
+        healthy = {h.name for h in check_health(previous) if h.healthy} if previous else set()
+        if previous is not None and (previous.host, previous.bucket) != (host, bucket):
+            # A stack bound elsewhere or with another bucket is not what was asked for: replace it all.
+            healthy = set()
+        records: dict[str, ServiceRecord] = {}
+        started: list[str] = []
+        for name in START_ORDER:
+            depends_on_restarted = name == MLFLOW and S3 in started
+            if previous is not None and name in healthy and not depends_on_restarted:
+                records[name] = previous.services[name]
+                continue
+            if previous is not None and name in previous.services:
+                _stop_service(previous.services[name])
+            records[name] = _start(
+                name, paths, records, host=host, bucket=bucket, num_cpus=num_cpus, timeout_s=timeout_s
+            )
+            started.append(name)
+            # Written after every service, so a failure part-way leaves a state `down` can clean up.
+            _save_state(paths, _state(paths, host, bucket, records))
+        state = _state(paths, host, bucket, records)
+        _save_state(paths, state)
+        return state, started
+
+
+def status(home: str | os.PathLike[str] | None = None) -> tuple[StackState | None, list[Health]]:
+    """The recorded stack (None when none was started) and the health of each of its services."""
+    state = _load_state(StackPaths.from_env(home))
+    return state, (check_health(state) if state else [])
+
+
+def down(home: str | os.PathLike[str] | None = None, *, timeout_s: float = 60.0) -> list[str]:
+    """Stop every recorded service, wait until its ports are closed, forget the state; returns names stopped."""
+    paths = StackPaths.from_env(home)
+    if not paths.root.exists():
+        return []
+    with _locked(paths):
+        state = _load_state(paths)
+        if state is None:
+            return []
+        stopped = []
+        for name in reversed(START_ORDER):
+            record = state.services.get(name)
+            if record is not None:
+                _stop_service(record, timeout_s=timeout_s)
+                stopped.append(name)
+        paths.state_file.unlink()
+        return stopped
+
+
+def check_health(state: StackState) -> list[Health]:
+    """One Health per recorded service: its process group is alive and its endpoint answers."""
+    checks = {S3: _s3_healthy, MLFLOW: _mlflow_healthy, RAY: _ray_healthy}
+    result = []
+    for name in START_ORDER:
+        record = state.services.get(name)
+        if record is None:
+            result.append(Health(name, False, "not started"))
+        elif not _live_group_members(record.pid):
+            result.append(Health(name, False, f"process {record.pid} is gone (log: {record.log})"))
+        else:
+            ok, detail = checks[name](state, record)
+            result.append(Health(name, ok, detail))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------------
+# Starting
+
+
+def _start(
+    name: str,
+    paths: StackPaths,
+    running: Mapping[str, ServiceRecord],
+    *,
+    host: str,
+    bucket: str,
+    num_cpus: int | None,
+    timeout_s: float,
+) -> ServiceRecord:
+    logger.info("starting %s", name)
+    if name == S3:
+        return _start_s3(paths, bucket, timeout_s)
+    if name == MLFLOW:
+        return _start_mlflow(paths, host, bucket, running[S3], timeout_s)
+    return _start_ray(paths, host, num_cpus, timeout_s)
+
+
+def _start_s3(paths: StackPaths, bucket: str, timeout_s: float) -> ServiceRecord:
+    creds = _credentials(paths)
+    # The data engineer's launcher picks every `weed mini` port free and binds them to 127.0.0.1. It is
+    # started but never stopped here: the process outlives this call and `down` stops it by its pid.
+    s3 = SeaweedFS(
+        access_key=creds["access_key"],
+        secret_key=creds["secret_key"],
+        region=creds["region"],
+        data_dir=paths.s3_data,
+        startup_timeout_s=timeout_s,
+    ).start()
+    s3.create_bucket(bucket)
+    if s3.pid is None or s3.port is None:
+        raise StackError(f"SeaweedFS reported no process after start; see {paths.s3_data / 'weed.log'}")
+    return ServiceRecord(S3, s3.pid, s3.endpoint_url, (s3.port,), str(paths.s3_data / "weed.log"))
+
+
+def _start_mlflow(paths: StackPaths, host: str, bucket: str, s3: ServiceRecord, timeout_s: float) -> ServiceRecord:
+    creds = _credentials(paths)
+    port = free_port()
+    cmd = [
+        _venv_executable("mlflow"),
+        "server",
+        f"--host={host}",
+        f"--port={port}",
+        f"--backend-store-uri=sqlite:///{paths.mlflow_db}",
+        # Artifacts go through the server (proxied) into S3, as on the cluster (infra/k8s/mlflow.yaml).
+        f"--artifacts-destination=s3://{bucket}/mlflow",
+        # One worker: the local stack serves one user, and the default of 4 costs ~1 GiB.
+        "--workers=1",
+    ]
+    env = _child_env(
+        MLFLOW_S3_ENDPOINT_URL=s3.url,
+        AWS_ENDPOINT_URL=s3.url,
+        AWS_ACCESS_KEY_ID=creds["access_key"],
+        AWS_SECRET_ACCESS_KEY=creds["secret_key"],
+        AWS_DEFAULT_REGION=creds["region"],
+        # The server's job runner (7 huey consumer processes) serves GenAI scorers; training never uses it.
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+    )
+    url = f"http://{_connect_host(host)}:{port}"
+    record = _spawn(MLFLOW, cmd, env, paths, url, (port,))
+    _wait_healthy(record, lambda: _http_ok(f"{url}/health"), timeout_s)
+    return record
+
+
+def _start_ray(paths: StackPaths, host: str, num_cpus: int | None, timeout_s: float) -> ServiceRecord:
+    _ensure_ray_token()
+    temp_dir = paths.ray_temp_dir
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    ports = {flag: free_port() for flag in _RAY_START_PORT_FLAGS}
+    cmd = [
+        _venv_executable("ray"),
+        "start",
+        "--head",
+        # --block keeps `ray start` as the parent of every Ray process: SIGTERM to it tears them all down.
+        "--block",
+        f"--node-ip-address={host}",
+        f"--dashboard-host={host}",
+        f"--temp-dir={temp_dir}",
+        "--include-dashboard=true",
+        "--disable-usage-stats",
+        # Every port chosen free: the defaults (10001, 52365, ...) collide with any other Ray on the host.
+        *(f"--{flag}={port}" for flag, port in ports.items()),
+        *([f"--num-cpus={num_cpus}"] if num_cpus is not None else []),
+    ]
+    env = _child_env(
+        RAY_AUTH_MODE="token",
+        # A one-node cluster has nowhere to drain to; Ray's default waits 30 s on SIGTERM.
+        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
+        # The Prometheus exporters of the dashboard and autoscaler default to fixed ports 44227/44217.
+        DASHBOARD_METRIC_PORT=str(free_port()),
+        AUTOSCALER_METRIC_PORT=str(free_port()),
+        # Ray rewrites a 127.0.0.1 node IP to the host's routable IP and then listens on every interface;
+        # this switch (Ray's default on macOS) keeps the node IP and every Ray server on loopback. The
+        # local stack is a one-node cluster by design; multi-node Ray is infra/k8s or infra/aws.
+        **({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if _is_loopback(host) else {}),
+    )
+    url = f"http://{_connect_host(host)}:{ports['dashboard-port']}"
+    record = _spawn(RAY, cmd, env, paths, url, (ports["port"], ports["dashboard-port"]))
+    _wait_healthy(record, lambda: _http_ok(f"{url}/api/gcs_healthz"), timeout_s)
+    return record
+
+
+def _spawn(
+    name: str, cmd: list[str], env: dict[str, str], paths: StackPaths, url: str, ports: tuple[int, ...]
+) -> ServiceRecord:
+    log_path = paths.logs / f"{name}.log"
+    with open(log_path, "ab") as log:
+        # A new session: the service outlives this CLI call, and its pid doubles as its process-group id.
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    return ServiceRecord(name, proc.pid, url, ports, str(log_path))
+
+
+def _wait_healthy(record: ServiceRecord, probe: Any, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _live_group_members(record.pid):
+            raise StackError(f"{record.name} exited during start-up; log tail:\n{_tail(record.log)}")
+        if probe():
+            return
+        time.sleep(0.5)
+    _terminate(set(_live_group_members(record.pid)) | _descendants(record.pid), timeout_s=15)
+    raise StackError(f"{record.name} did not answer at {record.url} within {timeout_s:.0f}s; log:\n{_tail(record.log)}")
+
+
+def _state(paths: StackPaths, host: str, bucket: str, records: dict[str, ServiceRecord]) -> StackState:
+    return StackState(
+        host=host,
+        bucket=bucket,
+        ray_address=f"{_connect_host(host)}:{records[RAY].ports[0]}" if RAY in records else "",
+        ray_temp_dir=str(paths.ray_temp_dir),
+        credentials_file=str(paths.credentials_file),
+        services=dict(records),
+    )
+
+
+def _credentials(paths: StackPaths) -> dict[str, str]:
+    """S3 keys of the local stack: from the AWS_* environment, else kept from an earlier `up`, else new."""
+    if paths.credentials_file.exists():
+        creds: dict[str, str] = json.loads(paths.credentials_file.read_text())
+        return creds
+    creds = {
+        "access_key": os.environ.get("AWS_ACCESS_KEY_ID") or f"resnet-orch-{secrets.token_hex(4)}",
+        "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY") or secrets.token_urlsafe(24),
+        "region": os.environ.get("AWS_REGION") or "us-east-1",
+    }
+    fd = os.open(paths.credentials_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(creds, f)
+    return creds
+
+
+def _ensure_ray_token() -> None:
+    """Token auth stays on (Ray's default since 2.52): make sure a token exists for `ray start` to use."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    # Creates ~/.ray/auth_token only when there is none, the same file every local Ray client reads.
+    subprocess.run(
+        [_venv_executable("ray"), "get-auth-token", "--generate"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=_child_env(RAY_AUTH_MODE="token"),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Health
+
+
+def _s3_healthy(state: StackState, record: ServiceRecord) -> tuple[bool, str]:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    creds = json.loads(Path(state.credentials_file).read_text())
+    client = boto3.client(
+        "s3",
+        endpoint_url=record.url,
+        aws_access_key_id=creds["access_key"],
+        aws_secret_access_key=creds["secret_key"],
+        region_name=creds["region"],
+        config=Config(s3={"addressing_style": "path"}, connect_timeout=2, read_timeout=5, retries={"max_attempts": 1}),
+    )
+    try:
+        client.head_bucket(Bucket=state.bucket)
+    except (BotoCoreError, ClientError) as e:
+        return False, f"bucket s3://{state.bucket} at {record.url}: {e}"
+    return True, f"bucket s3://{state.bucket} reachable"
+
+
+def _mlflow_healthy(state: StackState, record: ServiceRecord) -> tuple[bool, str]:
+    ok = _http_ok(f"{record.url}/health")
+    return ok, "GET /health -> 200" if ok else f"GET {record.url}/health failed"
+
+
+def _ray_healthy(state: StackState, record: ServiceRecord) -> tuple[bool, str]:
+    # /api/gcs_healthz is exempt from token auth and answers 200 only while the GCS is up.
+    ok = _http_ok(f"{record.url}/api/gcs_healthz")
+    return ok, f"GCS {state.ray_address} up" if ok else f"GET {record.url}/api/gcs_healthz failed"
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Stopping
+
+
+def _stop_service(record: ServiceRecord, timeout_s: float = 60.0) -> None:
+    # Its process group, plus every descendant: Ray workers and job drivers start sessions of their own
+    # (JobSupervisor uses start_new_session), so the group alone would miss them.
+    pids = set(_live_group_members(record.pid)) | _descendants(record.pid)
+    logger.info("stopping %s (process group %d, %d processes)", record.name, record.pid, len(pids))
+    _terminate(pids, timeout_s)
+    _wait_ports_closed(record, timeout_s)
+
+
+def _terminate(pids: set[int], timeout_s: float) -> None:
+    """SIGTERM every pid, wait, SIGKILL the ones left; returns once none is alive."""
+
+    def send(sig: signal.Signals) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+
+    def alive() -> list[int]:
+        for pid in pids:
+            _reap(pid)
+        return [pid for pid in pids if _pid_alive(pid)]
+
+    send(signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if alive():
+        logger.warning("processes %s ignored SIGTERM for %.0fs; sending SIGKILL", alive(), timeout_s)
+        send(signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if alive():
+        raise StackError(f"processes {alive()} survived SIGKILL")
+
+
+def _wait_ports_closed(record: ServiceRecord, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        open_ports = [p for p in record.ports if _port_open(p)]
+        if not open_ports:
+            return
+        time.sleep(0.2)
+    raise StackError(f"{record.name}: ports {open_ports} still accept connections after stopping it")
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((DEFAULT_HOST, port)) == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# Processes (Linux /proc; zombies count as gone: a container's PID 1 may never reap orphans)
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, process-group id) of `pid`, or None when it does not exist."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # The command name is in parentheses and may itself contain spaces or parentheses.
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return fields[0], int(fields[2])
+
+
+def _all_pids() -> Iterator[int]:
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            yield int(entry.name)
+
+
+def _live_group_members(pgid: int) -> list[int]:
+    if not Path("/proc").is_dir():  # macOS: no /proc; signal 0 tells whether the group has members
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return []
+        return [pgid]
+    members = []
+    for pid in _all_pids():
+        stat = _proc_stat(pid)
+        if stat is not None and stat[1] == pgid and stat[0] != "Z":
+            members.append(pid)
+    return members
+
+
+def _pid_alive(pid: int) -> bool:
+    stat = _proc_stat(pid)
+    return stat is not None and stat[0] != "Z"
+
+
+def _descendants(root: int) -> set[int]:
+    if not Path("/proc").is_dir():
+        return set()
+    children: dict[int, list[int]] = {}
+    for pid in _all_pids():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            raw = Path(f"/proc/{pid}/stat").read_text()
+            ppid = int(raw[raw.rfind(")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    stack = [root]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _reap(pid: int) -> None:
+    """Collect `pid`'s exit status when it is our own child (an `up` and `down` in one process)."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Small helpers
+
+
+def _venv_executable(name: str) -> str:
+    """The console script installed next to this interpreter (the project's venv), else from PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.is_file():
+        return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        raise StackError(f"`{name}` is not installed next to {sys.executable} nor on PATH; pip install resnet-orch")
+    return found
+
+
+def _child_env(**overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    # Ray job entrypoints (`python ...`, `resnet-orch ...`) must resolve to this environment's executables.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update(overrides)
+    return env
+
+
+def _connect_host(host: str) -> str:
+    """Where a client on this machine connects to a server bound to `host`."""
+    return DEFAULT_HOST if host in ("0.0.0.0", "::") else host
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "localhost", "::1")
+
+
+def _tail(path: str, n: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return "(no log)"
+
+
+def _load_state(paths: StackPaths) -> StackState | None:
+    if not paths.state_file.exists():
+        return None
+    try:
+        data = json.loads(paths.state_file.read_text())
+        if data.get("version") != _STATE_VERSION:
+            raise KeyError("version")
+        return StackState.from_json(data)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise StackError(
+            f"{paths.state_file} is not a stack state this version understands ({e}); stop the processes it "
+            "lists by hand, then delete the file"
+        ) from e
+
+
+def _save_state(paths: StackPaths, state: StackState) -> None:
+    tmp = paths.state_file.with_suffix(".tmp")
+    tmp.write_text(json.dumps(state.to_json(), indent=2))
+    tmp.replace(paths.state_file)  # atomic: a reader never sees half a state file
+
+
+@contextlib.contextmanager
+def _locked(paths: StackPaths) -> Iterator[None]:
+    """One `up`/`down` at a time per RESNET_ORCH_HOME."""
+    with open(paths.lock_file, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -1,0 +1,103 @@
+"""Fast checks of the local stack's bookkeeping: state file, paths, stopping stubborn processes, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from orchestrator import cli_stack, stack
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    cli_stack.register(app)
+    return app
+
+
+def test_state_file_round_trips() -> None:
+    record = stack.ServiceRecord("s3", 123, "http://127.0.0.1:9", (9,), "/x.log")
+    state = stack.StackState("127.0.0.1", "b", "127.0.0.1:1", "/tmp/r", "/c.json", {"s3": record})
+    assert stack.StackState.from_json(json.loads(json.dumps(state.to_json()))) == state
+
+
+def test_ray_temp_dir_stays_short_for_long_homes(tmp_path: Path) -> None:
+    # Ray's Unix sockets live under <temp-dir>/session_.../sockets/ and Linux caps their path at 107 bytes.
+    paths = stack.StackPaths.from_env(tmp_path / ("deep" * 30))
+    assert len(str(paths.ray_temp_dir)) <= 40
+    assert stack.StackPaths.from_env(tmp_path / ("deep" * 30)).ray_temp_dir == paths.ray_temp_dir
+    assert stack.StackPaths.from_env(tmp_path / "other").ray_temp_dir != paths.ray_temp_dir
+
+
+def test_home_comes_from_resnet_orch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNET_ORCH_HOME", str(tmp_path / "h"))
+    assert stack.StackPaths.from_env().state_file == tmp_path / "h" / "stack" / "state.json"
+
+
+def test_status_without_a_stack_exits_1(tmp_path: Path) -> None:
+    result = CliRunner().invoke(_app(), ["stack", "status"], env={"RESNET_ORCH_HOME": str(tmp_path)})
+    assert result.exit_code == 1
+    assert "no local stack is running" in result.output
+
+
+def test_down_without_a_stack_is_a_no_op(tmp_path: Path) -> None:
+    result = CliRunner().invoke(_app(), ["down"], env={"RESNET_ORCH_HOME": str(tmp_path)})
+    assert result.exit_code == 0
+    assert "no local stack is running" in result.output
+
+
+def test_unreadable_state_file_is_a_usage_error_naming_the_file(tmp_path: Path) -> None:
+    state_file = stack.StackPaths.from_env(tmp_path).state_file
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text("{not json")
+    result = CliRunner().invoke(_app(), ["stack", "status"], env={"RESNET_ORCH_HOME": str(tmp_path)})
+    assert result.exit_code == 2
+    assert "state.json" in result.output and "delete the file" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_dead_service_is_reported_unhealthy(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    record = stack.ServiceRecord("mlflow", gone.pid, "http://127.0.0.1:1", (1,), "/x.log")
+    state = stack.StackState("127.0.0.1", "b", "", "/tmp/r", "/c.json", {"mlflow": record})
+    health = {h.name: h for h in stack.check_health(state)}
+    assert not health["mlflow"].healthy and f"process {gone.pid} is gone" in health["mlflow"].detail
+    assert health["s3"].detail == "not started"
+
+
+def test_down_kills_a_group_that_ignores_sigterm_and_its_detached_child(tmp_path: Path) -> None:
+    # A leader that ignores SIGTERM, with a child in a session of its own (like a Ray job driver).
+    script = (
+        "import signal, subprocess, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    leader = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert leader.stdout is not None
+    child_pid = int(leader.stdout.readline())
+    time.sleep(0.5)  # let the leader install its SIGTERM handler
+    paths = stack.StackPaths.from_env(tmp_path)
+    paths.root.mkdir(parents=True)
+    record = stack.ServiceRecord("mlflow", leader.pid, "http://127.0.0.1:1", (), "/x.log")
+    state = stack.StackState("127.0.0.1", "b", "", "/tmp/r", str(paths.credentials_file), {"mlflow": record})
+    paths.state_file.write_text(json.dumps(state.to_json()))
+
+    started = time.monotonic()
+    assert stack.down(tmp_path, timeout_s=2) == ["mlflow"]
+    assert time.monotonic() - started < 30
+    assert leader.poll() is not None  # SIGKILLed after ignoring SIGTERM for 2 s
+    stat = Path(f"/proc/{child_pid}/stat")
+    assert not stat.exists() or stat.read_text().split(") ")[1][0] == "Z"
+    assert not paths.state_file.exists()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(leader.pid, 0)
