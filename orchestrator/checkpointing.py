@@ -227,19 +227,33 @@ def count_attempts(fs: pyarrow.fs.FileSystem, trial_fs_path: str) -> int:
 
 
 def latest_complete_checkpoint(fs: pyarrow.fs.FileSystem, trial_fs_path: str) -> str | None:
-    """The trial's checkpoint directory with the highest step that has a manifest (Ray's names sort by step)."""
+    """The trial's checkpoint with the most steps whose files are all in storage at their manifest's sizes.
+
+    Ray Train registers a reported checkpoint only at its next poll of the workers (every ~2 s), so a worker that
+    dies right after a report can leave a complete checkpoint that `ray.train.get_checkpoint()` does not know.
+    Any complete checkpoint is a consistent snapshot (loader position and RNGs included), so resuming from the
+    newest loses the least work. Directories are named by `checkpoint_dir_name` and so sort by step.
+    """
     selector = pyarrow.fs.FileSelector(trial_fs_path, allow_not_found=True)
     candidates = sorted(
-        (info.path for info in fs.get_file_info(selector) if info.type == pyarrow.fs.FileType.Directory),
+        (
+            info.path
+            for info in fs.get_file_info(selector)
+            if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(CHECKPOINT_PREFIX)
+        ),
         key=lambda path: path.rsplit("/", 1)[-1],
         reverse=True,
     )
     for path in candidates:
-        if (
-            path.rsplit("/", 1)[-1].startswith(CHECKPOINT_PREFIX)
-            and fs.get_file_info(f"{path}/{MANIFEST_FILE}").is_file
-        ):
-            return path
+        try:
+            with fs.open_input_stream(f"{path}/{MANIFEST_FILE}") as stream:
+                manifest = json.loads(stream.read())
+        except (FileNotFoundError, OSError, ValueError):
+            continue
+        files = manifest.get("files", {})
+        infos = fs.get_file_info([f"{path}/{name}" for name in files])
+        if all(info.size == spec["bytes"] for info, spec in zip(infos, files.values(), strict=True)):
+            return str(path)
     return None
 
 

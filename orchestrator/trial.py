@@ -1,0 +1,229 @@
+"""One trial = one Ray Train run: `run_trial(cfg)` builds the `TorchTrainer`, runs it, and says how it went.
+
+Ray Train restarts a failed worker group from the latest checkpoint up to `FailureConfig(max_failures)` times and
+treats every worker error as retryable. `FailFastCallback` runs our `RestartPolicy` inside Ray Train's controller
+on each failure and, for one a restart cannot cure (a config or code error before the first step), raises: an
+exception in a controller callback is a non-retryable controller error, so the run ends after one attempt with
+our reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs
+from ray.exceptions import RayActorError
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+from ray.train.v2.api.exceptions import ControllerError, TrainingFailedError, WorkerGroupError
+
+from orchestrator.checkpointing import count_attempts, latest_complete_checkpoint
+from orchestrator.config import TrialConfig
+from orchestrator.restart_policy import (
+    Action,
+    Failure,
+    FailureKind,
+    RestartPolicy,
+    TrainFunctionError,
+    classify_message,
+)
+from orchestrator.train_loop import train_func
+
+logger = logging.getLogger(__name__)
+
+Reporter = Callable[[dict[str, Any]], None]
+
+
+class TrialFailedFast(RuntimeError):
+    """The restart policy ended the trial: the message is its reason (e.g. `config error before the first ...`)."""
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    trial_id: str
+    metrics: dict[str, Any]  # rank 0's last report (see train_loop._report for the keys); {} if none
+    checkpoint_path: str | None  # the latest checkpoint, on the trial's storage (`bucket/prefix/...` on S3)
+    attempts: int  # attempts started, the first included
+    error: str | None = None  # why the trial failed; None when it finished
+    storage_path: str = ""  # the trial's directory on its storage
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def storage_location(storage: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
+    """(storage_path, storage_filesystem) for Ray Train's `RunConfig` from a local path or `s3://bucket/prefix`.
+
+    For S3 the endpoint and keys come from the standard AWS environment variables; `AWS_ENDPOINT_URL` points at
+    a non-AWS server such as SeaweedFS (path-style addressing, plain HTTP when the URL says so).
+    """
+    if not storage.startswith("s3://"):
+        if "://" in storage:
+            raise ValueError(f"storage: {storage!r} is neither a path nor an s3:// URI; use one of those")
+        return os.path.abspath(os.path.expanduser(storage)), None
+    kwargs: dict[str, Any] = {
+        "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
+        "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+    }
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
+        kwargs["force_virtual_addressing"] = False
+    return storage.removeprefix("s3://").rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
+
+
+def failure_from_errors(worker_errors: dict[int, Exception], failures_so_far: int) -> Failure:
+    """Describe the errors of one failed attempt (rank -> error) for the restart policy."""
+    kinds: set[FailureKind] = set()
+    steps_done = 0
+    reasons: list[str] = []
+    for rank in sorted(worker_errors):
+        error = worker_errors[rank]
+        if isinstance(error, TrainFunctionError):
+            kinds.add(error.kind)
+            steps_done = max(steps_done, error.steps_done)
+            reasons.append(f"rank {rank}: {error.reason}")
+        elif isinstance(error, RayActorError) or "died" in type(error).__name__.lower():
+            kinds.add(FailureKind.WORKER_DIED)
+            reasons.append(f"rank {rank}: worker died ({type(error).__name__})")
+        else:
+            text = f"{type(error).__name__}: {error}"
+            kinds.add(FailureKind.WORKER_DIED if "health" in text.lower() else classify_message(text))
+            reasons.append(f"rank {rank}: {text}")
+    return Failure(
+        kinds=frozenset(kinds), reason="; ".join(reasons), steps_done=steps_done, failures_so_far=failures_so_far
+    )
+
+
+class FailFastCallback(UserCallback):
+    """Runs `RestartPolicy` on the controller after each failed attempt; raises when it says FAIL."""
+
+    def __init__(self, policy: RestartPolicy) -> None:
+        self.policy = policy
+        self.failures = 0
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        failure = failure_from_errors(worker_exceptions, self.failures)
+        self.failures += 1
+        decision = self.policy.decide(failure)
+        logger.warning("trial %s: %s -> %s", run_context.run_config.name, decision.why, decision.action.value)
+        if decision.action is Action.FAIL:
+            raise TrialFailedFast(decision.why)
+
+
+class ReporterCallback(UserCallback):
+    """Calls `reporter(metrics)` with rank 0's metrics of every report (on the Ray Train controller)."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        self.reporter = reporter
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        report = dict(metrics[0])
+        if checkpoint is not None:
+            report["checkpoint_path"] = checkpoint.path
+        self.reporter(report)
+
+
+def build_trainer(
+    cfg: TrialConfig,
+    *,
+    run_config_name: str | None = None,
+    reporter: Reporter | None = None,
+    callbacks: Sequence[UserCallback] = (),
+) -> TorchTrainer:
+    """The `TorchTrainer` of one trial (not started)."""
+    storage_path, storage_filesystem = storage_location(cfg.storage)
+    resources = cfg.resources
+    user_callbacks: list[UserCallback] = [FailFastCallback(RestartPolicy(cfg.max_failures)), *callbacks]
+    if reporter is not None:
+        user_callbacks.append(ReporterCallback(reporter))
+    if _in_tune_session():
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        user_callbacks.append(TuneReportCallback())
+    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
+    if resources.use_gpu:
+        per_worker["GPU"] = resources.gpus_per_worker
+    return TorchTrainer(
+        train_func,
+        train_loop_config=cfg.model_dump(mode="json"),
+        scaling_config=ScalingConfig(
+            num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker
+        ),
+        run_config=RunConfig(
+            name=run_config_name or cfg.trial_id,
+            storage_path=storage_path,
+            storage_filesystem=storage_filesystem,
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+            callbacks=list(user_callbacks),  # type: ignore[arg-type]  # v2 accepts UserCallback; the stub says v1
+        ),
+    )
+
+
+def run_trial(
+    cfg: TrialConfig,
+    *,
+    run_config_name: str | None = None,
+    reporter: Reporter | None = None,
+    callbacks: Sequence[UserCallback] = (),
+) -> TrialResult:
+    """Train one trial on the connected Ray cluster to its end; failures come back in `TrialResult.error`.
+
+    `reporter` is called with rank 0's metrics at every report; it runs on the Ray Train controller actor, so it
+    must pickle. Inside a Ray Tune function trainable the metrics also go to Tune (`TuneReportCallback`).
+    Re-running a trial with the same name and storage resumes it from its latest checkpoint.
+    """
+    name = run_config_name or cfg.trial_id
+    trainer = build_trainer(cfg, run_config_name=name, reporter=reporter, callbacks=callbacks)
+    storage_path, storage_filesystem = storage_location(cfg.storage)
+    fs = storage_filesystem or pyarrow.fs.LocalFileSystem()
+    trial_path = f"{storage_path}/{name}"
+    metrics: dict[str, Any] = {}
+    checkpoint_path: str | None = None
+    error: str | None = None
+    try:
+        result = trainer.fit()
+        metrics = dict(result.metrics or {})
+        checkpoint_path = result.checkpoint.path if result.checkpoint is not None else None
+    except TrainingFailedError as exc:
+        error = failure_reason(exc)
+        logger.error("trial %s failed: %s", name, error)
+        checkpoint_path = latest_complete_checkpoint(fs, trial_path)
+    return TrialResult(
+        trial_id=cfg.trial_id,
+        metrics=metrics,
+        checkpoint_path=checkpoint_path,
+        attempts=count_attempts(fs, trial_path),
+        error=error,
+        storage_path=trial_path,
+    )
+
+
+def failure_reason(exc: TrainingFailedError) -> str:
+    """The human reason of a failed run: our policy's verdict, or Ray's worker errors."""
+    if isinstance(exc, ControllerError):
+        cause: BaseException | None = exc.controller_failure
+        while cause is not None and not isinstance(cause, TrialFailedFast):
+            cause = cause.__cause__ or (cause.controller_failure if isinstance(cause, ControllerError) else None)
+        return str(cause) if cause is not None else f"controller error: {exc.controller_failure}"
+    if isinstance(exc, WorkerGroupError):
+        policy_view = failure_from_errors(exc.worker_failures, failures_so_far=0)
+        return policy_view.reason
+    return str(exc)
+
+
+def _in_tune_session() -> bool:
+    from ray.tune.trainable.trainable_fn_utils import _in_tune_session as in_session
+
+    return bool(in_session())
