@@ -72,7 +72,7 @@ def test_writer_killed_halfway_leaves_no_checkpoint(tmp_path: Path) -> None:
 def test_corrupt_or_partial_checkpoint_is_refused(tmp_path: Path) -> None:
     directory = write_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(2)}, _state())
     (directory / MODEL_FILE).write_bytes(b"truncated")
-    with pytest.raises(CheckpointError, match="does not match manifest.json"):
+    with pytest.raises(CheckpointError, match=r"does not match manifest\.json"):
         read_checkpoint(directory)
     (directory / MANIFEST_FILE).unlink()
     with pytest.raises(CheckpointError, match="not completely written"):
