@@ -1,0 +1,186 @@
+"""Trial and sweep state: one enum per level, one table of allowed transitions, a small persisted record.
+
+Pure logic, no Ray and no MLflow (the Ray Train v2 controller's `controller/state.py` pattern): the sweep driver
+applies transitions as Tune reports on trials, the CLI reads the same files after the cluster is gone
+(`resnet-orch status SWEEP --json`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class TrialState(StrEnum):
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    RESTARTING = "RESTARTING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def is_terminal(self) -> bool:
+        """No further progress in this run of the sweep driver (a `resume` may re-queue FAILED/CANCELLED)."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED})
+
+# Every allowed edge in one place. RUNNING/RESTARTING -> PENDING: the sweep driver died and `resume` queues the
+# trial again; FAILED/CANCELLED -> PENDING: `resume` retries what did not finish. SUCCEEDED is final: a resumed
+# sweep never re-runs a finished trial.
+TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
+    TrialState.PENDING: frozenset({TrialState.RUNNING, TrialState.FAILED, TrialState.CANCELLED}),
+    TrialState.RUNNING: frozenset(
+        {TrialState.RESTARTING, TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.PENDING}
+    ),
+    TrialState.RESTARTING: frozenset(
+        {TrialState.RUNNING, TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.PENDING}
+    ),
+    TrialState.SUCCEEDED: frozenset(),
+    TrialState.FAILED: frozenset({TrialState.PENDING}),
+    TrialState.CANCELLED: frozenset({TrialState.PENDING}),
+}
+
+
+class InvalidTransition(ValueError):
+    """A state change the table does not allow (a bug in the driver, never bad user input)."""
+
+
+def check_transition(current: TrialState, new: TrialState) -> None:
+    if new != current and new not in TRANSITIONS[current]:
+        allowed = ", ".join(sorted(TRANSITIONS[current])) or "none (final)"
+        raise InvalidTransition(f"trial state {current} -> {new} is not allowed; from {current}: {allowed}")
+
+
+class SweepState(StrEnum):
+    PENDING = "PENDING"  # submitted, the driver has not started yet
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"  # every trial succeeded
+    FAILED = "FAILED"  # the driver finished and at least one trial failed
+    CANCELLED = "CANCELLED"
+    INTERRUPTED = "INTERRUPTED"  # the driver died with trials unfinished: `resnet-orch resume SWEEP`
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (SweepState.SUCCEEDED, SweepState.FAILED, SweepState.CANCELLED)
+
+
+def final_sweep_state(trial_states: list[TrialState]) -> SweepState:
+    """The sweep's state once its driver has returned."""
+    if any(not s.is_terminal for s in trial_states):
+        return SweepState.INTERRUPTED
+    if any(s == TrialState.CANCELLED for s in trial_states):
+        return SweepState.CANCELLED
+    if any(s == TrialState.FAILED for s in trial_states):
+        return SweepState.FAILED
+    return SweepState.SUCCEEDED
+
+
+class TrialStatus(BaseModel):
+    """One trial as `status --json` prints it."""
+
+    id: str
+    config: dict[str, Any]
+    state: TrialState = TrialState.PENDING
+    attempts: int = 0
+    metrics: dict[str, float] = Field(default_factory=dict)
+    mlflow_run_id: str | None = None
+    error: str | None = None
+
+
+class SweepRecord(BaseModel):
+    """What `submit` knows: written once before the driver starts (plus the Ray job id)."""
+
+    sweep_id: str
+    name: str
+    created_at: float = Field(default_factory=time.time)
+    sweep_file: str
+    storage: str
+    tracking_uri: str
+    experiment: str
+    registered_model: str
+    ray_address: str | None = None
+    dashboard_url: str | None = None
+    job_id: str | None = None
+
+
+class SweepProgress(BaseModel):
+    """What the driver knows: rewritten (atomically) on every trial event. One writer at a time."""
+
+    sweep: str
+    state: SweepState = SweepState.PENDING
+    parent_run_id: str | None = None
+    trials: list[TrialStatus]
+    updated_at: float = Field(default_factory=time.time)
+
+    def trial(self, trial_id: str) -> TrialStatus:
+        for trial in self.trials:
+            if trial.id == trial_id:
+                return trial
+        raise KeyError(f"sweep {self.sweep} has no trial {trial_id!r}")
+
+    def move(self, trial_id: str, new: TrialState, *, error: str | None = None) -> TrialStatus:
+        trial = self.trial(trial_id)
+        check_transition(trial.state, new)
+        trial.state = new
+        if error is not None:
+            trial.error = error
+        elif new in (TrialState.RUNNING, TrialState.SUCCEEDED):
+            trial.error = None
+        return trial
+
+    def requeue_unfinished(self) -> list[str]:
+        """Before a resume: every trial that has not succeeded goes back to PENDING."""
+        requeued = []
+        for trial in self.trials:
+            if trial.state != TrialState.SUCCEEDED and trial.state != TrialState.PENDING:
+                self.move(trial.id, TrialState.PENDING)
+                requeued.append(trial.id)
+        return requeued
+
+    def cancel_unfinished(self) -> None:
+        for trial in self.trials:
+            if not trial.state.is_terminal:
+                self.move(trial.id, TrialState.CANCELLED)
+        self.state = SweepState.CANCELLED
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "sweep": self.sweep,
+            "state": self.state.value,
+            "trials": [t.model_dump(mode="json") for t in self.trials],
+        }
+
+
+def write_json_atomic(path: Path, payload: str) -> None:
+    """Readers never see a half-written file: write a sibling temp file, then rename over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(path: Path, model: BaseModel) -> None:
+    write_json_atomic(path, model.model_dump_json(indent=2))
+
+
+def load_record(path: Path) -> SweepRecord:
+    return SweepRecord.model_validate(json.loads(path.read_text(encoding="utf-8")))
+
+
+def load_progress(path: Path) -> SweepProgress:
+    return SweepProgress.model_validate(json.loads(path.read_text(encoding="utf-8")))

@@ -1,0 +1,157 @@
+"""Sweep ids and the local layout under RESNET_ORCH_HOME (default ~/.resnet-orch).
+
+    $RESNET_ORCH_HOME/
+      sweeps/<sweep id>/sweep.yaml      the submitted file, as submitted
+                        record.json     SweepRecord (written by `submit`)
+                        progress.json   SweepProgress (written by the driver as trials move)
+                        driver.log      the driver's log when it runs locally
+      storage/                          Ray Tune/Train storage (checkpoints, experiment state)
+      mlflow/mlflow.db, mlflow/artifacts/   the embedded MLflow store
+      ray/                              the local Ray head's temp dir
+
+Everything a user or a test run touches is under one root, so two of them never collide.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.config import SweepConfig, TrialConfig, load_sweep
+from orchestrator.state import (
+    SweepProgress,
+    SweepRecord,
+    TrialStatus,
+    load_progress,
+    load_record,
+    save_model,
+)
+
+HOME_ENV = "RESNET_ORCH_HOME"
+
+
+class SweepNotFound(LookupError):
+    """No sweep with that id (or prefix) under RESNET_ORCH_HOME."""
+
+
+def orch_home() -> Path:
+    return Path(os.environ.get(HOME_ENV) or Path.home() / ".resnet-orch").expanduser().resolve()
+
+
+def default_storage() -> Path:
+    return orch_home() / "storage"
+
+
+def embedded_tracking_uri() -> str:
+    return f"sqlite:///{orch_home() / 'mlflow' / 'mlflow.db'}"
+
+
+def embedded_artifact_root() -> Path:
+    return orch_home() / "mlflow" / "artifacts"
+
+
+@dataclass(frozen=True)
+class SweepPaths:
+    root: Path
+
+    @property
+    def sweep_file(self) -> Path:
+        return self.root / "sweep.yaml"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "record.json"
+
+    @property
+    def progress(self) -> Path:
+        return self.root / "progress.json"
+
+    @property
+    def driver_log(self) -> Path:
+        return self.root / "driver.log"
+
+
+def sweep_paths(sweep_id: str) -> SweepPaths:
+    return SweepPaths(orch_home() / "sweeps" / sweep_id)
+
+
+def new_sweep_id(name: str, now: float | None = None) -> str:
+    """`quickstart-20261125-193501-a3f9`: sortable by time, unique across users of one home."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    return f"{name}-{stamp}-{secrets.token_hex(2)}"
+
+
+def list_sweep_ids() -> list[str]:
+    root = orch_home() / "sweeps"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if (p / "record.json").is_file()]
+    return [p.name for p in sorted(found, key=lambda p: p.stat().st_mtime)]
+
+
+def resolve_sweep_id(text: str | None) -> str:
+    """A full id, a unique prefix, or None for the newest sweep."""
+    ids = list_sweep_ids()
+    if not ids:
+        raise SweepNotFound(f"no sweeps under {orch_home()}; submit one with `resnet-orch submit sweep.yaml`")
+    if text is None:
+        return ids[-1]
+    if text in ids:
+        return text
+    matches = [i for i in ids if i.startswith(text)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise SweepNotFound(f"no sweep {text!r} under {orch_home()}; `resnet-orch list` shows the sweeps")
+    raise SweepNotFound(f"{text!r} matches {len(matches)} sweeps ({', '.join(matches)}); give more of the id")
+
+
+def trial_storage(sweep_id: str, config: SweepConfig) -> str:
+    """Where this sweep's Ray storage goes: the sweep's `storage:` or the home default, one folder per sweep."""
+    base = config.storage or str(default_storage())
+    return f"{base.rstrip('/')}/{sweep_id}"
+
+
+def expand(sweep_id: str, config: SweepConfig) -> list[TrialConfig]:
+    """The sweep's trials, each storing under this sweep's own folder (so a resubmit never reuses old state)."""
+    storage = trial_storage(sweep_id, config)
+    return [t.model_copy(update={"storage": storage}) for t in config.expand(storage_root=storage)]
+
+
+def create_sweep(sweep_file: Path, config: SweepConfig, *, ray_address: str | None = None) -> SweepRecord:
+    """Write the sweep's folder (file copy, record, all trials PENDING) before anything is submitted."""
+    sweep_id = new_sweep_id(config.name)
+    paths = sweep_paths(sweep_id)
+    paths.root.mkdir(parents=True)
+    shutil.copyfile(sweep_file, paths.sweep_file)
+    tracking = config.tracking
+    record = SweepRecord(
+        sweep_id=sweep_id,
+        name=config.name,
+        sweep_file=str(sweep_file.resolve()),
+        storage=trial_storage(sweep_id, config),
+        tracking_uri=tracking.uri or embedded_tracking_uri(),
+        experiment=tracking.experiment or config.name,
+        registered_model=tracking.registered_model or config.name,
+        ray_address=ray_address,
+    )
+    trials = [TrialStatus(id=t.trial_id, config=t.model_dump(mode="json")) for t in expand(sweep_id, config)]
+    save_model(paths.progress, SweepProgress(sweep=sweep_id, trials=trials))
+    save_model(paths.record, record)
+    return record
+
+
+def load_sweep_record(sweep_id: str) -> SweepRecord:
+    return load_record(sweep_paths(sweep_id).record)
+
+
+def load_sweep_progress(sweep_id: str) -> SweepProgress:
+    return load_progress(sweep_paths(sweep_id).progress)
+
+
+def load_sweep_config(sweep_id: str) -> SweepConfig:
+    return load_sweep(sweep_paths(sweep_id).sweep_file)

@@ -1,0 +1,117 @@
+"""Trial/sweep state machine and the persisted record: pure logic, no Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.state import (
+    TRANSITIONS,
+    InvalidTransition,
+    SweepProgress,
+    SweepState,
+    TrialState,
+    TrialStatus,
+    check_transition,
+    final_sweep_state,
+    load_progress,
+    save_model,
+)
+
+
+def _progress(*states: TrialState) -> SweepProgress:
+    trials = [TrialStatus(id=f"t{i}", config={}, state=s) for i, s in enumerate(states)]
+    return SweepProgress(sweep="s", trials=trials)
+
+
+def test_terminal_states() -> None:
+    assert {s for s in TrialState if s.is_terminal} == {TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED}
+
+
+def test_every_state_has_a_row() -> None:
+    assert set(TRANSITIONS) == set(TrialState)
+
+
+@pytest.mark.parametrize(
+    ("current", "new"),
+    [
+        (TrialState.PENDING, TrialState.RUNNING),
+        (TrialState.RUNNING, TrialState.RESTARTING),
+        (TrialState.RESTARTING, TrialState.RUNNING),
+        (TrialState.RUNNING, TrialState.SUCCEEDED),
+        (TrialState.RUNNING, TrialState.PENDING),
+        (TrialState.FAILED, TrialState.PENDING),
+        (TrialState.CANCELLED, TrialState.PENDING),
+    ],
+)
+def test_allowed(current: TrialState, new: TrialState) -> None:
+    check_transition(current, new)
+
+
+@pytest.mark.parametrize(
+    ("current", "new", "message"),
+    [
+        (
+            TrialState.SUCCEEDED,
+            TrialState.RUNNING,
+            "trial state SUCCEEDED -> RUNNING is not allowed; from SUCCEEDED: none (final)",
+        ),
+        (
+            TrialState.PENDING,
+            TrialState.SUCCEEDED,
+            "trial state PENDING -> SUCCEEDED is not allowed; from PENDING: CANCELLED, FAILED, RUNNING",
+        ),
+        (TrialState.FAILED, TrialState.RUNNING, "trial state FAILED -> RUNNING is not allowed; from FAILED: PENDING"),
+    ],
+)
+def test_refused(current: TrialState, new: TrialState, message: str) -> None:
+    with pytest.raises(InvalidTransition) as info:
+        check_transition(current, new)
+    assert str(info.value) == message
+
+
+def test_restart_is_recorded_and_resume_keeps_finished_trials() -> None:
+    progress = _progress(TrialState.RUNNING, TrialState.SUCCEEDED, TrialState.FAILED, TrialState.PENDING)
+    progress.move("t0", TrialState.RESTARTING)
+    progress.move("t0", TrialState.RUNNING)
+    assert progress.requeue_unfinished() == ["t0", "t2"]
+    assert [t.state for t in progress.trials] == [
+        TrialState.PENDING,
+        TrialState.SUCCEEDED,
+        TrialState.PENDING,
+        TrialState.PENDING,
+    ]
+
+
+def test_cancel_leaves_finished_trials() -> None:
+    progress = _progress(TrialState.RUNNING, TrialState.SUCCEEDED, TrialState.PENDING)
+    progress.cancel_unfinished()
+    assert [t.state for t in progress.trials] == [TrialState.CANCELLED, TrialState.SUCCEEDED, TrialState.CANCELLED]
+    assert progress.state == SweepState.CANCELLED
+
+
+@pytest.mark.parametrize(
+    ("states", "expected"),
+    [
+        ([TrialState.SUCCEEDED, TrialState.SUCCEEDED], SweepState.SUCCEEDED),
+        ([TrialState.SUCCEEDED, TrialState.FAILED], SweepState.FAILED),
+        ([TrialState.CANCELLED, TrialState.FAILED], SweepState.CANCELLED),
+        ([TrialState.SUCCEEDED, TrialState.RUNNING], SweepState.INTERRUPTED),
+    ],
+)
+def test_final_sweep_state(states: list[TrialState], expected: SweepState) -> None:
+    assert final_sweep_state(states) == expected
+
+
+def test_progress_round_trip_and_json_shape(tmp_path: Path) -> None:
+    progress = _progress(TrialState.RUNNING)
+    progress.trials[0].metrics = {"val_top1_err": 0.25}
+    path = tmp_path / "progress.json"
+    save_model(path, progress)
+    assert load_progress(path) == progress
+    assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file
+    payload = progress.as_json()
+    assert set(payload) == {"sweep", "state", "trials"}
+    assert set(payload["trials"][0]) >= {"id", "config", "state", "attempts", "metrics", "mlflow_run_id"}
+    assert payload["trials"][0]["state"] == "RUNNING"
