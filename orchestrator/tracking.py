@@ -1,0 +1,221 @@
+"""MLflow: one parent run per sweep, one child run per trial, the registry, and `pull`.
+
+Runs are found again by tags (`resnet_orch.sweep_id`, `resnet_orch.trial_id`) instead of being created blindly,
+so a trial restarted by Ray Train, a trial re-queued by `resume` and a resumed driver all write into the same
+run (no duplicate runs: ray-project/ray#48664). Only the sweep driver and the trial driver (never the N training
+workers) talk to MLflow (ray-project/ray#64179, mlflow#7206).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, RunStatus
+from mlflow.tracking import MlflowClient
+
+from orchestrator.config import TrialConfig
+
+logger = logging.getLogger(__name__)
+
+TAG_SWEEP = "resnet_orch.sweep_id"
+TAG_TRIAL = "resnet_orch.trial_id"
+TAG_KIND = "resnet_orch.kind"
+TAG_ATTEMPTS = "resnet_orch.attempts"
+TAG_STATE = "resnet_orch.state"
+TAG_PARENT = "mlflow.parentRunId"
+CHAMPION = "champion"
+# The metric that ranks trials: the paper reports top-1 error on the validation set (Tables 2-4).
+RANK_METRIC = "val_top1_err"
+# What the trial's training loop reports per epoch (brief: training contract) and what we keep as curves.
+CURVE_METRICS = ("train_top1_err", "val_top1_err")
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """`{"model": {"depth": 18}}` -> `{"model.depth": "18"}`: MLflow params are flat strings."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+    return flat
+
+
+def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The finite numbers of a Ray report (Tune adds strings, bools and paths that MLflow must not see)."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if math.isfinite(value):
+            out[key] = float(value)
+    return out
+
+
+class Tracker:
+    """The MLflow side of one sweep."""
+
+    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        existing = self.client.get_experiment_by_name(experiment)
+        if existing is not None:
+            self.experiment_id = existing.experiment_id
+        else:
+            # An embedded sqlite store puts artifacts in ./mlruns of the current directory unless told otherwise.
+            location = (artifact_root / experiment).as_uri() if artifact_root is not None else None
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
+
+    def _find(self, **tags: str) -> str | None:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = sorted(
+            self.client.search_runs([self.experiment_id], filter_string=query, max_results=2),
+            key=lambda r: r.info.start_time,
+        )
+        if len(runs) > 1:
+            logger.warning("more than one MLflow run matches %s; using the oldest", query)
+        return runs[0].info.run_id if runs else None
+
+    def parent_run(self, sweep_id: str, sweep_file: Path) -> str:
+        run_id = self._find(**{TAG_SWEEP: sweep_id, TAG_KIND: "sweep"})
+        if run_id is None:
+            run = self.client.create_run(
+                self.experiment_id, run_name=sweep_id, tags={TAG_SWEEP: sweep_id, TAG_KIND: "sweep"}
+            )
+            run_id = run.info.run_id
+            self.client.log_artifact(run_id, str(sweep_file), artifact_path="config")
+        else:
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return run_id
+
+    def child_run(self, parent_run_id: str, sweep_id: str, trial: TrialConfig) -> str:
+        run_id = self._find(**{TAG_SWEEP: sweep_id, TAG_TRIAL: trial.trial_id, TAG_KIND: "trial"})
+        if run_id is not None:
+            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            return run_id
+        tags = {TAG_SWEEP: sweep_id, TAG_TRIAL: trial.trial_id, TAG_KIND: "trial", TAG_PARENT: parent_run_id}
+        run = self.client.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
+        run_id = run.info.run_id
+        resolved = trial.model_dump(mode="json")
+        params = flatten(resolved)
+        items = list(params.items())
+        # MLflow caps a batch at 100 params.
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start : start + 100]])
+        self.client.log_dict(run_id, resolved, "config/trial.json")
+        return run_id
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+        stamp = mlflow.utils.time.get_current_time_millis()
+        entries = [Metric(k, v, stamp, step) for k, v in numeric_metrics(metrics).items()]
+        if entries:
+            self.client.log_batch(run_id, metrics=entries)
+
+    def set_attempts(self, run_id: str, attempts: int) -> None:
+        self.client.set_tag(run_id, TAG_ATTEMPTS, str(attempts))
+
+    def finish(self, run_id: str, state: str, succeeded: bool) -> None:
+        self.client.set_tag(run_id, TAG_STATE, state)
+        status = RunStatus.FINISHED if succeeded else RunStatus.FAILED
+        self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+
+    def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
+        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, metric))
+
+    def log_curves(self, run_id: str, curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], name: str) -> None:
+        """Upload a curves PNG (see `plot_curves`) under `curves/` of `run_id`."""
+        from orchestrator.report import plot_curves
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            plot_curves(curves, path)
+            self.client.log_artifact(run_id, str(path), artifact_path="curves")
+
+    def trial_curves(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
+        return {metric: self.history(run_id, metric) for metric in CURVE_METRICS}
+
+    # ---- registry ---------------------------------------------------------------------------------------------
+
+    def version_of_run(self, model_name: str, run_id: str) -> str | None:
+        versions = self.client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+        return versions[0].version if versions else None
+
+    def crown_champion(self, model_name: str, sweep_id: str) -> tuple[str, float] | None:
+        """Give the `champion` alias to this sweep's registered version with the lowest top-1 error."""
+        best: tuple[str, float] | None = None
+        for version in self.client.search_model_versions(f"name = '{model_name}'"):
+            if version.tags.get(TAG_SWEEP) != sweep_id or RANK_METRIC not in version.tags:
+                continue
+            err = float(version.tags[RANK_METRIC])
+            # Ties go to the earliest version, so the choice does not depend on the listing order.
+            if best is None or (err, int(version.version)) < (best[1], int(best[0])):
+                best = (str(version.version), err)
+        if best is not None:
+            self.client.set_registered_model_alias(model_name, CHAMPION, best[0])
+            logger.info("%s version %s is the champion (%s=%.4f)", model_name, best[0], RANK_METRIC, best[1])
+        return best
+
+
+def log_trial_model(
+    tracker: Tracker,
+    run_id: str,
+    model: Any,
+    *,
+    image_size: int,
+    registered_model: str,
+    version_tags: Mapping[str, str],
+) -> str:
+    """Log `model` (eval mode) with a signature into `run_id`, register it; returns the version (idempotent)."""
+    import torch
+    from mlflow.models import infer_signature
+
+    existing = tracker.version_of_run(registered_model, run_id)
+    if existing is not None:
+        return existing
+    model = model.eval().cpu()
+    # MLflow's default pt2 format exports with the input example's shape; a batch of 1 would freeze the batch
+    # dimension to 1 (mlflow/pytorch/__init__.py, `Dim.AUTO` specializes size-1 dims), so log a batch of 2.
+    example = torch.randn(2, 3, image_size, image_size)
+    with torch.no_grad():
+        output = model(example)
+    signature = infer_signature(example.numpy(), output.numpy())
+    mlflow.set_tracking_uri(tracker.tracking_uri)
+    mlflow.set_registry_uri(tracker.tracking_uri)
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            signature=signature,
+            input_example=example.numpy(),
+            registered_model_name=registered_model,
+            # Skip MLflow's requirement inference (it re-imports the model in a subprocess: slow, and noisy).
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    version = str(info.registered_model_version)
+    for key, value in version_tags.items():
+        tracker.client.set_model_version_tag(registered_model, version, key, value)
+    return version
+
+
+def pull_model(tracking_uri: str, model_uri: str) -> Any:
+    """`models:/name@alias` (or `name@alias`, `name/3`) -> the logged torch module."""
+    import mlflow.pytorch
+
+    if not model_uri.startswith(("models:/", "runs:/")):
+        model_uri = f"models:/{model_uri}"
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+
+
+def finished_runs(tracker: Tracker, sweep_id: str) -> Iterable[Any]:
+    query = f"tags.`{TAG_SWEEP}` = '{sweep_id}' and tags.`{TAG_KIND}` = 'trial'"
+    return tracker.client.search_runs([tracker.experiment_id], filter_string=query, max_results=10000)
