@@ -1,0 +1,47 @@
+"""The sweep driver: the entrypoint of the Ray Job that `resnet-orch submit` / `resume` starts.
+
+    python -m orchestrator.driver SWEEP_DIR [--resume]
+
+It reads the sweep's folder (RESNET_ORCH_HOME/sweeps/<id> when the cluster is local; the job's uploaded working
+dir on a remote cluster), connects to the cluster the job runs on and runs the sweep with Tune. Its log goes to
+the job's log and to the sweep's `driver.log`, so `resnet-orch logs SWEEP` works after the cluster is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from orchestrator.config import load_sweep
+from orchestrator.state import SweepState, load_record
+from orchestrator.sweep import SweepPaths
+
+logger = logging.getLogger("orchestrator.driver")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.driver")
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--resume", action="store_true", help="restore the sweep's Tune state instead of starting")
+    args = parser.parse_args(argv)
+
+    paths = SweepPaths(args.sweep_dir.resolve())
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout), logging.FileHandler(paths.driver_log)]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers)
+
+    import ray
+
+    from orchestrator.scheduler import run_sweep
+
+    record = load_record(paths.record)
+    config = load_sweep(paths.sweep_file)
+    ray.init(address="auto", log_to_driver=True)
+    state = run_sweep(record, config, paths, resume=args.resume)
+    logger.info("sweep %s finished: %s", record.sweep_id, state)
+    return 0 if state == SweepState.SUCCEEDED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The Tune driver: one Tune trial per sweep trial, each a function that runs a Ray Train job (`run_trial`).
+
+Ray Train v2 refuses `Tuner(TorchTrainer)`; a Tune trial is a function that calls `trainer.fit()` (brief). The trial
+function holds one unit of a custom resource and no CPU, so trial drivers never take the CPUs their own worker
+groups wait for; how many trials run at once is decided here from the cluster's CPUs/GPUs and
+`max_concurrent_trials`, so the trials that do not fit wait in Tune's queue instead of in Train's startup loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from orchestrator.config import ResourcesConfig, SweepConfig, TrialConfig
+from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE
+from orchestrator.state import SweepProgress, SweepRecord, SweepState, TrialState, final_sweep_state, save_model
+from orchestrator.sweep import SweepPaths, embedded_artifact_root, embedded_tracking_uri, expand
+from orchestrator.tracking import RANK_METRIC, TAG_SWEEP, TAG_TRIAL, Tracker, log_trial_model, numeric_metrics
+
+logger = logging.getLogger(__name__)
+
+TUNE_RUN_NAME = "tune"
+# Metrics shown by `status` (the brief's training contract).
+STATUS_METRICS = (
+    "epoch",
+    "step",
+    "train_loss",
+    "train_top1_err",
+    "train_top5_err",
+    "val_top1_err",
+    "val_top5_err",
+    "images_per_s",
+    "lr",
+)
+BEST_METRIC = "best_val_top1_err"
+# One grid-search axis whose values are whole trials (the sweep's own grid is expanded by `SweepConfig.expand`).
+PARAM_KEY = "sweep_trial"
+
+
+class SchedulingError(RuntimeError):
+    """The cluster cannot run this sweep as configured."""
+
+
+def trials_that_fit(cluster: Mapping[str, float], resources: ResourcesConfig) -> int:
+    """How many trials of this shape the cluster holds at once (by CPUs and GPUs)."""
+    fits = math.inf
+    cpu_need = resources.workers * resources.cpus_per_worker
+    fits = min(fits, cluster.get("CPU", 0.0) // cpu_need)
+    if resources.gpus_per_worker > 0:
+        fits = min(fits, cluster.get("GPU", 0.0) // (resources.workers * resources.gpus_per_worker))
+    return int(fits)
+
+
+def concurrency(cluster: Mapping[str, float], config: SweepConfig) -> int:
+    fits = trials_that_fit(cluster, config.resources)
+    if fits < 1:
+        r = config.resources
+        raise SchedulingError(
+            f"one trial needs {r.workers} workers x ({r.cpus_per_worker} CPU, {r.gpus_per_worker} GPU) but the "
+            f"cluster has {cluster.get('CPU', 0)} CPUs and {cluster.get('GPU', 0)} GPUs; lower `resources:` "
+            "or add nodes"
+        )
+    if config.max_concurrent_trials is not None:
+        return min(fits, config.max_concurrent_trials)
+    return fits
+
+
+def trial_trainable(config: dict[str, Any]) -> None:
+    """One Tune trial: train (Ray Train, restarts inside), then register the final model from this driver."""
+    from orchestrator.checkpointing import read_model_state
+    from orchestrator.trial import run_trial
+
+    config = config[PARAM_KEY]
+    trial = TrialConfig.model_validate_json(config["trial"])
+    result = run_trial(trial, run_config_name=trial.trial_id)
+    if result.checkpoint_path is None:
+        raise RuntimeError(f"trial {trial.trial_id} finished without a checkpoint; nothing to register")
+    tracker = Tracker(config["tracking_uri"], config["experiment"], _artifact_root(config["tracking_uri"]))
+    run_id = config["mlflow_run_id"]
+    import pyarrow.fs
+
+    from models import get_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # The checkpoint may be on S3: copy it next to this driver, then log it and load it from there.
+        fs, fs_path = pyarrow.fs.FileSystem.from_uri(result.checkpoint_path)
+        pyarrow.fs.copy_files(fs_path, tmp, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+        tracker.client.log_artifacts(run_id, tmp, artifact_path="checkpoint")
+        model = get_model(trial.model.registry_name, **trial.model.model_kwargs())
+        model.load_state_dict(read_model_state(Path(tmp)))
+    top1 = result.metrics.get(RANK_METRIC)
+    tags = {TAG_SWEEP: config["sweep_id"], TAG_TRIAL: trial.trial_id}
+    if top1 is not None:
+        tags[RANK_METRIC] = str(top1)
+    version = log_trial_model(
+        tracker,
+        run_id,
+        model,
+        image_size=trial.recipe.image_size,
+        registered_model=config["registered_model"],
+        version_tags=tags,
+    )
+    logger.info("trial %s: registered %s version %s", trial.trial_id, config["registered_model"], version)
+
+
+def _trial_id(trial: Any) -> str:
+    return str(trial.config[PARAM_KEY]["trial_id"])
+
+
+def _artifact_root(tracking_uri: str) -> Path | None:
+    return embedded_artifact_root() if tracking_uri == embedded_tracking_uri() else None
+
+
+class SweepCallback(tune.Callback):
+    """Moves trial states in the sweep record and logs every report to the trial's MLflow run (driver side)."""
+
+    def __init__(self, record: SweepRecord, paths: SweepPaths, run_ids: dict[str, str]) -> None:
+        self.record = record
+        self.paths = paths
+        self.run_ids = run_ids
+        self._tracker: Tracker | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks into its experiment state; the MLflow client is rebuilt after a restore.
+        state = dict(self.__dict__)
+        state["_tracker"] = None
+        return state
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            r = self.record
+            self._tracker = Tracker(r.tracking_uri, r.experiment, _artifact_root(r.tracking_uri))
+        return self._tracker
+
+    def _update(self, trial: Any, new: TrialState | None = None, *, error: str | None = None) -> str:
+        trial_id = _trial_id(trial)
+        progress = _load(self.paths)
+        status = progress.trial(trial_id)
+        if new is not None and status.state != new:
+            progress.move(trial_id, new, error=error)
+        save_model(self.paths.progress, progress)
+        return trial_id
+
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._update(trial, TrialState.RUNNING)
+
+    def on_trial_restore(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        self._update(trial, TrialState.RUNNING)
+
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        trial_id = _trial_id(trial)
+        progress = _load(self.paths)
+        status = progress.trial(trial_id)
+        if status.state == TrialState.PENDING:
+            progress.move(trial_id, TrialState.RUNNING)
+        attempts = int(result.get("attempt", 0)) + 1  # the training loop reports a 0-based attempt
+        run_id = self.run_ids[trial_id]
+        if attempts > status.attempts:
+            if status.attempts:
+                # Passing through RESTARTING records the restart in the trial's history.
+                progress.move(trial_id, TrialState.RESTARTING)
+                progress.move(trial_id, TrialState.RUNNING)
+            status.attempts = attempts
+            self.tracker.set_attempts(run_id, attempts)
+        reported = numeric_metrics({k: v for k, v in result.items() if k in STATUS_METRICS})
+        # Mid-epoch reports carry NaN validation errors: keep the last real value of each metric.
+        status.metrics.update(reported)
+        if RANK_METRIC in reported:
+            best = status.metrics.get(BEST_METRIC, math.inf)
+            status.metrics[BEST_METRIC] = min(best, reported[RANK_METRIC])
+        self.tracker.log_metrics(run_id, reported, int(result.get("step", 0)))
+        save_model(self.paths.progress, progress)
+
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        trial_id = self._update(trial, TrialState.SUCCEEDED)
+        run_id = self.run_ids[trial_id]
+        self.tracker.log_curves(run_id, {trial_id: self.tracker.trial_curves(run_id)}, "curves.png")
+        self.tracker.finish(run_id, TrialState.SUCCEEDED.value, succeeded=True)
+
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+        error_file = getattr(trial, "error_file", None)
+        error = error_file and Path(error_file).read_text(encoding="utf-8", errors="replace")[-2000:]
+        trial_id = self._update(trial, TrialState.FAILED, error=error or "failed (see `resnet-orch logs`)")
+        self.tracker.finish(self.run_ids[trial_id], TrialState.FAILED.value, succeeded=False)
+
+
+def _load(paths: SweepPaths) -> SweepProgress:
+    from orchestrator.state import load_progress
+
+    return load_progress(paths.progress)
+
+
+def remove_orphan_placement_groups() -> int:
+    """Remove placement groups whose creating job is dead: a killed driver can leave them holding the cluster."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.state import list_jobs, list_placement_groups
+
+    alive = set()
+    for job in list_jobs():
+        # Ray reports a plain driver (not a submitted job) as RUNNING while it is alive, too.
+        if job.job_id and getattr(job.status, "value", job.status) in ("PENDING", "RUNNING"):
+            alive.add(job.job_id)
+    removed = 0
+    for pg in list_placement_groups(filters=[("state", "!=", "REMOVED")], detail=True):
+        if pg.is_detached or pg.creator_job_id in alive:
+            continue
+        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg.placement_group_id))))
+        removed += 1
+        logger.warning("removed placement group %s left by dead job %s", pg.placement_group_id, pg.creator_job_id)
+    return removed
+
+
+def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, resume: bool) -> SweepState:
+    """Run (or resume) the whole sweep on the connected Ray cluster; returns the sweep's final state."""
+    cluster = ray.cluster_resources()
+    if cluster.get(TRIAL_DRIVER_RESOURCE, 0) < 1:
+        raise SchedulingError(
+            f"the cluster has no `{TRIAL_DRIVER_RESOURCE}` resource that trial drivers reserve instead of CPUs; "
+            f"start its nodes with --resources='{{\"{TRIAL_DRIVER_RESOURCE}\": 1000}}' (docs/cluster.md)"
+        )
+    max_concurrent = concurrency(cluster, config)
+    remove_orphan_placement_groups()
+    trials = expand(record.sweep_id, config)
+    tracker = Tracker(record.tracking_uri, record.experiment, _artifact_root(record.tracking_uri))
+    progress = _load(paths)
+    parent_run_id = progress.parent_run_id = tracker.parent_run(record.sweep_id, paths.sweep_file)
+    run_ids = {}
+    for trial in trials:
+        status = progress.trial(trial.trial_id)
+        status.mlflow_run_id = run_ids[trial.trial_id] = tracker.child_run(parent_run_id, record.sweep_id, trial)
+    if resume:
+        requeued = progress.requeue_unfinished()
+        logger.info("resuming %s: re-queued %s", record.sweep_id, ", ".join(requeued) or "nothing")
+    progress.state = SweepState.RUNNING
+    save_model(paths.progress, progress)
+
+    trainable = tune.with_resources(trial_trainable, {TRIAL_DRIVER_RESOURCE: 1})
+    storage = record.storage
+    experiment_path = f"{storage.rstrip('/')}/{TUNE_RUN_NAME}"
+    if resume and tune.Tuner.can_restore(experiment_path):
+        tuner = tune.Tuner.restore(
+            experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=True
+        )
+        # Tune restores the SweepCallback it pickled: the same record, paths and (tag-stable) MLflow run ids.
+    else:
+        common = {
+            "tracking_uri": record.tracking_uri,
+            "experiment": record.experiment,
+            "registered_model": record.registered_model,
+            "sweep_id": record.sweep_id,
+        }
+        values = [
+            {"trial": t.model_dump_json(), "trial_id": t.trial_id, "mlflow_run_id": run_ids[t.trial_id], **common}
+            for t in trials
+            if not (resume and progress.trial(t.trial_id).state == TrialState.SUCCEEDED)
+        ]
+        tuner = tune.Tuner(
+            trainable,
+            param_space={PARAM_KEY: tune.grid_search(values)},
+            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
+            run_config=tune.RunConfig(
+                name=TUNE_RUN_NAME,
+                storage_path=storage,
+                callbacks=[SweepCallback(record, paths, run_ids)],
+                # Restarts happen inside each trial (Ray Train's FailureConfig from `max_failures`); a second
+                # retry layer here would multiply them.
+                failure_config=tune.FailureConfig(max_failures=0),
+                verbose=1,
+            ),
+        )
+    logger.info("sweep %s: %d trials, at most %d at once", record.sweep_id, len(trials), max_concurrent)
+    tuner.fit()
+    progress = _load(paths)
+    _log_sweep_curves(tracker, progress, parent_run_id)
+    best = tracker.crown_champion(record.registered_model, record.sweep_id)
+    if best is not None:
+        logger.info("champion: %s version %s (%s=%.4f)", record.registered_model, best[0], RANK_METRIC, best[1])
+    progress.state = final_sweep_state([t.state for t in progress.trials])
+    save_model(paths.progress, progress)
+    tracker.finish(parent_run_id, progress.state.value, succeeded=progress.state == SweepState.SUCCEEDED)
+    return progress.state
+
+
+def _log_sweep_curves(tracker: Tracker, progress: SweepProgress, parent_run_id: str) -> None:
+    """Figure 4 of the paper: training/validation error vs iterations, plain and residual side by side."""
+    curves = {
+        t.id: tracker.trial_curves(t.mlflow_run_id)
+        for t in progress.trials
+        if t.mlflow_run_id is not None and t.state == TrialState.SUCCEEDED
+    }
+    if curves:
+        tracker.log_curves(parent_run_id, curves, "figure4.png")
