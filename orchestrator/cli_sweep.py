@@ -1,0 +1,418 @@
+"""`resnet-orch validate|submit|resume|status|list|logs|cancel|pull|report|ui`: the sweep commands.
+
+Bad input (a sweep file, an unknown sweep id) prints one clear message and exits 2, with no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.config import ConfigError, SweepConfig, TrialConfig, load_sweep
+from orchestrator.state import SweepProgress, SweepRecord, SweepState, TrialState, save_model
+from orchestrator.sweep import (
+    SweepNotFound,
+    create_sweep,
+    embedded_artifact_root,
+    embedded_tracking_uri,
+    list_sweep_ids,
+    load_sweep_progress,
+    load_sweep_record,
+    resolve_sweep_id,
+    sweep_paths,
+    trial_storage,
+)
+
+# Ray reads its auth mode when it is imported: token auth stays on (Ray 2.60's default for clusters, brief).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+console = Console()
+err_console = Console(stderr=True)
+
+USAGE_ERROR = 2
+
+
+def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _load(path: Path) -> SweepConfig:
+    try:
+        return load_sweep(path)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+def _sweep_id(text: str | None) -> str:
+    try:
+        return resolve_sweep_id(text)
+    except SweepNotFound as exc:
+        raise _fail(str(exc)) from None
+
+
+def _macs(trial: TrialConfig, cache: dict[str, int]) -> int:
+    from models import get_model
+    from models.summary import count_macs
+
+    kwargs = trial.model.model_kwargs()
+    key = json.dumps([trial.model.registry_name, kwargs, trial.recipe.image_size], sort_keys=True)
+    if key not in cache:
+        cache[key] = count_macs(get_model(trial.model.registry_name, **kwargs), trial.recipe.image_size)
+    return cache[key]
+
+
+# ---- validate ---------------------------------------------------------------------------------------------------
+
+
+def validate(
+    sweep_file: Path = typer.Argument(..., help="the sweep YAML"),
+    as_json: bool = typer.Option(False, "--json", help="print the trials as one JSON object"),
+) -> None:
+    """Check a sweep file and print its expanded trials (nothing is submitted)."""
+    config = _load(sweep_file)
+    trials = config.expand(storage_root=trial_storage("<sweep id>", config))
+    cache: dict[str, int] = {}
+    described: list[dict[str, Any]] = [
+        {"id": t.trial_id, "macs_per_image": _macs(t, cache), "config": t.model_dump(mode="json")} for t in trials
+    ]
+    if as_json:
+        console.print_json(json.dumps({"sweep": config.name, "trials": described}))
+        return
+    console.print(f"{sweep_file}: valid; sweep [bold]{config.name}[/bold]: {len(trials)} trials")
+    for item in described:
+        console.print(f"\n[bold]{item['id']}[/bold]  {item['macs_per_image'] / 1e9:.3f} GMACs per image")
+        console.print_json(json.dumps(item["config"]))
+
+
+# ---- submit / resume --------------------------------------------------------------------------------------------
+
+
+def _job_client(address: str) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+def _cluster(address: str | None) -> tuple[str, bool]:
+    """(dashboard URL, is_local): the given address, RAY_ADDRESS, or this home's local head (started if needed)."""
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if address:
+        if "://" not in address:
+            address = f"http://{address}"
+        return address, False
+    from orchestrator.ray_head import RayHeadError, start_head
+
+    try:
+        head = start_head()
+    except RayHeadError as exc:
+        raise _fail(str(exc), code=1) from None
+    return head.dashboard_url, True
+
+
+def _submit_driver(record: SweepRecord, *, resume: bool, address: str, local: bool) -> str:
+    paths = sweep_paths(record.sweep_id)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(("AWS_", "MLFLOW_", "RESNET_ORCH_")) or k in ("RAY_AUTH_MODE",)
+    }
+    env["RESNET_ORCH_HOME"] = str(sweep_paths(record.sweep_id).root.parents[1])
+    runtime_env: dict[str, Any] = {"env_vars": env}
+    if local:
+        # The head runs this venv's Python; the sweep folder is on this machine.
+        entrypoint = f"{sys.executable} -m orchestrator.driver {paths.root}"
+    else:
+        # A remote cluster gets the sweep folder as the job's working dir (its image has the package).
+        runtime_env["working_dir"] = str(paths.root)
+        entrypoint = "python -m orchestrator.driver ."
+    if resume:
+        entrypoint += " --resume"
+    suffix = f"-resume-{int(time.time())}" if resume else ""
+    job_id: str = _job_client(address).submit_job(
+        entrypoint=entrypoint, runtime_env=runtime_env, submission_id=f"{record.sweep_id}{suffix}"
+    )
+    updated = record.model_copy(update={"job_id": job_id, "dashboard_url": address, "ray_address": address})
+    save_model(paths.record, updated)
+    return job_id
+
+
+def _announce(record: SweepRecord, job_id: str, address: str) -> None:
+    console.print(f"sweep id: {record.sweep_id}", highlight=False, soft_wrap=True)
+    console.print(f"job: {job_id}", highlight=False)
+    console.print(f"dashboard: {address}", highlight=False)
+    console.print(f"mlflow: {record.tracking_uri} (experiment {record.experiment})", highlight=False, soft_wrap=True)
+
+
+def submit(
+    sweep_file: Path = typer.Argument(..., help="the sweep YAML"),
+    address: str | None = typer.Option(None, "--address", help="Ray dashboard/Jobs address; default: a local head"),
+    wait: bool = typer.Option(False, "--wait", help="follow the sweep until it ends"),
+) -> None:
+    """Queue a sweep's trials on a Ray cluster; prints the sweep id."""
+    config = _load(sweep_file)
+    url, local = _cluster(address)
+    record = create_sweep(sweep_file, config, ray_address=url)
+    job_id = _submit_driver(record, resume=False, address=url, local=local)
+    _announce(record, job_id, url)
+    if wait:
+        raise typer.Exit(_follow(record.sweep_id))
+
+
+def resume(
+    sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)"),
+    address: str | None = typer.Option(None, "--address", help="Ray address; default: the local head"),
+    wait: bool = typer.Option(False, "--wait"),
+) -> None:
+    """Resume a sweep whose driver died: finished trials are kept, the others continue from their checkpoints."""
+    sweep_id = _sweep_id(sweep)
+    record = load_sweep_record(sweep_id)
+    state = _current_state(record, load_sweep_progress(sweep_id))
+    if state in (SweepState.RUNNING, SweepState.PENDING):
+        raise _fail(f"sweep {sweep_id} is {state}; `resnet-orch cancel {sweep_id}` first, or wait for it")
+    if state == SweepState.SUCCEEDED:
+        raise _fail(f"sweep {sweep_id} already succeeded; nothing to resume")
+    url, local = _cluster(address)
+    job_id = _submit_driver(record, resume=True, address=url, local=local)
+    _announce(record, job_id, url)
+    if wait:
+        raise typer.Exit(_follow(sweep_id))
+
+
+def _job_status(record: SweepRecord) -> str | None:
+    """The driver job's status, or None when the cluster is unreachable."""
+    if record.job_id is None or record.dashboard_url is None:
+        return None
+    try:
+        return str(_job_client(record.dashboard_url).get_job_status(record.job_id).value)
+    except Exception:  # an unreachable or restarted cluster: the job is gone with it
+        return None
+
+
+def _current_state(record: SweepRecord, progress: SweepProgress) -> SweepState:
+    """The recorded state, corrected when the driver is gone without having written a final state."""
+    if progress.state.is_terminal:
+        return progress.state
+    job = _job_status(record)
+    if job in ("PENDING", "RUNNING"):
+        return progress.state if progress.state == SweepState.RUNNING else SweepState.PENDING
+    if progress.state == SweepState.PENDING and job is None and record.job_id is None:
+        return SweepState.PENDING
+    return SweepState.INTERRUPTED
+
+
+def _follow(sweep_id: str) -> int:
+    from rich.live import Live
+
+    record = load_sweep_record(sweep_id)
+    with Live(console=console, refresh_per_second=1) as live:
+        while True:
+            progress = load_sweep_progress(sweep_id)
+            state = _current_state(record, progress)
+            live.update(_status_table(sweep_id, state, progress))
+            if state.is_terminal or state == SweepState.INTERRUPTED:
+                break
+            time.sleep(2)
+    return 0 if state == SweepState.SUCCEEDED else 1
+
+
+# ---- status / list / logs / cancel ------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
+    return "-" if value is None else f"{value * scale:.{digits}f}"
+
+
+def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> Table:
+    table = Table(title=f"{sweep_id}: {state}")
+    for column in ("trial", "depth", "residual", "shortcut", "state", "attempt", "epoch", "top-1 err %", "images/s"):
+        table.add_column(column)
+    for trial in progress.trials:
+        model = trial.config["model"]
+        metrics = trial.metrics
+        table.add_row(
+            trial.id,
+            str(model["depth"]),
+            "yes" if model["residual"] else "no",
+            model["shortcut"],
+            trial.state.value,
+            str(trial.attempts),
+            _fmt(metrics.get("epoch"), digits=0),
+            _fmt(metrics.get("val_top1_err"), 100.0),
+            _fmt(metrics.get("images_per_s"), digits=1),
+        )
+    return table
+
+
+def status(
+    sweep: str | None = typer.Argument(None, help="sweep id (or a unique prefix); default: the newest"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Show a sweep's trials: state, attempts, epoch, top-1 error, throughput."""
+    sweep_id = _sweep_id(sweep)
+    record = load_sweep_record(sweep_id)
+    progress = load_sweep_progress(sweep_id)
+    state = _current_state(record, progress)
+    if as_json:
+        payload = progress.as_json()
+        payload["state"] = state.value
+        typer.echo(json.dumps(payload))
+        return
+    console.print(_status_table(sweep_id, state, progress))
+
+
+def list_sweeps() -> None:
+    """List the sweeps under RESNET_ORCH_HOME."""
+    table = Table(title="sweeps")
+    for column in ("sweep", "state", "trials done", "created"):
+        table.add_column(column)
+    for sweep_id in list_sweep_ids():
+        record = load_sweep_record(sweep_id)
+        progress = load_sweep_progress(sweep_id)
+        done = sum(t.state == TrialState.SUCCEEDED for t in progress.trials)
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at))
+        table.add_row(sweep_id, _current_state(record, progress).value, f"{done}/{len(progress.trials)}", created)
+    console.print(table)
+
+
+def logs(
+    sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)"),
+    trial: str | None = typer.Argument(None, help="a trial id: its error and Tune log instead of the driver's"),
+) -> None:
+    """Print the driver's log (the Ray job log), or one trial's."""
+    sweep_id = _sweep_id(sweep)
+    record = load_sweep_record(sweep_id)
+    if trial is None:
+        text = None
+        if record.job_id and record.dashboard_url:
+            try:
+                text = _job_client(record.dashboard_url).get_job_logs(record.job_id)
+            except Exception:  # the cluster is gone: fall back to the copy the driver kept
+                text = None
+        path = sweep_paths(sweep_id).driver_log
+        if text is None and path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+        typer.echo(text or "(no log yet)")
+        return
+    progress = load_sweep_progress(sweep_id)
+    try:
+        status = progress.trial(trial)
+    except KeyError as exc:
+        raise _fail(f"{exc.args[0]}; trials: {', '.join(t.id for t in progress.trials)}") from None
+    typer.echo(f"{status.id}: {status.state} after {status.attempts} attempt(s)")
+    driver_log = sweep_paths(sweep_id).driver_log
+    if driver_log.is_file():
+        for line in driver_log.read_text(encoding="utf-8", errors="replace").splitlines():
+            if status.id in line:
+                typer.echo(line)
+    if status.error:
+        typer.echo(status.error)
+
+
+def cancel(sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)")) -> None:
+    """Stop a sweep: its driver job and all its running trials."""
+    sweep_id = _sweep_id(sweep)
+    record = load_sweep_record(sweep_id)
+    if record.job_id and record.dashboard_url:
+        client = _job_client(record.dashboard_url)
+        try:
+            client.stop_job(record.job_id)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and client.get_job_status(record.job_id).value in ("PENDING", "RUNNING"):
+                time.sleep(1)
+        except Exception as exc:  # the cluster is gone: nothing runs any more, record the cancel
+            err_console.print(f"warning: could not reach the Ray job ({exc}); marking the sweep cancelled")
+    # The driver is stopped: this is now the only writer of the sweep's progress.
+    progress = load_sweep_progress(sweep_id)
+    progress.cancel_unfinished()
+    save_model(sweep_paths(sweep_id).progress, progress)
+    console.print(f"sweep {sweep_id}: CANCELLED")
+
+
+# ---- models and reports ----------------------------------------------------------------------------------------
+
+
+def pull(
+    model: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION, e.g. quickstart@champion"),
+    output: Path = typer.Option(..., "-o", "--output", help="where to write the model (torch.save'd module)"),
+    tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="default: the embedded store"),
+) -> None:
+    """Download a registered model as a torch module (`torch.load(path, weights_only=False)`)."""
+    import torch
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator.tracking import pull_model
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
+    try:
+        module = pull_model(uri, model)
+    except MlflowException as exc:
+        raise _fail(f"{model}: {exc.message}") from None
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(module, output)
+    console.print(f"{model} -> {output}")
+
+
+def report(
+    sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)"),
+    output: Path = typer.Option(Path("."), "-o", "--output", help="folder for report.md and report.png"),
+) -> None:
+    """Our top-1/top-5 errors per trial next to the paper's Tables 2-4."""
+    from orchestrator.report import markdown, plot_comparison, rows_from_trials
+
+    sweep_id = _sweep_id(sweep)
+    progress = load_sweep_progress(sweep_id)
+    rows = rows_from_trials(progress.as_json()["trials"])
+    output.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, f"Sweep {sweep_id}")
+    (output / "report.md").write_text(text, encoding="utf-8")
+    plot_comparison(rows, output / "report.png", sweep_id)
+    typer.echo(text)
+    console.print(f"wrote {output / 'report.md'} and {output / 'report.png'}")
+
+
+def ui(
+    port: int = typer.Option(5000, "--port"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+) -> None:
+    """Open the embedded MLflow store in the MLflow UI (blocks until Ctrl-C)."""
+    root = embedded_artifact_root()
+    root.mkdir(parents=True, exist_ok=True)
+    mlflow_exe = Path(sys.executable).with_name("mlflow")
+    cmd = [
+        str(mlflow_exe),
+        "ui",
+        "--backend-store-uri",
+        embedded_tracking_uri(),
+        "--default-artifact-root",
+        root.as_uri(),
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    raise typer.Exit(subprocess.call(cmd))
+
+
+def register(app: typer.Typer) -> None:
+    """Mount the sweep commands on the top-level `resnet-orch` app."""
+    app.command("validate")(validate)
+    app.command("submit")(submit)
+    app.command("resume")(resume)
+    app.command("status")(status)
+    app.command("list")(list_sweeps)
+    app.command("logs")(logs)
+    app.command("cancel")(cancel)
+    app.command("pull")(pull)
+    app.command("report")(report)
+    app.command("ui")(ui)
