@@ -114,10 +114,21 @@ class ShardSet:
     """The shard files of a set, resolved from its manifest."""
 
     uri: str
-    tars: tuple[str, ...]  # full URIs, as DALI reads them
-    indexes: tuple[str, ...]
+    tar_names: tuple[str, ...]  # relative to `uri`
+    index_names: tuple[str, ...]
     samples: tuple[int, ...]  # per shard
     classes: dict[str, int]
+
+    @property
+    def tars(self) -> tuple[str, ...]:
+        """Full URIs, as DALI reads them."""
+        location = parse_uri(self.uri)
+        return tuple(location.join(name) for name in self.tar_names)
+
+    @property
+    def indexes(self) -> tuple[str, ...]:
+        location = parse_uri(self.uri)
+        return tuple(location.join(name) for name in self.index_names)
 
     @property
     def num_samples(self) -> int:
@@ -126,12 +137,11 @@ class ShardSet:
     @classmethod
     def open(cls, uri: str) -> ShardSet:
         manifest = read_manifest(uri)
-        location = parse_uri(uri)
         shards = manifest["shards"]
         return cls(
             uri=uri,
-            tars=tuple(location.join(s["name"]) for s in shards),
-            indexes=tuple(location.join(s["index"]) for s in shards),
+            tar_names=tuple(s["name"] for s in shards),
+            index_names=tuple(s["index"] for s in shards),
             samples=tuple(int(s["samples"]) for s in shards),
             classes=dict(manifest["classes"]),
         )
@@ -261,7 +271,7 @@ class EpochLoader:
         return derive_seed(self.spec.seed, self._epoch, self.plan.rank)
 
     def epoch_files(self) -> list[int]:
-        return file_order(len(self.shards.tars), self.spec.seed, self._epoch, self.spec.shuffled)
+        return file_order(len(self.shards.tar_names), self.spec.seed, self._epoch, self.spec.shuffled)
 
     def __iter__(self) -> Iterator[Batch]:
         while self._batch < len(self):

@@ -1,0 +1,162 @@
+"""Fallback loader where DALI cannot be imported: torchvision `decode_jpeg` + v2 transforms over the same
+shards, with the same epoch semantics as the DALI loader (see `pipelines.loader`).
+
+Samples are located through the DALI index files (offset and size of every `.jpg`/`.cls`), so a shard
+is fetched once (whole, from S3 or disk) and sliced. Augmentation randomness is drawn from torch's RNG
+seeded per batch with (seed, epoch, rank, batch) inside `torch.random.fork_rng`, so (epoch, batch) alone
+determines the next batch and the caller's RNG is untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms import v2
+
+from pipelines import presets
+from pipelines.loader import EpochLoader, EpochPlan, LoaderSpec, ShardSet, derive_seed
+from pipelines.storage import open_store
+
+logger = logging.getLogger(__name__)
+_CACHED_SHARDS = 2  # a rank reads its range in file order: the current and the previous shard suffice
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    shard: int
+    jpg: tuple[int, int]  # offset, size
+    cls: tuple[int, int]
+
+
+def parse_index(text: str, shard: int) -> list[SampleRef]:
+    """DALI webdataset index v1.2: `v1.2 N`, then per sample `ext offset size name` groups."""
+    lines = text.splitlines()
+    refs = []
+    for line in lines[1:]:
+        parts = line.split()
+        fields = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
+        refs.append(SampleRef(shard, fields["jpg"], fields["cls"]))
+    return refs
+
+
+class PCALighting(v2.Transform):
+    """AlexNet PCA colour augmentation on [0, 1] float images (Krizhevsky et al. 2012, Sec. 4.1)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.eigval = torch.tensor(presets.PCA_EIGVAL)
+        self.eigvec = torch.tensor(presets.PCA_EIGVEC)
+
+    def forward(self, *inputs: Any) -> Any:
+        image = inputs[0]
+        alpha = torch.randn(3) * presets.PCA_ALPHA_STD
+        offset = self.eigvec @ (alpha * self.eigval)
+        return image + offset.view(3, 1, 1)
+
+
+def build_transform(spec: LoaderSpec) -> v2.Transform:
+    """The v2 equivalent of the DALI graph for `spec` (same presets constants)."""
+    to_float = [v2.ToDtype(torch.float32, scale=True)]
+    normalize = v2.Normalize(mean=list(presets.IMAGENET_MEAN), std=list(presets.IMAGENET_STD))
+    if spec.split == "train" and spec.preset == "standard":
+        return v2.Compose(
+            [
+                v2.RandomResizedCrop(spec.image_size, scale=presets.RRC_SCALE, ratio=presets.RRC_RATIO, antialias=True),
+                v2.RandomHorizontalFlip(presets.FLIP_PROBABILITY),
+                *to_float,
+                normalize,
+            ]
+        )
+    if spec.split == "train":
+        low, high = (int(v) for v in presets.PAPER_SHORT_SIDE_RANGE)
+        return v2.Compose(
+            [
+                v2.RandomShortestSize(min_size=list(range(low, high + 1)), antialias=True),
+                v2.RandomCrop(spec.image_size),
+                v2.RandomHorizontalFlip(presets.FLIP_PROBABILITY),
+                *to_float,
+                PCALighting(),
+                normalize,
+            ]
+        )
+    resize = v2.Resize(spec.resize_size, antialias=True)
+    if spec.ten_crop:
+        return v2.Compose([resize, *to_float, normalize, v2.TenCrop(spec.image_size)])
+    return v2.Compose([resize, v2.CenterCrop(spec.image_size), *to_float, normalize])
+
+
+class TorchLoader(EpochLoader):
+    backend = "torch"
+
+    def __init__(self, spec: LoaderSpec, shards: ShardSet, plan: EpochPlan, device: torch.device) -> None:
+        super().__init__(spec, shards, plan, device)
+        self._store = open_store(spec.uri)
+        self._refs: list[list[SampleRef]] | None = None
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._transform = build_transform(spec)
+        self._order: list[SampleRef] | None = None
+
+    def _sample_refs(self) -> list[list[SampleRef]]:
+        if self._refs is None:
+            names = self.shards.index_names
+            self._refs = [parse_index(self._store.read_bytes(name).decode(), i) for i, name in enumerate(names)]
+        return self._refs
+
+    def _epoch_order(self) -> list[SampleRef]:
+        """This rank's samples in epoch order: its contiguous range, shuffled within buffer-sized windows."""
+        if self._order is None:
+            refs = self._sample_refs()
+            flat = [ref for shard in self.epoch_files() for ref in refs[shard]]
+            n, r, w = len(flat), self.plan.rank, self.plan.world_size
+            mine = flat[n * r // w : n * (r + 1) // w]
+            if self.spec.shuffled:
+                rng = np.random.default_rng(self.epoch_seed())
+                window = self.spec.shuffle_buffer
+                for start in range(0, len(mine), window):
+                    chunk = mine[start : start + window]
+                    mine[start : start + window] = [chunk[i] for i in rng.permutation(len(chunk))]
+            self._order = mine
+        return self._order
+
+    def _shard_bytes(self, shard: int) -> bytes:
+        if shard not in self._cache:
+            self._cache[shard] = self._store.read_bytes(self.shards.tar_names[shard])
+            while len(self._cache) > _CACHED_SHARDS:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(shard)
+        return self._cache[shard]
+
+    def _read(self, ref: SampleRef) -> tuple[bytes, int]:
+        data = self._shard_bytes(ref.shard)
+        (jo, js), (co, cs) = ref.jpg, ref.cls
+        return data[jo : jo + js], int(data[co : co + cs])
+
+    def _produce(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        order = self._epoch_order()
+        size = self.spec.batch_size
+        # Padding positions repeat the rank's last sample (as DALI's pad_last_batch does); they are masked.
+        positions = [min(k * size + i, len(order) - 1) for i in range(size)]
+        images, labels = [], []
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive_seed(self.spec.seed, self._epoch, self.plan.rank, k))
+            for p in positions:
+                jpeg, label = self._read(order[p])
+                decoded = decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8), mode=ImageReadMode.RGB)
+                out = self._transform(decoded)
+                images.append(torch.stack(out) if isinstance(out, tuple | list) else out)  # 10-crop: a tuple
+                labels.append(label)
+        batch = torch.stack(images)
+        if self.spec.channels_last and batch.dim() == 4:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        batch = batch.to(device=self.device, dtype=self.spec.torch_dtype, non_blocking=True)
+        return batch, torch.tensor(labels, dtype=torch.int64)
+
+    def _release(self) -> None:
+        self._order = None
+        self._cache.clear()
