@@ -1,0 +1,138 @@
+"""infra/k8s/*.yaml validated by the ecosystem's own validators, not by eye.
+
+* Kubernetes kinds (Deployment, Service, ConfigMap, ...): `kubernetes-validate` against the Kubernetes
+  OpenAPI schemas it ships, strict (unknown fields are errors).
+* RayCluster: every pod template against the Kubernetes PodTemplateSpec schema (same validator), and
+  the whole custom resource through Ray's own KubeRay reader, which turns it into an autoscaler
+  config and checks that with Ray's `ray-schema.json` (what the in-cluster autoscaler does at start).
+* RayJob: its cluster selector, entrypoint and sweep file resolve against the other manifests, and the
+  sweep it submits passes `load_sweep`.
+
+The KubeRay CRD's own openAPIV3Schema (0.7 MB for RayCluster alone) is not shipped by any package
+available offline, so KubeRay-only fields (authOptions, submissionMode, ...) are not schema-checked here.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
+
+from orchestrator.config import load_sweep
+from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE
+
+K8S_DIR = Path(__file__).resolve().parents[2] / "infra" / "k8s"
+# EKS's oldest version in standard support when this was written; schemas of later versions accept these too.
+K8S_VERSION = "1.33"
+
+
+def _documents() -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = []
+    for path in sorted(K8S_DIR.glob("*.yaml")):
+        docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return docs
+
+
+DOCS = _documents()
+
+
+def _one(kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in DOCS if d["kind"] == kind]
+    return doc
+
+
+def _pod_templates(ray_cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = ray_cluster["spec"]
+    return [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
+
+
+def _validate_pod_template(template: dict[str, Any]) -> None:
+    wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}
+    kubernetes_validate.validate(wrapped, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("doc", [d for d in DOCS if not d["apiVersion"].startswith("ray.io/")], ids=lambda d: d["kind"])
+def test_kubernetes_kinds_match_the_kubernetes_schema(doc: dict[str, Any]) -> None:
+    assert kubernetes_validate.validate(doc, K8S_VERSION, strict=True) == K8S_VERSION
+
+
+def test_ray_pod_templates_match_the_pod_template_schema() -> None:
+    templates = _pod_templates(_one("RayCluster"))
+    assert len(templates) == 2
+    for template in templates:
+        _validate_pod_template(template)
+
+
+def test_the_validator_rejects_a_misspelled_pod_field() -> None:
+    template = copy.deepcopy(_pod_templates(_one("RayCluster"))[1])
+    template["spec"]["containers"][0]["resource"] = template["spec"]["containers"][0].pop("resources")
+    with pytest.raises(kubernetes_validate.ValidationError, match="resource"):
+        _validate_pod_template(template)
+
+
+def test_ray_reads_the_raycluster_as_a_64_gpu_autoscaling_cluster() -> None:
+    config = _derive_autoscaling_config_from_ray_cr(_one("RayCluster"))  # raises on an invalid config
+    head, workers = config["available_node_types"]["headgroup"], config["available_node_types"]["gpu-p4d"]
+    # The head trains nothing and hosts the trial drivers on the custom resource `submit` asks for.
+    assert head["resources"]["CPU"] == 0 and "GPU" not in head["resources"]
+    assert head["resources"][TRIAL_DRIVER_RESOURCE] >= 64
+    assert workers["resources"]["GPU"] == 8
+    assert (workers["min_workers"], workers["max_workers"]) == (0, 8)
+    assert workers["max_workers"] * workers["resources"]["GPU"] == 64
+    assert config["idle_timeout_minutes"] == 10
+
+
+def test_gpu_workers_get_a_memory_backed_dev_shm() -> None:
+    worker = _pod_templates(_one("RayCluster"))[1]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in worker["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in worker["volumes"]}
+    assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+
+
+def test_secrets_are_referenced_never_inlined() -> None:
+    assert [d["metadata"]["name"] for d in DOCS if d["kind"] == "Secret"] == []
+    secret_like = ("SECRET", "PASSWORD", "TOKEN", "ACCESS_KEY", "BACKEND_STORE_URI")
+    containers = [c for t in _pod_templates(_one("RayCluster")) for c in t["spec"]["containers"]]
+    containers += _one("Deployment")["spec"]["template"]["spec"]["containers"]
+    for container in containers:
+        for var in container.get("env", []):
+            if any(word in var["name"] for word in secret_like):
+                assert "secretKeyRef" in var.get("valueFrom", {}), f"{container['name']}: {var['name']} is inline"
+    assert _one("RayCluster")["spec"]["authOptions"] == {"mode": "token", "secretName": "resnet-orch-ray-token"}
+    mlflow_env = {v["name"]: v for v in _one("Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert mlflow_env["MLFLOW_BACKEND_STORE_URI"]["valueFrom"]["secretKeyRef"]["name"] == "resnet-orch-mlflow-db"
+
+
+def test_rayjob_submits_a_valid_sweep_into_the_raycluster(tmp_path: Path) -> None:
+    job, cluster = _one("RayJob"), _one("RayCluster")
+    assert job["spec"]["clusterSelector"] == {"ray.io/cluster": cluster["metadata"]["name"]}
+    command, subcommand, sweep_path, *flags = job["spec"]["entrypoint"].split()
+    assert (command, subcommand, flags) == ("resnet-orch", "submit", ["--wait"])
+    # The sweep file is a key of the ConfigMap that the head pod mounts at that directory.
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    mount = next(m for m in head["containers"][0]["volumeMounts"] if sweep_path.startswith(m["mountPath"] + "/"))
+    config_map_name = next(v for v in head["volumes"] if v["name"] == mount["name"])["configMap"]["name"]
+    (sweeps,) = [d for d in DOCS if d["kind"] == "ConfigMap" and d["metadata"]["name"] == config_map_name]
+    sweep_file = tmp_path / Path(sweep_path).name
+    sweep_file.write_text(sweeps["data"][Path(sweep_path).name])
+    sweep = load_sweep(sweep_file)
+    (trial,) = sweep.expand()
+    assert trial.storage.startswith("s3://")  # a multi-node cluster has no shared local disk
+    gpus = trial.resources.workers * trial.resources.gpus_per_worker
+    assert gpus == 64
+    assert trial.recipe.batch_size % trial.resources.workers == 0
+    assert sweep.tracking.uri == "http://mlflow.resnet-orch.svc:5000"
+
+
+def test_mlflow_service_is_the_uri_the_pods_are_given() -> None:
+    service, config = _one("Service"), next(d for d in DOCS if d["metadata"]["name"] == "resnet-orch-config")
+    port = service["spec"]["ports"][0]["port"]
+    url = f"http://{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{port}"
+    assert config["data"]["MLFLOW_TRACKING_URI"] == url
+    deployment_labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= deployment_labels.items()
