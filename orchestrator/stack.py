@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE, TRIAL_DRIVER_SLOTS
 from orchestrator.services import SeaweedFS, free_port
 
 logger = logging.getLogger(__name__)
@@ -335,6 +336,8 @@ def _start_ray(paths: StackPaths, host: str, num_cpus: int | None, timeout_s: fl
         "--disable-usage-stats",
         # Every port chosen free: the defaults (10001, 52365, ...) collide with any other Ray on the host.
         *(f"--{flag}={port}" for flag, port in ports.items()),
+        # `resnet-orch submit` schedules each trial driver on this resource, never on a CPU (ray_head.py).
+        f"--resources={json.dumps({TRIAL_DRIVER_RESOURCE: TRIAL_DRIVER_SLOTS})}",
         *([f"--num-cpus={num_cpus}"] if num_cpus is not None else []),
     ]
     env = _child_env(

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import stack
+from orchestrator.ray_head import TRIAL_DRIVER_SLOTS
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +42,7 @@ _JOB_SCRIPT = textwrap.dedent(
         with open(path, "w") as f:
             f.write("artifact through the MLflow server into S3")
         mlflow.log_artifact(path)
-    print("RESULT", run.info.run_id, total)
+    print("RESULT", run.info.run_id, total, int(ray.cluster_resources().get("resnet_orch_trial_driver", 0)))
     """
 )
 
@@ -169,8 +170,10 @@ def test_up_status_job_down(tmp_path: Path) -> None:
         script.write_text(_JOB_SCRIPT)
         _, logs = _run_job(state, script)
         result_line = next(line for line in logs.splitlines() if line.startswith("RESULT "))
-        run_id, total = result_line.split()[1:]
+        run_id, total, driver_slots = result_line.split()[1:]
         assert int(total) == 0 + 1 + 4 + 9 + 16
+        # `resnet-orch submit` places trial drivers on this resource: the stack's head must offer it.
+        assert int(driver_slots) == TRIAL_DRIVER_SLOTS
 
         from mlflow.tracking import MlflowClient
 
