@@ -1,0 +1,164 @@
+"""`resnet-orch data ...`: shard an image folder to WebDataset tars, check a shard set.
+
+Exit codes: 0 done / shard set healthy, 1 `check` found problems, 2 bad input (message, no traceback).
+Endpoint, credentials and region come from the standard AWS variables/profile; none is printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from pipelines.check import CheckReport, check_shards
+from pipelines.loader import Backend
+from pipelines.sharding import ShardingError, ShardReport, parse_size, shard_dataset, split_folders
+from pipelines.storage import StorageError
+
+app = typer.Typer(name="data", help="Shard ImageNet-style folders to WebDataset tars; check shard sets.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _progress(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("images"),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=quiet,
+    )
+
+
+def _shard_table(reports: dict[str, ShardReport]) -> Table:
+    table = Table(title="sharded")
+    for column in ("split", "dest", "samples", "classes", "shards written", "shards kept", "re-encoded", "skipped"):
+        table.add_column(column)
+    for split, r in reports.items():
+        table.add_row(
+            split,
+            r.dest,
+            str(r.samples),
+            str(r.classes),
+            str(r.shards_written),
+            str(r.shards_reused),
+            str(len(r.reencoded)),
+            str(len(r.skipped)),
+        )
+    return table
+
+
+@app.command()
+def shard(
+    src: Path = typer.Argument(..., help="ImageNet-style folder: <wnid>/*.JPEG, train/ + val/, or flat + labels"),
+    dest: str = typer.Argument(..., help="local folder or s3://bucket/prefix"),
+    shard_size: str = typer.Option("256MB", help="target tar size, e.g. 256MB (real ImageNet), 1GiB"),
+    labels: Path | None = typer.Option(None, help="TSV/CSV with columns file, wnid[, class_index] (flat SRC)"),
+    shuffle_seed: int = typer.Option(0, help="samples are shuffled once across shards with this seed"),
+    workers: int | None = typer.Option(None, min=1, help="threads validating images (default: CPU count)"),
+    as_json: bool = typer.Option(False, "--json", help="last line: one JSON object with the report"),
+) -> None:
+    """Write SRC as WebDataset shards + DALI index files + manifest.json at DEST (resumable)."""
+    try:
+        shard_bytes = parse_size(shard_size)
+        splits = split_folders(src) if labels is None else {}
+        jobs = {name: (path, _join(dest, name)) for name, path in splits.items()} or {"": (src, dest)}
+        reports: dict[str, ShardReport] = {}
+        with _progress(as_json) as progress:
+            for name, (split_src, split_dest) in jobs.items():
+                task = progress.add_task(f"sharding {name or src.name}", total=None)
+
+                def update(done: int, total: int, task: TaskID = task) -> None:
+                    progress.update(task, completed=done, total=total)
+
+                reports[name or "-"] = shard_dataset(
+                    split_src,
+                    split_dest,
+                    shard_bytes=shard_bytes,
+                    labels=labels,
+                    shuffle_seed=shuffle_seed,
+                    workers=workers,
+                    progress=update,
+                )
+    except (ShardingError, StorageError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(_shard_table(reports))
+    for report in reports.values():
+        for bad in report.skipped:
+            console.print(f"skipped (undecodable): {bad['file']}: {bad['error']}", highlight=False, soft_wrap=True)
+    if as_json:
+        payload = {split: vars(r) for split, r in reports.items()}
+        typer.echo(json.dumps(payload))
+
+
+def _join(dest: str, name: str) -> str:
+    return f"{dest.rstrip('/')}/{name}"
+
+
+def _check_table(report: CheckReport) -> Table:
+    table = Table(title=f"check {report.uri}")
+    table.add_column("")
+    table.add_column("value")
+    rows = [
+        ("samples", f"{report.samples} / {report.expected_samples} in manifest"),
+        ("classes", f"{report.classes} / {report.expected_classes} in manifest"),
+        ("decode errors", str(report.decode_errors)),
+        ("labels out of range", str(report.label_errors)),
+        ("images/s", f"{report.images_per_s:.0f} ({report.backend}, train pipeline, 1 rank)"),
+    ]
+    if report.per_class:
+        counts = sorted(report.per_class.values())
+        rows.append(("per-class count", f"min {counts[0]}, median {counts[len(counts) // 2]}, max {counts[-1]}"))
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+@app.command()
+def check(
+    uri: str = typer.Argument(..., help="shard set: local folder or s3://bucket/prefix"),
+    batch_size: int = typer.Option(64, min=1),
+    num_threads: int = typer.Option(4, min=1, help="DALI / torch threads"),
+    backend: str = typer.Option("auto", help="auto | dali | torch"),
+    as_json: bool = typer.Option(False, "--json", help="last line: one JSON object (samples, classes, ...)"),
+) -> None:
+    """Read every sample through the training pipeline; report counts, decode errors and images/s."""
+    if backend not in ("auto", "dali", "torch"):
+        raise _fail(f"--backend {backend!r}: choose auto, dali or torch")
+    chosen: Backend = backend  # type: ignore[assignment]  # checked just above
+    try:
+        with _progress(as_json) as progress:
+            task = progress.add_task(f"checking {uri}", total=None)
+            report = check_shards(
+                uri,
+                batch_size=batch_size,
+                num_threads=num_threads,
+                backend=chosen,
+                progress=lambda done, total: progress.update(task, completed=done, total=total),
+            )
+    except (ShardingError, StorageError, ValueError, ImportError) as exc:
+        raise _fail(str(exc)) from None
+    console.print(_check_table(report))
+    for name in report.bad_samples:
+        console.print(f"undecodable: {name}", highlight=False)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict()))
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    app()
