@@ -13,6 +13,8 @@ Session-scoped (started once, cleaned up at the end):
 * `sample_labels` -> dict[str, int]: file name -> class index, read from that labels.tsv.
 * `sample_shards_local` -> str: `sample_images_dir` sharded to a local folder (several shards).
 * `sample_shards_s3` -> str: the same sharded to `s3://S3_TEST_BUCKET/imagenet-sample`.
+* `tiny_images_dir` -> Path: always generated, `TINY_CLASSES` classes x `TINY_PER_CLASS` small JPEGs +
+  labels.tsv (seconds to decode on any backend); `tiny_shards_local` -> str: it sharded, 3+ shards.
 
 Function-scoped, autouse: `_restore_rng` puts the `random`, numpy and torch global RNG states back
 after every test. Tests marked `gpu` are skipped where CUDA is absent.
@@ -36,6 +38,8 @@ SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
 S3_TEST_BUCKET = "resnet-orch-test"
 GENERATED_CLASSES = 64
 GENERATED_PER_CLASS = 2
+TINY_CLASSES = 8
+TINY_PER_CLASS = 6
 # ~4 shards of the 110 MB shared sample: enough to exercise shard order and multi-shard reading.
 SAMPLE_SHARD_BYTES = 30 * 10**6
 
@@ -81,7 +85,9 @@ def s3_bucket(s3_server: SeaweedFS) -> str:
     return s3_server.create_bucket(S3_TEST_BUCKET)
 
 
-def generate_sample_images(root: Path, classes: int = GENERATED_CLASSES, per_class: int = GENERATED_PER_CLASS) -> Path:
+def generate_sample_images(
+    root: Path, classes: int = GENERATED_CLASSES, per_class: int = GENERATED_PER_CLASS, max_side: int = 400
+) -> Path:
     """Real JPEGs (random smooth colour fields, varied sizes; every 8th grayscale) + labels.tsv."""
     from PIL import Image
 
@@ -91,7 +97,7 @@ def generate_sample_images(root: Path, classes: int = GENERATED_CLASSES, per_cla
     for c in range(classes):
         wnid = f"n{c:08d}"
         for i in range(per_class):
-            h, w = (int(v) for v in rng.integers(64, 400, size=2))
+            h, w = (int(v) for v in rng.integers(64, max_side, size=2))
             small = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
             img = Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)
             if (c * per_class + i) % 8 == 0:
@@ -135,3 +141,17 @@ def sample_shards_s3(sample_images_dir: Path, s3_bucket: str) -> str:
     uri = f"s3://{s3_bucket}/imagenet-sample"
     shard_dataset(sample_images_dir, uri, shard_bytes=SAMPLE_SHARD_BYTES)
     return uri
+
+
+@pytest.fixture(scope="session")
+def tiny_images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_sample_images(tmp_path_factory.mktemp("tiny-images"), TINY_CLASSES, TINY_PER_CLASS, max_side=160)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards_local(tiny_images_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    from pipelines.sharding import shard_dataset
+
+    dest = tmp_path_factory.mktemp("tiny-shards") / "tiny"
+    shard_dataset(tiny_images_dir, str(dest), shard_bytes=60_000)
+    return str(dest)
