@@ -16,6 +16,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.config import ConfigError, SweepConfig, TrialConfig, load_sweep
 from orchestrator.state import SweepProgress, SweepRecord, SweepState, TrialState, save_model
@@ -42,7 +43,8 @@ USAGE_ERROR = 2
 
 
 def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # Text, not markup: messages quote YAML paths like `grid.depth[1]` that rich would read as tags.
+    err_console.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -343,23 +345,20 @@ def cancel(sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)"
 
 def pull(
     model: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION, e.g. quickstart@champion"),
-    output: Path = typer.Option(..., "-o", "--output", help="where to write the model (torch.save'd module)"),
+    output: Path = typer.Option(..., "-o", "--output", help="the TorchScript file to write"),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="default: the embedded store"),
 ) -> None:
-    """Download a registered model as a torch module (`torch.load(path, weights_only=False)`)."""
-    import torch
+    """Download a registered model as TorchScript (`torch.jit.load(path)`; no MLflow or resnet-orch needed)."""
     from mlflow.exceptions import MlflowException
 
-    from orchestrator.tracking import pull_model
+    from orchestrator.tracking import save_torchscript
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
     try:
-        module = pull_model(uri, model)
+        save_torchscript(uri, model, output)
     except MlflowException as exc:
         raise _fail(f"{model}: {exc.message}") from None
-    output.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(module, output)
-    console.print(f"{model} -> {output}")
+    console.print(f"{model} -> {output}", highlight=False)
 
 
 def report(

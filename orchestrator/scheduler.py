@@ -75,30 +75,31 @@ def concurrency(cluster: Mapping[str, float], config: SweepConfig) -> int:
 def trial_trainable(config: dict[str, Any]) -> None:
     """One Tune trial: train (Ray Train, restarts inside), then register the final model from this driver."""
     from orchestrator.checkpointing import read_model_state
-    from orchestrator.trial import run_trial
+    from orchestrator.trial import open_checkpoint, run_trial
 
     config = config[PARAM_KEY]
     trial = TrialConfig.model_validate_json(config["trial"])
-    result = run_trial(trial, run_config_name=trial.trial_id)
-    if result.checkpoint_path is None:
-        raise RuntimeError(f"trial {trial.trial_id} finished without a checkpoint; nothing to register")
     tracker = Tracker(config["tracking_uri"], config["experiment"], _artifact_root(config["tracking_uri"]))
     run_id = config["mlflow_run_id"]
-    import pyarrow.fs
-
+    if tracker.version_of_run(config["registered_model"], run_id) is not None:
+        # Its model is registered: the trial finished before the driver died (Tune's saved state can lag behind).
+        logger.info("trial %s already finished; not re-running it", trial.trial_id)
+        return
+    result = run_trial(trial, run_config_name=trial.trial_id)
+    if result.error is not None:
+        raise RuntimeError(f"trial {trial.trial_id} failed after {result.attempts} attempt(s): {result.error}")
+    if result.checkpoint_path is None:
+        raise RuntimeError(f"trial {trial.trial_id} finished without a checkpoint; nothing to register")
     from models import get_model
 
     with tempfile.TemporaryDirectory() as tmp:
         # The checkpoint may be on S3: copy it next to this driver, then log it and load it from there.
-        fs, fs_path = pyarrow.fs.FileSystem.from_uri(result.checkpoint_path)
-        pyarrow.fs.copy_files(fs_path, tmp, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem())
+        open_checkpoint(result.checkpoint_path).to_directory(tmp)
         tracker.client.log_artifacts(run_id, tmp, artifact_path="checkpoint")
         model = get_model(trial.model.registry_name, **trial.model.model_kwargs())
         model.load_state_dict(read_model_state(Path(tmp)))
-    top1 = result.metrics.get(RANK_METRIC)
     tags = {TAG_SWEEP: config["sweep_id"], TAG_TRIAL: trial.trial_id}
-    if top1 is not None:
-        tags[RANK_METRIC] = str(top1)
+    tags.update({k: str(v) for k, v in numeric_metrics(result.metrics).items() if k in (RANK_METRIC, "val_top5_err")})
     version = log_trial_model(
         tracker,
         run_id,
@@ -144,6 +145,10 @@ class SweepCallback(tune.Callback):
         trial_id = _trial_id(trial)
         progress = _load(self.paths)
         status = progress.trial(trial_id)
+        if status.state == TrialState.SUCCEEDED:
+            # A finished trial that Tune's restored state had not yet recorded as finished: it stays finished (the
+            # trainable returns at once, see `trial_trainable`).
+            return trial_id
         if new is not None and status.state != new:
             progress.move(trial_id, new, error=error)
         save_model(self.paths.progress, progress)

@@ -146,7 +146,7 @@ class Tracker:
 
     def version_of_run(self, model_name: str, run_id: str) -> str | None:
         versions = self.client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-        return versions[0].version if versions else None
+        return str(versions[0].version) if versions else None
 
     def crown_champion(self, model_name: str, sweep_id: str) -> tuple[str, float] | None:
         """Give the `champion` alias to this sweep's registered version with the lowest top-1 error."""
@@ -205,15 +205,37 @@ def log_trial_model(
     return version
 
 
+def _models_uri(model_uri: str) -> str:
+    return model_uri if model_uri.startswith(("models:/", "runs:/")) else f"models:/{model_uri}"
+
+
 def pull_model(tracking_uri: str, model_uri: str) -> Any:
-    """`models:/name@alias` (or `name@alias`, `name/3`) -> the logged torch module."""
+    """`models:/name@alias` (or `name@alias`, `name/3`) -> the module `mlflow.pytorch.load_model` gives."""
     import mlflow.pytorch
 
-    if not model_uri.startswith(("models:/", "runs:/")):
-        model_uri = f"models:/{model_uri}"
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    return mlflow.pytorch.load_model(model_uri, map_location="cpu")
+    return mlflow.pytorch.load_model(_models_uri(model_uri), map_location="cpu")
+
+
+def save_torchscript(tracking_uri: str, model_uri: str, output: Path) -> Path:
+    """Write the registered model as a self-contained TorchScript file (`torch.jit.load(output)`).
+
+    MLflow's pt2 format loads as a `torch.export` graph module, which `torch.save` cannot pickle; tracing it gives
+    a file that needs neither MLflow nor this package. The trace example takes the logged signature's shape, with
+    a batch of 2 so the batch dimension stays free.
+    """
+    import torch
+    from mlflow.models import get_model_info
+
+    module = pull_model(tracking_uri, model_uri)
+    shape = get_model_info(_models_uri(model_uri)).signature.inputs.inputs[0].shape
+    example = torch.randn(2, *shape[1:])
+    with torch.no_grad():
+        traced = torch.jit.trace(module, example, check_trace=False)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(traced, str(output))
+    return output
 
 
 def finished_runs(tracker: Tracker, sweep_id: str) -> Iterable[Any]:

@@ -1,0 +1,109 @@
+"""`resnet-orch validate` on bad sweep files: exit code 2, the exact message, no traceback, nothing written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+
+DATA = "data: {train: /shards/train}\n"
+
+BAD_SWEEPS = [
+    (
+        "depth",
+        "name: s\n" + DATA + "grid:\n  depth: [18, 19]\n",
+        "grid.depth[1]: 19 is not a ResNet depth; choose one of 18, 34, 50, 101, 152, 20, 32, 44, 56, 110, 1202",
+    ),
+    (
+        "shortcut",
+        "name: s\n" + DATA + "grid:\n  shortcut: [A, D]\n",
+        "grid.shortcut[1]: Input should be 'A', 'B' or 'C' (got 'D')",
+    ),
+    (
+        "residual",
+        "name: s\n" + DATA + "grid:\n  residual: [true, 'no']\n",
+        "grid.residual[1]: Input should be a valid boolean (got 'no')",
+    ),
+    (
+        "unknown-axis",
+        "name: s\n" + DATA + "grid:\n  colour: [red]\n",
+        "grid.colour: unknown axis; choose among seed, arch, base_width, depth, num_classes, residual, shortcut, "
+        "variant, zero_init_residual, batch_size, channels_last, compile, epochs, gamma, image_size, label_smoothing, "
+        "lr, lr_reference_batch, milestones, momentum, plateau_patience, precision, preset, resize_size, schedule, "
+        "steps_per_epoch, warmup_epochs, weight_decay",
+    ),
+    (
+        "empty-axis",
+        "name: s\n" + DATA + "grid:\n  seed: []\n",
+        "grid.seed: is empty; list at least one value or remove the axis",
+    ),
+    (
+        "unknown-key",
+        "name: s\n" + DATA + "recipe:\n  learning_rate: 0.1\n",
+        "recipe.learning_rate: unknown key; valid keys here: batch_size, channels_last, compile, epochs, gamma, "
+        "image_size, label_smoothing, lr, lr_reference_batch, milestones, momentum, plateau_patience, precision, "
+        "preset, resize_size, schedule, steps_per_epoch, warmup_epochs, weight_decay",
+    ),
+    (
+        "string-number",
+        "name: s\n" + DATA + "recipe:\n  lr: '0.1'\n",
+        "recipe.lr: Input should be a valid number (got '0.1')",
+    ),
+    ("no-data", "name: s\n", "data: is required"),
+    (
+        "batch-split",
+        "name: s\n" + DATA + "resources: {workers: 3}\n",
+        "recipe.batch_size: 256 is not divisible by resources.workers=3; choose a multiple of 3",
+    ),
+    (
+        "chaos-rank",
+        "name: s\n" + DATA + "resources: {workers: 2}\nchaos: {kill_rank: 2, at_step: 5}\n",
+        "chaos.kill_rank: 2 is not a rank of a 2-worker trial; choose 0..1",
+    ),
+    (
+        "name",
+        "name: 'bad name'\n" + DATA,
+        "name: 'bad name' is not a valid sweep name; use letters, digits, '-', '_' or '.' (at most 63 characters)",
+    ),
+    (
+        "concurrency",
+        "name: s\n" + DATA + "max_concurrent_trials: 0\n",
+        "max_concurrent_trials: Input should be greater than 0 (got 0)",
+    ),
+    ("yaml-syntax", "name: s\ndata: [train\n", "not valid YAML at line 3, column 1; fix the syntax there"),
+]
+
+
+@pytest.mark.parametrize(("case", "text", "expected"), BAD_SWEEPS, ids=[c[0] for c in BAD_SWEEPS])
+def test_bad_sweep_file(case: str, text: str, expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("RESNET_ORCH_HOME", str(home))
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text, encoding="utf-8")
+    for command in ("validate", "submit"):
+        result = CliRunner().invoke(app, [command, str(path)])
+        assert result.exit_code == 2, result.output
+        assert result.stderr.strip() == f"error: {path}: {expected}"
+        assert "Traceback" not in result.output
+    assert not home.exists()  # nothing submitted, nothing half-written
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["validate", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2
+    assert (
+        result.stderr.strip()
+        == f"error: {tmp_path / 'nope.yaml'}: no such file; pass the path of a sweep YAML (see examples/)"
+    )
+
+
+def test_unknown_sweep_id(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNET_ORCH_HOME", str(tmp_path))
+    result = CliRunner().invoke(app, ["status", "nope"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == (
+        f"error: no sweeps under {tmp_path}; submit one with `resnet-orch submit sweep.yaml`"
+    )

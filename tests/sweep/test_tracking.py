@@ -1,0 +1,109 @@
+"""MLflow tracking against a real sqlite store: runs found again (no duplicates), params, registry, champion, pull."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import get_model
+from orchestrator.config import parse_sweep
+from orchestrator.tracking import (
+    CHAMPION,
+    TAG_ATTEMPTS,
+    TAG_PARENT,
+    Tracker,
+    flatten,
+    log_trial_model,
+    numeric_metrics,
+    pull_model,
+    save_torchscript,
+)
+
+SWEEP = {
+    "name": "track",
+    "grid": {"residual": [True, False]},
+    "model": {"arch": "test_resnet", "num_classes": 10},
+    "recipe": {"image_size": 32, "resize_size": 36, "batch_size": 4},
+    "data": {"train": "/shards"},
+}
+
+
+def test_flatten_and_numeric_metrics() -> None:
+    assert flatten({"model": {"depth": 18, "shortcut": "B"}, "recipe": {"milestones": [30, 60]}, "seed": 0}) == {
+        "model.depth": "18",
+        "model.shortcut": "B",
+        "recipe.milestones": "[30, 60]",
+        "seed": "0",
+    }
+    assert numeric_metrics({"a": 1, "b": float("nan"), "c": "x", "d": True, "e": 0.5}) == {"a": 1.0, "e": 0.5}
+
+
+@pytest.fixture
+def tracker(tmp_path: Path) -> Tracker:
+    return Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "track", tmp_path / "artifacts")
+
+
+def test_runs_are_found_again_not_duplicated(tracker: Tracker, tmp_path: Path) -> None:
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("name: track\n", encoding="utf-8")
+    trials = parse_sweep(SWEEP).expand(storage_root=str(tmp_path / "storage"))
+    parent = tracker.parent_run("track-1", sweep_file)
+    children = [tracker.child_run(parent, "track-1", t) for t in trials]
+    # A restarted trial, a resumed driver: the same runs come back.
+    assert tracker.parent_run("track-1", sweep_file) == parent
+    assert [tracker.child_run(parent, "track-1", t) for t in trials] == children
+    runs = tracker.client.search_runs([tracker.experiment_id])
+    assert len(runs) == 3
+    child = tracker.client.get_run(children[1])
+    assert child.data.tags[TAG_PARENT] == parent
+    assert child.data.params["model.residual"] == "False"
+    assert child.data.params["recipe.image_size"] == "32"
+    tracker.log_metrics(children[0], {"val_top1_err": 0.5, "train_top1_err": 0.6, "lr": float("nan")}, step=10)
+    tracker.log_metrics(children[0], {"val_top1_err": 0.4, "train_top1_err": 0.5}, step=20)
+    tracker.set_attempts(children[0], 2)
+    assert tracker.trial_curves(children[0]) == {
+        "train_top1_err": [(10, 0.6), (20, 0.5)],
+        "val_top1_err": [(10, 0.5), (20, 0.4)],
+    }
+    assert tracker.client.get_run(children[0]).data.tags[TAG_ATTEMPTS] == "2"
+    tracker.log_curves(
+        parent, {t.trial_id: tracker.trial_curves(c) for t, c in zip(trials, children, strict=True)}, "f4.png"
+    )
+    assert [a.path for a in tracker.client.list_artifacts(parent, "curves")] == ["curves/f4.png"]
+
+
+def test_registry_champion_and_pull(tracker: Tracker, tmp_path: Path) -> None:
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("name: track\n", encoding="utf-8")
+    trials = parse_sweep(SWEEP).expand(storage_root=str(tmp_path / "storage"))
+    parent = tracker.parent_run("track-1", sweep_file)
+    errors = {trials[0].trial_id: 0.30, trials[1].trial_id: 0.20}
+    models = {}
+    for trial in trials:
+        run_id = tracker.child_run(parent, "track-1", trial)
+        torch.manual_seed(len(models))
+        model = get_model("test_resnet", residual=trial.model.residual, num_classes=10)
+        tags = {"resnet_orch.sweep_id": "track-1", "val_top1_err": str(errors[trial.trial_id])}
+        version = log_trial_model(
+            tracker, run_id, model, image_size=32, registered_model="track-model", version_tags=tags
+        )
+        # Registering the same run again (a re-run trial driver) returns the existing version.
+        assert (
+            log_trial_model(tracker, run_id, model, image_size=32, registered_model="track-model", version_tags=tags)
+            == version
+        )
+        models[version] = model
+    assert sorted(models) == ["1", "2"]
+    assert tracker.crown_champion("track-model", "track-1") == ("2", 0.20)
+    assert str(tracker.client.get_model_version_by_alias("track-model", CHAMPION).version) == "2"
+
+    pulled = pull_model(tracker.tracking_uri, f"track-model@{CHAMPION}")
+    images = torch.randn(5, 3, 32, 32)  # a batch size other than the logged example's
+    with torch.no_grad():
+        torch.testing.assert_close(pulled(images), models["2"].eval()(images))
+    path = save_torchscript(tracker.tracking_uri, f"track-model@{CHAMPION}", tmp_path / "out.pt")
+    scripted = torch.jit.load(str(path))
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(images), models["2"](images))
