@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines import presets
 from pipelines.sharding import read_manifest
-from pipelines.storage import parse_uri
+from pipelines.storage import StorageError, parse_uri
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,10 @@ class LoaderSpec(BaseModel):
             raise ValueError("ten_crop: only for split='val'; set split='val' or ten_crop=False")
         if self.resize_size < self.image_size:
             raise ValueError(f"resize_size {self.resize_size} < image_size {self.image_size}; crop must fit")
-        parse_uri(self.uri)
+        try:
+            parse_uri(self.uri)
+        except StorageError as exc:
+            raise ValueError(f"uri: {exc}") from exc
         return self
 
     @property

@@ -60,6 +60,19 @@ class PCALighting(v2.Transform):
         return image + offset.view(3, 1, 1)
 
 
+class TenCrop(v2.Transform):
+    """Corners + center, then each mirrored, stacked [10, C, H, W]: DALI's crop-then-mirror order
+    (torchvision's TenCrop crops the mirrored image instead, one pixel off for odd margins)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, *inputs: Any) -> Any:
+        crops = list(v2.functional.five_crop(inputs[0], [self.size, self.size]))
+        return torch.stack(crops + [c.flip(-1) for c in crops])
+
+
 def build_transform(spec: LoaderSpec) -> v2.Transform:
     """The v2 equivalent of the DALI graph for `spec` (same presets constants)."""
     to_float = [v2.ToDtype(torch.float32, scale=True)]
@@ -87,7 +100,7 @@ def build_transform(spec: LoaderSpec) -> v2.Transform:
         )
     resize = v2.Resize(spec.resize_size, antialias=True)
     if spec.ten_crop:
-        return v2.Compose([resize, *to_float, normalize, v2.TenCrop(spec.image_size)])
+        return v2.Compose([resize, *to_float, normalize, TenCrop(spec.image_size)])
     return v2.Compose([resize, v2.CenterCrop(spec.image_size), *to_float, normalize])
 
 
@@ -148,8 +161,7 @@ class TorchLoader(EpochLoader):
             for p in positions:
                 jpeg, label = self._read(order[p])
                 decoded = decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8), mode=ImageReadMode.RGB)
-                out = self._transform(decoded)
-                images.append(torch.stack(out) if isinstance(out, tuple | list) else out)  # 10-crop: a tuple
+                images.append(self._transform(decoded))
                 labels.append(label)
         batch = torch.stack(images)
         if self.spec.channels_last and batch.dim() == 4:
