@@ -1,0 +1,78 @@
+"""Fixtures of the sweep tests: a private RESNET_ORCH_HOME (its local Ray head stopped afterwards) and a real
+`mlflow server` subprocess with a sqlite backend and its artifacts in SeaweedFS S3."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from orchestrator.services import SeaweedFS, free_port
+
+
+@pytest.fixture
+def orch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    from orchestrator.ray_head import stop_head
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("RESNET_ORCH_HOME", str(home))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(key, raising=False)
+    try:
+        yield home
+    finally:
+        stop_head()
+
+
+@pytest.fixture
+def mlflow_server(s3_server: SeaweedFS, tmp_path: Path) -> Iterator[str]:
+    bucket = "mlflow-artifacts"
+    s3_server.create_bucket(bucket)
+    port = free_port()
+    log = (tmp_path / "mlflow-server.log").open("w")
+    env = {**os.environ, **s3_server.aws_env(), "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url}
+    cmd = [
+        str(Path(sys.executable).with_name("mlflow")),
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp_path / 'mlflow-server.db'}",
+        "--artifacts-destination",
+        f"s3://{bucket}/mlflow",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except (urllib.error.URLError, OSError):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"mlflow server did not start: {(tmp_path / 'mlflow-server.log').read_text()}"
+                    ) from None
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

@@ -1,0 +1,193 @@
+"""The user's path on a real local Ray cluster: submit, queue, a killed worker, MLflow runs and registry, pull;
+and a driver killed mid-sweep, then `resume`. Each test has its own RESNET_ORCH_HOME and Ray head."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from mlflow.tracking import MlflowClient
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+RESNET_ORCH = str(Path(sys.executable).with_name("resnet-orch"))
+
+
+def resnet_orch(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run the installed `resnet-orch` console script (the user's entry point) in this test's environment."""
+    return subprocess.run([RESNET_ORCH, *args], capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def _sweep_file(tmp_path: Path, shards: str, **overrides: Any) -> Path:
+    """The shipped quickstart, pointed at the test shards, made tiny: 2 trials of 2 CPU workers each."""
+    sweep = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
+    sweep["data"].update(train=shards, val=shards)
+    sweep["recipe"].update(epochs=1, steps_per_epoch=4, batch_size=16)
+    sweep["checkpoint"] = {"every_steps": 2, "keep": 2}
+    sweep.update(overrides)
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep), encoding="utf-8")
+    return path
+
+
+def _submitted_id(stdout: str) -> str:
+    ids = [line.removeprefix("sweep id: ") for line in stdout.splitlines() if line.startswith("sweep id: ")]
+    assert len(ids) == 1, stdout
+    return ids[0]
+
+
+def _status(sweep_id: str) -> dict[str, Any]:
+    done = resnet_orch("status", sweep_id, "--json")
+    assert done.returncode == 0, done.stderr
+    payload: dict[str, Any] = json.loads(done.stdout)
+    return payload
+
+
+def _top1_err(model: torch.nn.Module, shards: str, image_size: int, resize_size: int) -> float:
+    """Top-1 error over the val shards on one rank, with the training loop's own counting (padding ignored)."""
+    from orchestrator.train_loop import batch_sums
+    from pipelines.loader import LoaderSpec, make_loader
+
+    spec = LoaderSpec(
+        uri=shards, split="val", batch_size=16, image_size=image_size, resize_size=resize_size, num_threads=1
+    )
+    loader = make_loader(spec, rank=0, world_size=1, device=torch.device("cpu"))
+    loader.set_epoch(0)
+    sums = torch.zeros(4, dtype=torch.float64)
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(batch.images).float()
+            sums += batch_sums(logits, batch.labels, torch.zeros((), dtype=torch.float64))
+    samples, _, correct1, _ = sums.tolist()
+    return 1.0 - correct1 / samples
+
+
+@pytest.mark.slow
+def test_quickstart_end_to_end(orch_home: Path, mlflow_server: str, sample_shards_local: str, tmp_path: Path) -> None:
+    # Trial 001 runs 6 steps and rank 1 dies after step 5 (first attempt only); trial 000 stops at step 3, before it.
+    path = _sweep_file(
+        tmp_path,
+        sample_shards_local,
+        grid={"steps_per_epoch": [3, 6]},
+        chaos={"kill_rank": 1, "at_step": 5},
+        tracking={"uri": mlflow_server, "experiment": "e2e", "registered_model": "quickstart-e2e"},
+    )
+    submitted = resnet_orch("submit", str(path), "--wait")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    sweep_id = _submitted_id(submitted.stdout)
+    assert f"mlflow: {mlflow_server}" in submitted.stdout
+    assert "dashboard: http://127.0.0.1:" in submitted.stdout
+
+    status = _status(sweep_id)
+    assert status["state"] == "SUCCEEDED"
+    trials = {t["id"]: t for t in status["trials"]}
+    assert list(trials) == ["000-steps_per_epoch3", "001-steps_per_epoch6"]
+    assert [t["state"] for t in trials.values()] == ["SUCCEEDED", "SUCCEEDED"]
+    assert [t["attempts"] for t in trials.values()] == [1, 2]  # one restart, in the killed trial only
+    for trial in trials.values():
+        assert {"train_loss", "val_top1_err", "val_top5_err", "images_per_s"} <= set(trial["metrics"])
+        assert 0.0 <= trial["metrics"]["val_top1_err"] <= 1.0
+    assert trials["001-steps_per_epoch6"]["metrics"]["step"] == 6
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("e2e")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("resnet_orch.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("resnet_orch.kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 2
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
+    assert {c.info.run_id for c in children} == {t["mlflow_run_id"] for t in trials.values()}
+    attempts = {c.data.tags["resnet_orch.trial_id"]: c.data.tags["resnet_orch.attempts"] for c in children}
+    assert attempts == {"000-steps_per_epoch3": "1", "001-steps_per_epoch6": "2"}
+    assert {c.info.status for c in runs} == {"FINISHED"}
+    killed = next(c for c in children if c.data.tags["resnet_orch.trial_id"] == "001-steps_per_epoch6")
+    assert killed.data.params["model.depth"] == "18"
+    assert [a.path for a in client.list_artifacts(killed.info.run_id, "curves")] == ["curves/curves.png"]
+    assert "checkpoint/model.pt" in [a.path for a in client.list_artifacts(killed.info.run_id, "checkpoint")]
+    assert [a.path for a in client.list_artifacts(parents[0].info.run_id, "curves")] == ["curves/figure4.png"]
+
+    versions = client.search_model_versions("name = 'quickstart-e2e'")
+    assert len(versions) == 2
+    champion = client.get_model_version_by_alias("quickstart-e2e", "champion")
+    best = min(float(v.tags["val_top1_err"]) for v in versions)
+    assert float(champion.tags["val_top1_err"]) == best
+
+    out = tmp_path / "champion.pt"
+    pulled = resnet_orch("pull", "quickstart-e2e@champion", "-o", str(out), "--tracking-uri", mlflow_server)
+    assert pulled.returncode == 0, pulled.stderr
+    model = torch.jit.load(str(out))
+    logged = float(champion.tags["val_top1_err"])
+    assert math.isclose(_top1_err(model, sample_shards_local, 64, 72), logged, abs_tol=1e-6)
+
+    report_dir = tmp_path / "report"
+    reported = resnet_orch("report", sweep_id, "-o", str(report_dir))
+    assert reported.returncode == 0, reported.stderr
+    assert "| 000-steps_per_epoch3 | ResNet-18 (B) | SUCCEEDED |" in (report_dir / "report.md").read_text()
+    assert (report_dir / "report.png").stat().st_size > 0
+
+
+def _driver_pid(sweep_dir: Path) -> int | None:
+    import psutil
+    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
+
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info.get("cmdline") or []
+        if "orchestrator.driver" in cmdline and str(sweep_dir) in cmdline:
+            return int(proc.info["pid"])
+    return None
+
+
+@pytest.mark.slow
+def test_driver_killed_then_resume(orch_home: Path, sample_shards_local: str, tmp_path: Path) -> None:
+    from orchestrator.checkpointing import count_attempts
+
+    path = _sweep_file(tmp_path, sample_shards_local, grid={"seed": [1, 2]})
+    submitted = resnet_orch("submit", str(path))
+    assert submitted.returncode == 0, submitted.stderr
+    sweep_id = _submitted_id(submitted.stdout)
+    sweep_dir = orch_home / "sweeps" / sweep_id
+
+    deadline = time.monotonic() + 600
+    while _status(sweep_id)["trials"][0]["state"] != "SUCCEEDED":
+        assert time.monotonic() < deadline, resnet_orch("logs", sweep_id).stdout[-3000:]
+        time.sleep(2)
+    pid = _driver_pid(sweep_dir)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)  # the sweep's driver dies; its trials' actors go with it
+
+    deadline = time.monotonic() + 120
+    while _status(sweep_id)["state"] != "INTERRUPTED":
+        assert time.monotonic() < deadline
+        time.sleep(2)
+    first = _status(sweep_id)["trials"]
+    assert first[0]["state"] == "SUCCEEDED"
+    assert first[1]["state"] in ("PENDING", "RUNNING")
+
+    resumed = resnet_orch("resume", sweep_id, "--wait")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    status = _status(sweep_id)
+    assert status["state"] == "SUCCEEDED"
+    assert [t["state"] for t in status["trials"]] == ["SUCCEEDED", "SUCCEEDED"]
+    # Not re-run: the finished trial started exactly one attempt and kept its MLflow run.
+    storage = json.loads((sweep_dir / "record.json").read_text())["storage"]
+    import pyarrow.fs
+
+    assert count_attempts(pyarrow.fs.LocalFileSystem(), f"{storage}/{status['trials'][0]['id']}") == 1
+    assert status["trials"][0]["mlflow_run_id"] == first[0]["mlflow_run_id"]
+    embedded = f"sqlite:///{orch_home / 'mlflow' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=embedded, registry_uri=embedded)
+    experiment = client.get_experiment_by_name("quickstart")
+    assert experiment is not None
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.data.tags["resnet_orch.kind"] for r in runs) == ["sweep", "trial", "trial"]
+    assert len(client.search_model_versions("name = 'quickstart'")) == 2
