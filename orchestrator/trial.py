@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import pyarrow.fs
+import ray.train
 from ray.exceptions import RayActorError
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
@@ -48,10 +49,10 @@ class TrialFailedFast(RuntimeError):
 class TrialResult:
     trial_id: str
     metrics: dict[str, Any]  # rank 0's last report (see train_loop._report for the keys); {} if none
-    checkpoint_path: str | None  # the latest checkpoint, on the trial's storage (`bucket/prefix/...` on S3)
+    checkpoint_path: str | None  # URI of the latest checkpoint (`s3://...` or a local path); see `open_checkpoint`
     attempts: int  # attempts started, the first included
     error: str | None = None  # why the trial failed; None when it finished
-    storage_path: str = ""  # the trial's directory on its storage
+    storage_path: str = ""  # URI of the trial's directory on its storage
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -195,19 +196,30 @@ def run_trial(
     try:
         result = trainer.fit()
         metrics = dict(result.metrics or {})
-        checkpoint_path = result.checkpoint.path if result.checkpoint is not None else None
+        checkpoint_path = _uri(cfg.storage, result.checkpoint.path) if result.checkpoint is not None else None
     except TrainingFailedError as exc:
         error = failure_reason(exc)
         logger.error("trial %s failed: %s", name, error)
-        checkpoint_path = latest_complete_checkpoint(fs, trial_path)
+        latest = latest_complete_checkpoint(fs, trial_path)
+        checkpoint_path = _uri(cfg.storage, latest) if latest is not None else None
     return TrialResult(
         trial_id=cfg.trial_id,
         metrics=metrics,
         checkpoint_path=checkpoint_path,
         attempts=count_attempts(fs, trial_path),
         error=error,
-        storage_path=trial_path,
+        storage_path=_uri(cfg.storage, trial_path),
     )
+
+
+def open_checkpoint(uri: str) -> ray.train.Checkpoint:
+    """The `ray.train.Checkpoint` at a `TrialResult.checkpoint_path` (S3 endpoint from the AWS environment)."""
+    path, filesystem = storage_location(uri)
+    return ray.train.Checkpoint(path, filesystem=filesystem)
+
+
+def _uri(storage: str, fs_path: str) -> str:
+    return f"s3://{fs_path}" if storage.startswith("s3://") else fs_path
 
 
 def failure_reason(exc: TrainingFailedError) -> str:
