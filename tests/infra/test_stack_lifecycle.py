@@ -1,7 +1,9 @@
-"""`resnet-orch up` -> `stack status` -> a Ray job and an MLflow run against the stack -> `down`.
+"""`resnet-orch up` -> `stack status` -> `resnet-orch submit` of a sweep against the stack -> `down`.
 
 Real processes throughout (Ray head with dashboard, `mlflow server`, SeaweedFS), driven through the CLI in
-subprocesses as a user would. `down` must leave no process of the stack alive and none of its ports open.
+subprocesses as a user would. The sweep's shards are read from the stack's S3, its trial runs on the stack's
+Ray, its runs, registered model and artifacts land in the stack's MLflow and S3. `down` must leave no process
+of the stack alive (job driver and Ray workers included) and none of its ports open.
 """
 
 from __future__ import annotations
@@ -9,47 +11,37 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
 from orchestrator import stack
-from orchestrator.ray_head import TRIAL_DRIVER_SLOTS
+from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE, TRIAL_DRIVER_SLOTS
 
 pytestmark = pytest.mark.slow
 
 # The lead mounts cli_stack on `resnet-orch`; this runs the same commands without depending on that.
-_CLI = "import typer; from orchestrator import cli_stack; app = typer.Typer(); cli_stack.register(app); app()"
+_STACK_CLI = "import typer; from orchestrator import cli_stack; app = typer.Typer(); cli_stack.register(app); app()"
+_ORCH_CLI = "from orchestrator.cli import app; app()"
 
-_JOB_SCRIPT = textwrap.dedent(
-    """
-    import os, tempfile
-    import mlflow, ray
-
-    ray.init()  # the job's driver: RAY_ADDRESS is set by the Jobs API
-
-    @ray.remote
-    def square(x: int) -> int:
-        return x * x
-
-    total = sum(ray.get([square.remote(i) for i in range(5)]))
-    mlflow.set_experiment("stack-smoke")
-    with mlflow.start_run() as run:
-        mlflow.log_metric("sum_of_squares", total)
-        path = os.path.join(tempfile.mkdtemp(), "note.txt")
-        with open(path, "w") as f:
-            f.write("artifact through the MLflow server into S3")
-        mlflow.log_artifact(path)
-    print("RESULT", run.info.run_id, total, int(ray.cluster_resources().get("resnet_orch_trial_driver", 0)))
-    """
-)
+# A CPU-sized sweep: the tiny CI model on 32 px crops of the generated images, one epoch of two steps.
+_SWEEP = """
+name: stack-e2e
+model: {{arch: test_resnet, num_classes: {classes}}}
+recipe: {{image_size: 32, resize_size: 36, batch_size: 4, epochs: 1, steps_per_epoch: 2, precision: fp32}}
+data: {{train: {shards}, val: {shards}, num_threads: 1}}
+resources: {{workers: 1, cpus_per_worker: 1}}
+storage: {storage}
+tracking: {{uri: {tracking_uri}, experiment: stack-e2e, registered_model: stack-e2e}}
+"""
 
 
-def _cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _cli(
+    *args: str, env: dict[str, str], timeout: float = 300, app: str = _STACK_CLI
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", _CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-c", app, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -113,27 +105,30 @@ def _decode_address(hex_addr: str) -> str:
     return ":".join(v6[i : i + 2].hex() for i in range(0, 16, 2))
 
 
-def _run_job(state: stack.StackState, script: Path) -> tuple[str, str]:
+def _classes(images_dir: Path) -> int:
+    """Distinct class indexes in the fixture's labels.tsv (columns: file, wnid, class index, name)."""
+    rows = (images_dir / "labels.tsv").read_text().splitlines()
+    return len({row.split("\t")[2] for row in rows if row and not row.startswith("file")})
+
+
+def _wait_for_job(state: stack.StackState, job_id: str, timeout_s: float = 420) -> str:
+    """Follow the sweep's Ray job to its end through the stack's Jobs API (with the auth token)."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     token_path = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
     token = os.environ.get("RAY_AUTH_TOKEN") or token_path.read_text().strip()
     client = JobSubmissionClient(state.services[stack.RAY].url, headers={"Authorization": f"Bearer {token}"})
-    job_id = client.submit_job(
-        entrypoint=f"python {script}",
-        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": state.services[stack.MLFLOW].url}},
-    )
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + timeout_s
     status = client.get_job_status(job_id)
     while not status.is_terminal() and time.monotonic() < deadline:
-        time.sleep(1)
+        time.sleep(2)
         status = client.get_job_status(job_id)
-    logs = client.get_job_logs(job_id)
-    assert status == JobStatus.SUCCEEDED, logs
-    return job_id, logs
+    logs: str = client.get_job_logs(job_id)
+    assert status == JobStatus.SUCCEEDED, logs[-5000:]
+    return logs
 
 
-def test_up_status_job_down(tmp_path: Path) -> None:
+def test_up_status_sweep_down(tmp_path: Path, tiny_images_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home = tmp_path / "home"
     env = {**os.environ, "RESNET_ORCH_HOME": str(home), "RAY_AUTH_MODE": "token"}
 
@@ -164,33 +159,61 @@ def test_up_status_job_down(tmp_path: Path) -> None:
         status_run = _cli("stack", "status", env=env)
         assert status_run.returncode == 0, status_run.stdout + status_run.stderr
         assert status_run.stdout.count("healthy") == 3
+        exports = _cli("stack", "env", env=env)
+        assert f"export RAY_API_SERVER_ADDRESS={state.services[stack.RAY].url}\n" in exports.stdout
+        assert f"export MLFLOW_TRACKING_URI={state.services[stack.MLFLOW].url}\n" in exports.stdout
 
-        # A real job on the stack's Ray, logging to its MLflow, whose artifact lands in its S3.
-        script = tmp_path / "job.py"
-        script.write_text(_JOB_SCRIPT)
-        _, logs = _run_job(state, script)
-        result_line = next(line for line in logs.splitlines() if line.startswith("RESULT "))
-        run_id, total, driver_slots = result_line.split()[1:]
-        assert int(total) == 0 + 1 + 4 + 9 + 16
-        # `resnet-orch submit` places trial drivers on this resource: the stack's head must offer it.
-        assert int(driver_slots) == TRIAL_DRIVER_SLOTS
+        # A sweep through `resnet-orch submit`, pointed at the stack by the variables `stack env` prints:
+        # shards in the stack's S3, trials on its Ray, runs and the registered model in its MLflow.
+        client_env = state.client_env()
+        for key, value in client_env.items():
+            monkeypatch.setenv(key, value)
+        from pipelines.sharding import shard_dataset
+
+        shards = f"s3://{state.bucket}/data/tiny"
+        shard_dataset(tiny_images_dir, shards, shard_bytes=60_000)
+        sweep_file = tmp_path / "sweep.yaml"
+        sweep_file.write_text(
+            _SWEEP.format(
+                classes=_classes(tiny_images_dir),
+                shards=shards,
+                storage=tmp_path / "storage",
+                tracking_uri=client_env["MLFLOW_TRACKING_URI"],
+            )
+        )
+        submitted = _cli("submit", str(sweep_file), env={**env, **client_env}, app=_ORCH_CLI)
+        assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+        job_id = next(line.split()[1] for line in submitted.stdout.splitlines() if line.startswith("job: "))
+        assert f"dashboard: {state.services[stack.RAY].url}" in submitted.stdout
+        logs = _wait_for_job(state, job_id)
+        assert "finished: SUCCEEDED" in logs
+        # The trial driver ran on the stack head's trial-driver resource, not on a CPU.
+        assert f"/{TRIAL_DRIVER_SLOTS:.1f} {TRIAL_DRIVER_RESOURCE}" in logs  # Tune's resource line
 
         from mlflow.tracking import MlflowClient
 
-        run = MlflowClient(tracking_uri=state.services[stack.MLFLOW].url).get_run(run_id)
-        assert run.data.metrics["sum_of_squares"] == 30.0
-        s3_env = state.client_env()
+        mlflow_client = MlflowClient(tracking_uri=client_env["MLFLOW_TRACKING_URI"])
+        experiment = mlflow_client.get_experiment_by_name("stack-e2e")
+        assert experiment is not None
+        runs = mlflow_client.search_runs([experiment.experiment_id])
+        assert {run.info.status for run in runs} == {"FINISHED"}
+        trial_runs = [run for run in runs if "val_top1_err" in run.data.metrics]
+        assert len(trial_runs) == 1
+        (version,) = mlflow_client.search_model_versions("name='stack-e2e'")
+        assert version.run_id == trial_runs[0].info.run_id
         import boto3
 
         s3 = boto3.client(
             "s3",
-            endpoint_url=s3_env["AWS_ENDPOINT_URL"],
-            aws_access_key_id=s3_env["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=s3_env["AWS_SECRET_ACCESS_KEY"],
-            region_name=s3_env["AWS_REGION"],
+            endpoint_url=client_env["AWS_ENDPOINT_URL"],
+            aws_access_key_id=client_env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=client_env["AWS_SECRET_ACCESS_KEY"],
+            region_name=client_env["AWS_REGION"],
         )
-        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=state.bucket, Prefix="mlflow/").get("Contents", [])]
-        assert any(key.endswith(f"{run_id}/artifacts/note.txt") for key in keys), keys
+        listed = s3.list_objects_v2(Bucket=state.bucket, Prefix=f"mlflow/{experiment.experiment_id}/")
+        keys = [obj["Key"] for obj in listed.get("Contents", [])]
+        # Artifacts went through the MLflow server into the stack's S3: the trial's checkpoint among them.
+        assert any(key.endswith(f"{trial_runs[0].info.run_id}/artifacts/checkpoint/model.pt") for key in keys), keys
 
         # Processes of the job (its driver, Ray workers) exist now and must be gone after `down` too.
         all_pids |= _descendants_and_group(state.services[stack.RAY].pid)
