@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
 
@@ -53,7 +53,6 @@ class TrialResult:
     attempts: int  # attempts started, the first included
     error: str | None = None  # why the trial failed; None when it finished
     storage_path: str = ""  # URI of the trial's directory on its storage
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -143,6 +142,10 @@ def build_trainer(
     callbacks: Sequence[UserCallback] = (),
 ) -> TorchTrainer:
     """The `TorchTrainer` of one trial (not started)."""
+    if os.environ.get("RAY_TRAIN_V2_ENABLED", "1") == "0":
+        raise RuntimeError(
+            "RAY_TRAIN_V2_ENABLED=0: resnet-orch needs Ray Train v2 (its callbacks carry the restart policy); unset it"
+        )
     storage_path, storage_filesystem = storage_location(cfg.storage)
     resources = cfg.resources
     user_callbacks: list[UserCallback] = [FailFastCallback(RestartPolicy(cfg.max_failures)), *callbacks]
