@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import pytest
 import torch
 
@@ -167,3 +170,16 @@ def test_bad_spec_names_the_field() -> None:
         LoaderSpec(uri="/x", batch_size=0)
     with pytest.raises(ValueError, match="unsupported scheme"):
         LoaderSpec(uri="gs://bucket/x", batch_size=4)
+
+
+def test_auto_backend_falls_back_to_torch_with_a_warning(
+    tiny_shards_local: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # `import nvidia.dali` now raises ImportError
+    spec = LoaderSpec(uri=tiny_shards_local, batch_size=4)
+    with caplog.at_level(logging.WARNING, logger="pipelines.loader"):
+        loader = make_loader(spec, 0, 1, CPU)
+    assert type(loader).__name__ == "TorchLoader"
+    assert "using the torchvision fallback loader" in caplog.text
+    with pytest.raises(ImportError, match="backend='dali' but NVIDIA DALI cannot be imported"):
+        make_loader(spec.model_copy(update={"backend": "dali"}), 0, 1, CPU)

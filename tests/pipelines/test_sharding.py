@@ -150,3 +150,18 @@ def test_cli_shard_then_check_json(tiny_images_dir: Path, tmp_path: Path) -> Non
     report = json.loads(result.output.strip().splitlines()[-1])
     assert (report["samples"], report["classes"], report["decode_errors"]) == (48, 8, 0)
     assert set(report["per_class"].values()) == {6}
+
+
+def test_cli_shards_train_and_val_class_folders(tiny_images_dir: Path, tmp_path: Path) -> None:
+    root = tmp_path / "imagenet"
+    with open(tiny_images_dir / "labels.tsv") as f:
+        for i, row in enumerate(csv.DictReader(f, dialect="excel-tab")):
+            split = "val" if i % 6 == 0 else "train"
+            (root / split / row["wnid"]).mkdir(parents=True, exist_ok=True)
+            shutil.copy(tiny_images_dir / row["file"], root / split / row["wnid"] / row["file"])
+    dest = tmp_path / "out"
+    result = CliRunner().invoke(app, ["shard", str(root), str(dest), "--shard-size", "100k"])
+    assert result.exit_code == 0, result.output
+    train, val = read_manifest(str(dest / "train")), read_manifest(str(dest / "val"))
+    assert (train["num_samples"], val["num_samples"]) == (40, 8)
+    assert train["classes"] == val["classes"] == {f"n{c:08d}": c for c in range(8)}
