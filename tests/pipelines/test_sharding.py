@@ -165,3 +165,18 @@ def test_cli_shards_train_and_val_class_folders(tiny_images_dir: Path, tmp_path:
     train, val = read_manifest(str(dest / "train")), read_manifest(str(dest / "val"))
     assert (train["num_samples"], val["num_samples"]) == (40, 8)
     assert train["classes"] == val["classes"] == {f"n{c:08d}": c for c in range(8)}
+
+
+def test_check_names_a_corrupt_sample_and_exits_1(tiny_shards_local: str, tmp_path: Path) -> None:
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards_local, shards)
+    index_line = (shards / "shard-000001.idx").read_text().splitlines()[1].split()
+    offset, key = int(index_line[1]), index_line[3].removesuffix(".jpg")
+    tar = bytearray((shards / "shard-000001.tar").read_bytes())
+    tar[offset : offset + 64] = b"\0" * 64  # wipe the JPEG header: same size, undecodable
+    (shards / "shard-000001.tar").write_bytes(bytes(tar))
+    result = CliRunner().invoke(app, ["check", str(shards), "--json", "--num-threads", "2", "--batch-size", "16"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert (report["samples"], report["decode_errors"]) == (47, 1)
+    assert report["bad_samples"] == [f"shard-000001.tar:{key}"]
