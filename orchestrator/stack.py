@@ -74,6 +74,9 @@ class ServiceRecord:
     url: str
     ports: tuple[int, ...]  # the ports `down` waits on until they are closed
     log: str
+    # "<boot id>:<start time>" of the leader: a pid reused by another process (after the service died, or
+    # after a reboot) never matches, so `down` never signals a stranger. Empty where there is no /proc.
+    identity: str
 
 
 @dataclass(frozen=True)
@@ -189,21 +192,25 @@ def up(
         if previous is not None and (previous.host, previous.bucket) != (host, bucket):
             # A stack bound elsewhere or with another bucket is not what was asked for: replace it all.
             healthy = set()
+        # Services of the previous state not dealt with yet stay recorded, so that a failure part-way
+        # still leaves every running process in the state file for `down` to stop.
+        pending = dict(previous.services) if previous is not None else {}
         records: dict[str, ServiceRecord] = {}
         started: list[str] = []
         for name in START_ORDER:
+            old = pending.pop(name, None)
             depends_on_restarted = name == MLFLOW and S3 in started
-            if previous is not None and name in healthy and not depends_on_restarted:
-                records[name] = previous.services[name]
+            if old is not None and name in healthy and not depends_on_restarted:
+                records[name] = old
                 continue
-            if previous is not None and name in previous.services:
-                _stop_service(previous.services[name])
+            if old is not None:
+                _stop_service(old)
+                _save_state(paths, _state(paths, host, bucket, {**pending, **records}))
             records[name] = _start(
                 name, paths, records, host=host, bucket=bucket, num_cpus=num_cpus, timeout_s=timeout_s
             )
             started.append(name)
-            # Written after every service, so a failure part-way leaves a state `down` can clean up.
-            _save_state(paths, _state(paths, host, bucket, records))
+            _save_state(paths, _state(paths, host, bucket, {**pending, **records}))
         state = _state(paths, host, bucket, records)
         _save_state(paths, state)
         return state, started
@@ -242,7 +249,7 @@ def check_health(state: StackState) -> list[Health]:
         record = state.services.get(name)
         if record is None:
             result.append(Health(name, False, "not started"))
-        elif not _live_group_members(record.pid):
+        elif not _leader_alive(record):
             result.append(Health(name, False, f"process {record.pid} is gone (log: {record.log})"))
         else:
             ok, detail = checks[name](state, record)
@@ -286,7 +293,8 @@ def _start_s3(paths: StackPaths, bucket: str, timeout_s: float) -> ServiceRecord
     s3.create_bucket(bucket)
     if s3.pid is None or s3.port is None:
         raise StackError(f"SeaweedFS reported no process after start; see {paths.s3_data / 'weed.log'}")
-    return ServiceRecord(S3, s3.pid, s3.endpoint_url, (s3.port,), str(paths.s3_data / "weed.log"))
+    log = str(paths.s3_data / "weed.log")
+    return ServiceRecord(S3, s3.pid, s3.endpoint_url, (s3.port,), log, _identity(s3.pid))
 
 
 def _start_mlflow(paths: StackPaths, host: str, bucket: str, s3: ServiceRecord, timeout_s: float) -> ServiceRecord:
@@ -367,18 +375,18 @@ def _spawn(
         proc = subprocess.Popen(
             cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
         )
-    return ServiceRecord(name, proc.pid, url, ports, str(log_path))
+    return ServiceRecord(name, proc.pid, url, ports, str(log_path), _identity(proc.pid))
 
 
 def _wait_healthy(record: ServiceRecord, probe: Any, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not _live_group_members(record.pid):
+        if not _leader_alive(record):
             raise StackError(f"{record.name} exited during start-up; log tail:\n{_tail(record.log)}")
         if probe():
             return
         time.sleep(0.5)
-    _terminate(set(_live_group_members(record.pid)) | _descendants(record.pid), timeout_s=15)
+    _terminate(_owned_pids(record), timeout_s=15)
     raise StackError(f"{record.name} did not answer at {record.url} within {timeout_s:.0f}s; log:\n{_tail(record.log)}")
 
 
@@ -474,7 +482,7 @@ def _http_ok(url: str) -> bool:
 def _stop_service(record: ServiceRecord, timeout_s: float = 60.0) -> None:
     # Its process group, plus every descendant: Ray workers and job drivers start sessions of their own
     # (JobSupervisor uses start_new_session), so the group alone would miss them.
-    pids = set(_live_group_members(record.pid)) | _descendants(record.pid)
+    pids = _owned_pids(record)
     logger.info("stopping %s (process group %d, %d processes)", record.name, record.pid, len(pids))
     _terminate(pids, timeout_s)
     _wait_ports_closed(record, timeout_s)
@@ -527,15 +535,47 @@ def _port_open(port: int) -> bool:
 # Processes (Linux /proc; zombies count as gone: a container's PID 1 may never reap orphans)
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, process-group id) of `pid`, or None when it does not exist."""
+def _proc_stat(pid: int) -> tuple[str, int, int] | None:
+    """(state letter, process-group id, start time in clock ticks since boot) of `pid`; None when absent."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    # The command name is in parentheses and may itself contain spaces or parentheses.
+    # The command name is in parentheses and may itself contain spaces or parentheses; proc(5) numbers
+    # the fields from 1: state is 3, pgrp 5, starttime 22.
     fields = raw[raw.rfind(")") + 2 :].split()
-    return fields[0], int(fields[2])
+    return fields[0], int(fields[2]), int(fields[19])
+
+
+def _boot_id() -> str:
+    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+
+
+def _identity(pid: int) -> str:
+    if not Path("/proc").is_dir():
+        return ""
+    stat = _proc_stat(pid)
+    return f"{_boot_id()}:{stat[2]}" if stat is not None else ""
+
+
+def _leader_alive(record: ServiceRecord) -> bool:
+    return _pid_alive(record.pid) and _identity(record.pid) == record.identity
+
+
+def _owned_pids(record: ServiceRecord) -> set[int]:
+    """Live processes of the service: its process group and the leader's descendants, never a stranger's."""
+    if not Path("/proc").is_dir():
+        return set(_live_group_members(record.pid))
+    if not record.identity.startswith(f"{_boot_id()}:"):
+        return set()  # rebooted since `up`: nothing of the stack survived
+    current = _identity(record.pid)
+    if current and current != record.identity:
+        # Linux does not reuse a pid while a process group of that id exists: ours is gone entirely.
+        return set()
+    pids = set(_live_group_members(record.pid))
+    if current:
+        pids |= _descendants(record.pid)
+    return pids
 
 
 def _all_pids() -> Iterator[int]:

@@ -9,6 +9,7 @@ of the stack alive (job driver and Ray workers included) and none of its ports o
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -159,6 +160,23 @@ def test_up_status_sweep_down(tmp_path: Path, tiny_images_dir: Path, monkeypatch
         status_run = _cli("stack", "status", env=env)
         assert status_run.returncode == 0, status_run.stdout + status_run.stderr
         assert status_run.stdout.count("healthy") == 3
+
+        # A dead service: `stack status` says so, and `up` restarts that one only.
+        os.killpg(state.services[stack.MLFLOW].pid, signal.SIGKILL)
+        dead = _cli("stack", "status", env=env)
+        assert dead.returncode == 1
+        assert [(h.name, h.healthy) for h in stack.status(home)[1]] == [("s3", True), ("mlflow", False), ("ray", True)]
+        third = _cli("up", env=env)
+        assert third.returncode == 0, third.stdout + third.stderr
+        assert (third.stdout.count("reused"), third.stdout.count("started")) == (2, 1), third.stdout
+        restarted, health = stack.status(home)
+        assert restarted is not None and all(h.healthy for h in health)
+        assert restarted.services[stack.MLFLOW].pid != state.services[stack.MLFLOW].pid
+        assert {n: restarted.services[n] for n in (stack.S3, stack.RAY)} == {
+            n: state.services[n] for n in (stack.S3, stack.RAY)
+        }
+        state = restarted
+        all_pids |= _descendants_and_group(state.services[stack.MLFLOW].pid)
         exports = _cli("stack", "env", env=env)
         assert f"export RAY_API_SERVER_ADDRESS={state.services[stack.RAY].url}\n" in exports.stdout
         assert f"export MLFLOW_TRACKING_URI={state.services[stack.MLFLOW].url}\n" in exports.stdout
