@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipelines import presets
-from pipelines.loader import Batch, EpochPlan, Loader, LoaderSpec, make_loader
+from pipelines.loader import Backend, Batch, EpochPlan, Loader, LoaderSpec, make_loader
 
 CPU = torch.device("cpu")
 # Normalized pixel bounds: (0 - mean) / std .. (1 - mean) / std over the three channels.
@@ -50,7 +50,7 @@ def test_epoch_plan(n: int, world: int, batch: int, policy: str, batches: int, p
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])
-def test_two_ranks_disjoint_union_all_and_restore(backend: str, tiny_shards_local: str) -> None:
+def test_two_ranks_disjoint_union_all_and_restore(backend: Backend, tiny_shards_local: str) -> None:
     spec = LoaderSpec(
         uri=tiny_shards_local, batch_size=5, backend=backend, num_threads=2, seed=7, image_size=64, resize_size=72
     )
@@ -112,11 +112,11 @@ def test_dali_restore_on_real_images_across_shards(sample_shards_local: str) -> 
         ("torch", "paper", "bfloat16", False),
     ],
 )
-def test_train_outputs(backend: str, preset: str, dtype: str, channels_last: bool, tiny_shards_local: str) -> None:
+def test_train_outputs(backend: Backend, preset: str, dtype: str, channels_last: bool, tiny_shards_local: str) -> None:
     spec = LoaderSpec(
         uri=tiny_shards_local,
         batch_size=8,
-        backend=backend,  # type: ignore[arg-type]
+        backend=backend,
         preset=preset,  # type: ignore[arg-type]
         dtype=dtype,  # type: ignore[arg-type]
         channels_last=channels_last,
@@ -136,12 +136,12 @@ def test_train_outputs(backend: str, preset: str, dtype: str, channels_last: boo
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])
-def test_val_center_and_ten_crop(backend: str, tiny_shards_local: str) -> None:
+def test_val_center_and_ten_crop(backend: Backend, tiny_shards_local: str) -> None:
     spec = LoaderSpec(
         uri=tiny_shards_local,
         split="val",
         batch_size=48,
-        backend=backend,  # type: ignore[arg-type]
+        backend=backend,
         num_threads=2,
         image_size=64,
         resize_size=73,  # odd margin: catches a crop-vs-mirror order mismatch
