@@ -36,15 +36,22 @@ from orchestrator.sweep import (
 # Ray reads its auth mode when it is imported: token auth stays on (Ray 2.60's default for clusters, brief).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-console = Console()
-err_console = Console(stderr=True)
+
+def _out() -> Console:
+    # Built per call, so the terminal width (or COLUMNS) of this invocation applies.
+    return Console()
+
+
+def _err() -> Console:
+    return Console(stderr=True)
+
 
 USAGE_ERROR = 2
 
 
 def _fail(message: str, code: int = USAGE_ERROR) -> typer.Exit:
     # Text, not markup: messages quote YAML paths like `grid.depth[1]` that rich would read as tags.
-    err_console.print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
+    _err().print(Text("error: ", style="red") + Text(message), highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -88,12 +95,12 @@ def validate(
         {"id": t.trial_id, "macs_per_image": _macs(t, cache), "config": t.model_dump(mode="json")} for t in trials
     ]
     if as_json:
-        console.print_json(json.dumps({"sweep": config.name, "trials": described}))
+        _out().print_json(json.dumps({"sweep": config.name, "trials": described}))
         return
-    console.print(f"{sweep_file}: valid; sweep [bold]{config.name}[/bold]: {len(trials)} trials")
+    _out().print(f"{sweep_file}: valid; sweep [bold]{config.name}[/bold]: {len(trials)} trials")
     for item in described:
-        console.print(f"\n[bold]{item['id']}[/bold]  {item['macs_per_image'] / 1e9:.3f} GMACs per image")
-        console.print_json(json.dumps(item["config"]))
+        _out().print(f"\n[bold]{item['id']}[/bold]  {item['macs_per_image'] / 1e9:.3f} GMACs per image")
+        _out().print_json(json.dumps(item["config"]))
 
 
 # ---- submit / resume --------------------------------------------------------------------------------------------
@@ -149,10 +156,10 @@ def _submit_driver(record: SweepRecord, *, resume: bool, address: str, local: bo
 
 
 def _announce(record: SweepRecord, job_id: str, address: str) -> None:
-    console.print(f"sweep id: {record.sweep_id}", highlight=False, soft_wrap=True)
-    console.print(f"job: {job_id}", highlight=False)
-    console.print(f"dashboard: {address}", highlight=False)
-    console.print(f"mlflow: {record.tracking_uri} (experiment {record.experiment})", highlight=False, soft_wrap=True)
+    _out().print(f"sweep id: {record.sweep_id}", highlight=False, soft_wrap=True)
+    _out().print(f"job: {job_id}", highlight=False)
+    _out().print(f"dashboard: {address}", highlight=False)
+    _out().print(f"mlflow: {record.tracking_uri} (experiment {record.experiment})", highlight=False, soft_wrap=True)
 
 
 def submit(
@@ -216,7 +223,7 @@ def _follow(sweep_id: str) -> int:
     from rich.live import Live
 
     record = load_sweep_record(sweep_id)
-    with Live(console=console, refresh_per_second=1) as live:
+    with Live(console=_out(), refresh_per_second=1) as live:
         while True:
             progress = load_sweep_progress(sweep_id)
             state = _current_state(record, progress)
@@ -269,13 +276,14 @@ def status(
         payload["state"] = state.value
         typer.echo(json.dumps(payload))
         return
-    console.print(_status_table(sweep_id, state, progress))
+    _out().print(_status_table(sweep_id, state, progress))
 
 
 def list_sweeps() -> None:
     """List the sweeps under RESNET_ORCH_HOME."""
     table = Table(title="sweeps")
-    for column in ("sweep", "state", "trials done", "created"):
+    table.add_column("sweep", no_wrap=True)
+    for column in ("state", "trials done", "created"):
         table.add_column(column)
     for sweep_id in list_sweep_ids():
         record = load_sweep_record(sweep_id)
@@ -283,7 +291,7 @@ def list_sweeps() -> None:
         done = sum(t.state == TrialState.SUCCEEDED for t in progress.trials)
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at))
         table.add_row(sweep_id, _current_state(record, progress).value, f"{done}/{len(progress.trials)}", created)
-    console.print(table)
+    _out().print(table)
 
 
 def logs(
@@ -332,12 +340,12 @@ def cancel(sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)"
             while time.monotonic() < deadline and client.get_job_status(record.job_id).value in ("PENDING", "RUNNING"):
                 time.sleep(1)
         except Exception as exc:  # the cluster is gone: nothing runs any more, record the cancel
-            err_console.print(f"warning: could not reach the Ray job ({exc}); marking the sweep cancelled")
+            _err().print(f"warning: could not reach the Ray job ({exc}); marking the sweep cancelled")
     # The driver is stopped: this is now the only writer of the sweep's progress.
     progress = load_sweep_progress(sweep_id)
     progress.cancel_unfinished()
     save_model(sweep_paths(sweep_id).progress, progress)
-    console.print(f"sweep {sweep_id}: CANCELLED")
+    _out().print(f"sweep {sweep_id}: CANCELLED")
 
 
 # ---- models and reports ----------------------------------------------------------------------------------------
@@ -358,7 +366,7 @@ def pull(
         save_torchscript(uri, model, output)
     except MlflowException as exc:
         raise _fail(f"{model}: {exc.message}") from None
-    console.print(f"{model} -> {output}", highlight=False)
+    _out().print(f"{model} -> {output}", highlight=False)
 
 
 def report(
@@ -376,7 +384,7 @@ def report(
     (output / "report.md").write_text(text, encoding="utf-8")
     plot_comparison(rows, output / "report.png", sweep_id)
     typer.echo(text)
-    console.print(f"wrote {output / 'report.md'} and {output / 'report.png'}")
+    _out().print(f"wrote {output / 'report.md'} and {output / 'report.png'}")
 
 
 def ui(
@@ -399,7 +407,7 @@ def ui(
         "--port",
         str(port),
     ]
-    console.print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
+    _out().print(f"MLflow UI on http://{host}:{port} (Ctrl-C to stop)")
     raise typer.Exit(subprocess.call(cmd))
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import tune
 
 from orchestrator.config import ResourcesConfig, SweepConfig, TrialConfig
@@ -85,7 +86,13 @@ def trial_trainable(config: dict[str, Any]) -> None:
         # Its model is registered: the trial finished before the driver died (Tune's saved state can lag behind).
         logger.info("trial %s already finished; not re-running it", trial.trial_id)
         return
-    result = run_trial(trial, run_config_name=trial.trial_id)
+    # CPU, memory, network (and GPU where there is one) of this trial's driver node, into the trial's run.
+    monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracker.tracking_uri)
+    monitor.start()
+    try:
+        result = run_trial(trial, run_config_name=trial.trial_id)
+    finally:
+        monitor.finish()
     if result.error is not None:
         raise RuntimeError(f"trial {trial.trial_id} failed after {result.attempts} attempt(s): {result.error}")
     if result.checkpoint_path is None:
@@ -254,6 +261,7 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
     storage = record.storage
     experiment_path = f"{storage.rstrip('/')}/{TUNE_RUN_NAME}"
     if resume and tune.Tuner.can_restore(experiment_path):
+        logger.info("restoring the Tune experiment at %s", experiment_path)
         tuner = tune.Tuner.restore(
             experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=True
         )

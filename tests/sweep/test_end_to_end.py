@@ -112,6 +112,7 @@ def test_quickstart_end_to_end(orch_home: Path, mlflow_server: str, sample_shard
     assert {c.info.status for c in runs} == {"FINISHED"}
     killed = next(c for c in children if c.data.tags["resnet_orch.trial_id"] == "001-steps_per_epoch6")
     assert killed.data.params["model.depth"] == "18"
+    assert "system/cpu_utilization_percentage" in killed.data.metrics
     assert [a.path for a in client.list_artifacts(killed.info.run_id, "curves")] == ["curves/curves.png"]
     assert "checkpoint/model.pt" in [a.path for a in client.list_artifacts(killed.info.run_id, "checkpoint")]
     assert [a.path for a in client.list_artifacts(parents[0].info.run_id, "curves")] == ["curves/figure4.png"]
@@ -178,6 +179,7 @@ def test_driver_killed_then_resume(orch_home: Path, sample_shards_local: str, tm
     status = _status(sweep_id)
     assert status["state"] == "SUCCEEDED"
     assert [t["state"] for t in status["trials"]] == ["SUCCEEDED", "SUCCEEDED"]
+    assert "restoring the Tune experiment at" in (sweep_dir / "driver.log").read_text()
     # Not re-run: the finished trial started exactly one attempt and kept its MLflow run.
     storage = json.loads((sweep_dir / "record.json").read_text())["storage"]
     import pyarrow.fs
