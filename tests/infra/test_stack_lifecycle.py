@@ -22,9 +22,8 @@ from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE, TRIAL_DRIVER_SLOTS
 
 pytestmark = pytest.mark.slow
 
-# The lead mounts cli_stack on `resnet-orch`; this runs the same commands without depending on that.
-_STACK_CLI = "import typer; from orchestrator import cli_stack; app = typer.Typer(); cli_stack.register(app); app()"
-_ORCH_CLI = "from orchestrator.cli import app; app()"
+# `resnet-orch ...`, run with this interpreter (the console script may not be on PATH in a test run).
+_CLI = "from orchestrator.cli import app; app()"
 
 # A CPU-sized sweep: the tiny CI model on 32 px crops of the generated images, one epoch of two steps.
 _SWEEP = """
@@ -38,11 +37,9 @@ tracking: {{uri: {tracking_uri}, experiment: stack-e2e, registered_model: stack-
 """
 
 
-def _cli(
-    *args: str, env: dict[str, str], timeout: float = 300, app: str = _STACK_CLI
-) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", app, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [sys.executable, "-c", _CLI, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
 
 
@@ -199,7 +196,7 @@ def test_up_status_sweep_down(tmp_path: Path, tiny_images_dir: Path, monkeypatch
                 tracking_uri=client_env["MLFLOW_TRACKING_URI"],
             )
         )
-        submitted = _cli("submit", str(sweep_file), env={**env, **client_env}, app=_ORCH_CLI)
+        submitted = _cli("submit", str(sweep_file), env={**env, **client_env})
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
         job_id = next(line.split()[1] for line in submitted.stdout.splitlines() if line.startswith("job: "))
         assert f"dashboard: {state.services[stack.RAY].url}" in submitted.stdout
