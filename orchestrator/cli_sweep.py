@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.config import ConfigError, SweepConfig, TrialConfig, load_sweep
-from orchestrator.state import SweepProgress, SweepRecord, SweepState, TrialState, save_model
+from orchestrator.state import BEST_METRIC, SweepProgress, SweepRecord, SweepState, TrialState, save_model
 from orchestrator.sweep import (
     SweepNotFound,
     create_sweep,
@@ -243,7 +243,8 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> Table:
     table = Table(title=f"{sweep_id}: {state}")
-    for column in ("trial", "depth", "residual", "shortcut", "state", "attempt", "epoch", "top-1 err %", "images/s"):
+    table.add_column("trial", no_wrap=True)
+    for column in ("depth", "residual", "shortcut", "state", "attempt", "epoch", "best top-1 err %", "images/s"):
         table.add_column(column)
     for trial in progress.trials:
         model = trial.config["model"]
@@ -256,7 +257,7 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
             trial.state.value,
             str(trial.attempts),
             _fmt(metrics.get("epoch"), digits=0),
-            _fmt(metrics.get("val_top1_err"), 100.0),
+            _fmt(metrics.get(BEST_METRIC), 100.0),
             _fmt(metrics.get("images_per_s"), digits=1),
         )
     return table
@@ -343,8 +344,18 @@ def cancel(sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)"
             _err().print(f"warning: could not reach the Ray job ({exc}); marking the sweep cancelled")
     # The driver is stopped: this is now the only writer of the sweep's progress.
     progress = load_sweep_progress(sweep_id)
+    stopped = [t.mlflow_run_id for t in progress.trials if not t.state.is_terminal and t.mlflow_run_id]
     progress.cancel_unfinished()
     save_model(sweep_paths(sweep_id).progress, progress)
+    if progress.parent_run_id is not None:
+        stopped.append(progress.parent_run_id)
+    if stopped:
+        from orchestrator.tracking import mark_killed
+
+        try:
+            mark_killed(record.tracking_uri, stopped)
+        except Exception as exc:  # an unreachable tracking server must not undo the cancel
+            _err().print(f"warning: could not mark the MLflow runs killed ({exc})")
     _out().print(f"sweep {sweep_id}: CANCELLED")
 
 

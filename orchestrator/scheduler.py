@@ -21,7 +21,15 @@ from ray import tune
 
 from orchestrator.config import ResourcesConfig, SweepConfig, TrialConfig
 from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE
-from orchestrator.state import SweepProgress, SweepRecord, SweepState, TrialState, final_sweep_state, save_model
+from orchestrator.state import (
+    BEST_METRIC,
+    SweepProgress,
+    SweepRecord,
+    SweepState,
+    TrialState,
+    final_sweep_state,
+    save_model,
+)
 from orchestrator.sweep import SweepPaths, embedded_artifact_root, embedded_tracking_uri, expand
 from orchestrator.tracking import RANK_METRIC, TAG_SWEEP, TAG_TRIAL, Tracker, log_trial_model, numeric_metrics
 
@@ -40,7 +48,6 @@ STATUS_METRICS = (
     "images_per_s",
     "lr",
 )
-BEST_METRIC = "best_val_top1_err"
 # One grid-search axis whose values are whole trials (the sweep's own grid is expanded by `SweepConfig.expand`).
 PARAM_KEY = "sweep_trial"
 

@@ -205,6 +205,14 @@ def log_trial_model(
     return version
 
 
+def mark_killed(tracking_uri: str, run_ids: Iterable[str]) -> None:
+    """End the runs of a cancelled sweep's unfinished trials (and its parent run) as KILLED."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for run_id in run_ids:
+        client.set_tag(run_id, TAG_STATE, "CANCELLED")
+        client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.KILLED))
+
+
 def _models_uri(model_uri: str) -> str:
     return model_uri if model_uri.startswith(("models:/", "runs:/")) else f"models:/{model_uri}"
 
@@ -236,8 +244,3 @@ def save_torchscript(tracking_uri: str, model_uri: str, output: Path) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     torch.jit.save(traced, str(output))
     return output
-
-
-def finished_runs(tracker: Tracker, sweep_id: str) -> Iterable[Any]:
-    query = f"tags.`{TAG_SWEEP}` = '{sweep_id}' and tags.`{TAG_KIND}` = 'trial'"
-    return tracker.client.search_runs([tracker.experiment_id], filter_string=query, max_results=10000)

@@ -16,6 +16,7 @@ from orchestrator.tracking import (
     Tracker,
     flatten,
     log_trial_model,
+    mark_killed,
     numeric_metrics,
     pull_model,
     save_torchscript,
@@ -68,6 +69,8 @@ def test_runs_are_found_again_not_duplicated(tracker: Tracker, tmp_path: Path) -
         "val_top1_err": [(10, 0.5), (20, 0.4)],
     }
     assert tracker.client.get_run(children[0]).data.tags[TAG_ATTEMPTS] == "2"
+    mark_killed(tracker.tracking_uri, [children[1]])  # `resnet-orch cancel`
+    assert tracker.client.get_run(children[1]).info.status == "KILLED"
     tracker.log_curves(
         parent, {t.trial_id: tracker.trial_curves(c) for t, c in zip(trials, children, strict=True)}, "f4.png"
     )
