@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE, TRIAL_DRIVER_SLOTS
 from orchestrator.services import SeaweedFS, free_port
 
@@ -74,8 +76,8 @@ class ServiceRecord:
     url: str
     ports: tuple[int, ...]  # the ports `down` waits on until they are closed
     log: str
-    # "<boot id>:<start time>" of the leader: a pid reused by another process (after the service died, or
-    # after a reboot) never matches, so `down` never signals a stranger. Empty where there is no /proc.
+    # The leader's start time: a pid reused by another process (after the service died, or after a
+    # reboot) never matches, so `down` never signals a stranger.
     identity: str
 
 
@@ -532,95 +534,54 @@ def _port_open(port: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Processes (Linux /proc; zombies count as gone: a container's PID 1 may never reap orphans)
+# Processes (psutil: Linux and macOS). Zombies count as gone: a container's PID 1 may never reap orphans.
 
 
-def _proc_stat(pid: int) -> tuple[str, int, int] | None:
-    """(state letter, process-group id, start time in clock ticks since boot) of `pid`; None when absent."""
+def _process(pid: int) -> psutil.Process | None:
+    """The live process `pid`, or None when it is gone or a zombie."""
     try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        process = psutil.Process(pid)
+        return None if process.status() == psutil.STATUS_ZOMBIE else process
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
         return None
-    # The command name is in parentheses and may itself contain spaces or parentheses; proc(5) numbers
-    # the fields from 1: state is 3, pgrp 5, starttime 22.
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return fields[0], int(fields[2]), int(fields[19])
-
-
-def _boot_id() -> str:
-    return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
 
 
 def _identity(pid: int) -> str:
-    if not Path("/proc").is_dir():
-        return ""
-    stat = _proc_stat(pid)
-    return f"{_boot_id()}:{stat[2]}" if stat is not None else ""
+    """Start time of `pid` (seconds since the epoch): another process that later gets the same pid differs."""
+    process = _process(pid)
+    return f"{process.create_time():.2f}" if process is not None else ""
+
+
+def _pid_alive(pid: int) -> bool:
+    return _process(pid) is not None
 
 
 def _leader_alive(record: ServiceRecord) -> bool:
-    return _pid_alive(record.pid) and _identity(record.pid) == record.identity
+    return _identity(record.pid) == record.identity != ""
+
+
+def _live_group_members(pgid: int) -> set[int]:
+    members = set()
+    for process in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError, PermissionError):
+            if os.getpgid(process.pid) == pgid and process.status() != psutil.STATUS_ZOMBIE:
+                members.add(process.pid)
+    return members
 
 
 def _owned_pids(record: ServiceRecord) -> set[int]:
     """Live processes of the service: its process group and the leader's descendants, never a stranger's."""
-    if not Path("/proc").is_dir():
-        return set(_live_group_members(record.pid))
-    if not record.identity.startswith(f"{_boot_id()}:"):
-        return set()  # rebooted since `up`: nothing of the stack survived
     current = _identity(record.pid)
     if current and current != record.identity:
-        # Linux does not reuse a pid while a process group of that id exists: ours is gone entirely.
+        # The pid now belongs to another process. Its group id can only have been reused once every
+        # member of our group had exited (neither Linux nor macOS reuses a pid that is still a pgid).
         return set()
-    pids = set(_live_group_members(record.pid))
-    if current:
-        pids |= _descendants(record.pid)
+    pids = _live_group_members(record.pid)
+    leader = _process(record.pid)
+    if leader is not None:
+        with contextlib.suppress(psutil.Error):
+            pids |= {child.pid for child in leader.children(recursive=True)}
     return pids
-
-
-def _all_pids() -> Iterator[int]:
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            yield int(entry.name)
-
-
-def _live_group_members(pgid: int) -> list[int]:
-    if not Path("/proc").is_dir():  # macOS: no /proc; signal 0 tells whether the group has members
-        try:
-            os.killpg(pgid, 0)
-        except (ProcessLookupError, PermissionError):
-            return []
-        return [pgid]
-    members = []
-    for pid in _all_pids():
-        stat = _proc_stat(pid)
-        if stat is not None and stat[1] == pgid and stat[0] != "Z":
-            members.append(pid)
-    return members
-
-
-def _pid_alive(pid: int) -> bool:
-    stat = _proc_stat(pid)
-    return stat is not None and stat[0] != "Z"
-
-
-def _descendants(root: int) -> set[int]:
-    if not Path("/proc").is_dir():
-        return set()
-    children: dict[int, list[int]] = {}
-    for pid in _all_pids():
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            raw = Path(f"/proc/{pid}/stat").read_text()
-            ppid = int(raw[raw.rfind(")") + 2 :].split()[1])
-            children.setdefault(ppid, []).append(pid)
-    found: set[int] = set()
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
 
 
 def _reap(pid: int) -> None:

@@ -23,7 +23,7 @@ def _app() -> typer.Typer:
 
 
 def test_state_file_round_trips() -> None:
-    record = stack.ServiceRecord("s3", 123, "http://127.0.0.1:9", (9,), "/x.log", "boot:42")
+    record = stack.ServiceRecord("s3", 123, "http://127.0.0.1:9", (9,), "/x.log", "1.00")
     state = stack.StackState("127.0.0.1", "b", "127.0.0.1:1", "/tmp/r", "/c.json", {"s3": record})
     assert stack.StackState.from_json(json.loads(json.dumps(state.to_json()))) == state
 
@@ -66,7 +66,7 @@ def test_unreadable_state_file_is_a_usage_error_naming_the_file(tmp_path: Path) 
 def test_dead_service_is_reported_unhealthy(tmp_path: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    record = stack.ServiceRecord("mlflow", gone.pid, "http://127.0.0.1:1", (1,), "/x.log", "boot:42")
+    record = stack.ServiceRecord("mlflow", gone.pid, "http://127.0.0.1:1", (1,), "/x.log", "1.00")
     state = stack.StackState("127.0.0.1", "b", "", "/tmp/r", "/c.json", {"mlflow": record})
     health = {h.name: h for h in stack.check_health(state)}
     assert not health["mlflow"].healthy and f"process {gone.pid} is gone" in health["mlflow"].detail
@@ -103,20 +103,19 @@ def test_down_kills_a_group_that_ignores_sigterm_and_its_detached_child(tmp_path
         os.killpg(leader.pid, 0)
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="process identity needs /proc")
 def test_down_never_signals_a_process_that_reused_a_recorded_pid(tmp_path: Path) -> None:
     # A stranger (its own session, so its pid is also a process-group id) holding a pid the state records,
     # as after the service died and the pid was handed out again.
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     try:
-        boot, start = stack._identity(stranger.pid).split(":")
+        started_at = float(stack._identity(stranger.pid))
         paths = stack.StackPaths.from_env(tmp_path)
         paths.root.mkdir(parents=True)
         records = {
             "mlflow": stack.ServiceRecord(
-                "mlflow", stranger.pid, "http://127.0.0.1:1", (), "/x.log", f"{boot}:{int(start) - 1}"
+                "mlflow", stranger.pid, "http://127.0.0.1:1", (), "/x.log", f"{started_at - 1:.2f}"
             ),
-            "s3": stack.ServiceRecord("s3", stranger.pid, "http://127.0.0.1:1", (), "/x.log", f"other-boot:{start}"),
+            "s3": stack.ServiceRecord("s3", stranger.pid, "http://127.0.0.1:1", (), "/x.log", "0.00"),
         }
         state = stack.StackState("127.0.0.1", "b", "", "/tmp/r", str(paths.credentials_file), records)
         paths.state_file.write_text(json.dumps(state.to_json()))
