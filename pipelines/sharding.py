@@ -320,8 +320,8 @@ def shard_dataset(
 ) -> ShardReport:
     """Shard one split (`src` with class folders, or flat + labels file) into `dest`.
 
-    `progress(done, total)` is called as images are processed. Returns the report; the manifest at
-    `dest` is written last and only when every shard is whole.
+    `progress(done, total)` is called after every image (checked, or in a kept shard). Returns the
+    report; the manifest at `dest` is written last and only when every shard is whole.
     """
     source = discover_source(src, labels)
     store = open_store(dest)
@@ -330,25 +330,30 @@ def shard_dataset(
     report = ShardReport(dest=dest, classes=len(source.classes))
     total = len(source.samples)
     done = 0
+
+    def advance(n: int) -> None:
+        nonlocal done
+        done += n
+        if progress is not None:
+            progress(done, total)
+
     shard_entries: list[dict[str, Any]] = []
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, tempfile.TemporaryDirectory() as tmp:
         for plan in plans:
             plan_hash = plan.plan_hash()
             record = _completed_record(store, plan, plan_hash)
             if record is None:
-                record = _write_shard(store, plan, plan_hash, pool, Path(tmp))
+                record = _write_shard(store, plan, plan_hash, pool, Path(tmp), advance)
                 report.shards_written += 1
                 logger.info("wrote %s (%d samples)", store.location.join(record["name"]), record["samples"])
             else:
                 report.shards_reused += 1
+                advance(len(plan.samples))
                 logger.info("kept %s: complete, same plan and sha256", store.location.join(record["name"]))
             report.samples += record["samples"]
             report.reencoded += record["reencoded"]
             report.skipped += record["skipped"]
             shard_entries.append({k: record[k] for k in ("name", "index", "samples", "bytes", "sha256")})
-            done += len(plan.samples)
-            if progress is not None:
-                progress(done, total)
     if report.samples == 0:
         raise ShardingError(f"SRC {src}: none of the {total} images could be decoded; nothing was written")
     manifest = {
@@ -368,8 +373,13 @@ def shard_dataset(
     return report
 
 
-def _write_shard(store: Store, plan: ShardPlan, plan_hash: str, pool: ThreadPoolExecutor, tmp: Path) -> dict[str, Any]:
-    checked = list(pool.map(check_image, plan.samples))
+def _write_shard(
+    store: Store, plan: ShardPlan, plan_hash: str, pool: ThreadPoolExecutor, tmp: Path, advance: Callable[[int], None]
+) -> dict[str, Any]:
+    checked = []
+    for image in pool.map(check_image, plan.samples):
+        checked.append(image)
+        advance(1)
     tar_path = tmp / f"{plan.name}.tar"
     index_text, count = write_shard_tar(iter(checked), tar_path)
     record: dict[str, Any] = {
