@@ -119,8 +119,12 @@ def _cluster(address: str | None) -> tuple[str, bool]:
         if "://" not in address:
             address = f"http://{address}"
         return address, False
+    from orchestrator import stack
     from orchestrator.ray_head import RayHeadError, start_head
 
+    state, health = stack.status()
+    if state is not None and any(h.name == stack.RAY and h.healthy for h in health):
+        return state.services[stack.RAY].url, True  # `resnet-orch up` runs one here: reuse its Ray head
     try:
         head = start_head()
     except RayHeadError as exc:
@@ -159,7 +163,10 @@ def _announce(record: SweepRecord, job_id: str, address: str) -> None:
     _out().print(f"sweep id: {record.sweep_id}", highlight=False, soft_wrap=True)
     _out().print(f"job: {job_id}", highlight=False)
     _out().print(f"dashboard: {address}", highlight=False)
-    _out().print(f"mlflow: {record.tracking_uri} (experiment {record.experiment})", highlight=False, soft_wrap=True)
+    hint = "; browse it with `resnet-orch ui`" if record.tracking_uri == embedded_tracking_uri() else ""
+    _out().print(
+        f"mlflow: {record.tracking_uri} (experiment {record.experiment}{hint})", highlight=False, soft_wrap=True
+    )
 
 
 def submit(

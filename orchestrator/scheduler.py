@@ -18,6 +18,7 @@ from typing import Any
 import ray
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import tune
+from ray.train.v2.api.callback import UserCallback
 
 from orchestrator.config import ResourcesConfig, SweepConfig, TrialConfig
 from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE
@@ -48,6 +49,7 @@ STATUS_METRICS = (
     "images_per_s",
     "lr",
 )
+RESTART_KEY = "resnet_orch_restarting"
 # One grid-search axis whose values are whole trials (the sweep's own grid is expanded by `SweepConfig.expand`).
 PARAM_KEY = "sweep_trial"
 
@@ -80,6 +82,25 @@ def concurrency(cluster: Mapping[str, float], config: SweepConfig) -> int:
     return fits
 
 
+class RestartNotice(UserCallback):
+    """On the Ray Train controller: tells the sweep driver at once that the trial's workers failed and restart.
+
+    It goes through the same controller -> Tune queue as Ray's own `TuneReportCallback` (a result with only
+    `RESTART_KEY`), so `status` shows RESTARTING while Ray Train replaces the worker group.
+    """
+
+    def __init__(self) -> None:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+        if session is None:
+            raise RuntimeError("RestartNotice needs a Tune trial's session; create it inside the trial function")
+        self._queue = session._get_or_create_inter_actor_queue()
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        self._queue.put({RESTART_KEY: 1})
+
+
 def trial_trainable(config: dict[str, Any]) -> None:
     """One Tune trial: train (Ray Train, restarts inside), then register the final model from this driver."""
     from orchestrator.checkpointing import read_model_state
@@ -97,7 +118,7 @@ def trial_trainable(config: dict[str, Any]) -> None:
     monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracker.tracking_uri)
     monitor.start()
     try:
-        result = run_trial(trial, run_config_name=trial.trial_id)
+        result = run_trial(trial, run_config_name=trial.trial_id, callbacks=[RestartNotice()])
     finally:
         monitor.finish()
     if result.error is not None:
@@ -182,11 +203,20 @@ class SweepCallback(tune.Callback):
         status = progress.trial(trial_id)
         if status.state == TrialState.PENDING:
             progress.move(trial_id, TrialState.RUNNING)
+        if result.get(RESTART_KEY):
+            logger.warning(
+                "trial %s: restarting (a worker failed; Ray Train restarts from the last checkpoint)", trial_id
+            )
+            progress.move(trial_id, TrialState.RESTARTING)
+            save_model(self.paths.progress, progress)
+            return
         attempts = int(result.get("attempt", 0)) + 1  # the training loop reports a 0-based attempt
         run_id = self.run_ids[trial_id]
+        if status.state == TrialState.RESTARTING:
+            progress.move(trial_id, TrialState.RUNNING)
         if attempts > status.attempts:
-            if status.attempts:
-                # Passing through RESTARTING records the restart in the trial's history.
+            if status.attempts and status.state == TrialState.RUNNING:
+                # A restart whose notice did not come through: record it in the trial's history all the same.
                 progress.move(trial_id, TrialState.RESTARTING)
                 progress.move(trial_id, TrialState.RUNNING)
             status.attempts = attempts

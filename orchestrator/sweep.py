@@ -134,7 +134,7 @@ def create_sweep(sweep_file: Path, config: SweepConfig, *, ray_address: str | No
         name=config.name,
         sweep_file=str(sweep_file.resolve()),
         storage=trial_storage(sweep_id, config),
-        tracking_uri=tracking.uri or embedded_tracking_uri(),
+        tracking_uri=tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri(),
         experiment=tracking.experiment or config.name,
         registered_model=tracking.registered_model or config.name,
         ray_address=ray_address,

@@ -97,6 +97,9 @@ def test_quickstart_end_to_end(orch_home: Path, mlflow_server: str, sample_shard
         assert {"train_loss", "val_top1_err", "val_top5_err", "images_per_s"} <= set(trial["metrics"])
         assert 0.0 <= trial["metrics"]["val_top1_err"] <= 1.0
     assert trials["001-steps_per_epoch6"]["metrics"]["step"] == 6
+    driver_log = (orch_home / "sweeps" / sweep_id / "driver.log").read_text()
+    assert driver_log.count("trial 001-steps_per_epoch6: restarting") == 1
+    assert "trial 000-steps_per_epoch3: restarting" not in driver_log
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     experiment = client.get_experiment_by_name("e2e")
