@@ -154,7 +154,6 @@ def stop_head() -> bool:
         return False
     head = RayHead(**json.loads(path.read_text(encoding="utf-8")))
     import psutil
-    import ray  # noqa: F401  (puts Ray's bundled psutil on sys.path)
 
     mine = []
     for proc in psutil.process_iter(["pid", "cmdline"]):

@@ -196,3 +196,50 @@ def test_driver_killed_then_resume(orch_home: Path, sample_shards_local: str, tm
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.tags["resnet_orch.kind"] for r in runs) == ["sweep", "trial", "trial"]
     assert len(client.search_model_versions("name = 'quickstart'")) == 2
+
+
+@pytest.mark.slow
+def test_cancel_stops_the_job_and_frees_the_cluster(orch_home: Path, sample_shards_local: str, tmp_path: Path) -> None:
+    path = _sweep_file(tmp_path, sample_shards_local, grid={"seed": [1, 2]})
+    path.write_text(path.read_text().replace("steps_per_epoch: 4", "steps_per_epoch: 40"), encoding="utf-8")
+    submitted = resnet_orch("submit", str(path))
+    assert submitted.returncode == 0, submitted.stderr
+    sweep_id = _submitted_id(submitted.stdout)
+    deadline = time.monotonic() + 600
+    while _status(sweep_id)["trials"][0]["attempts"] < 1:  # training has reported: the workers hold the CPUs
+        assert time.monotonic() < deadline, resnet_orch("logs", sweep_id).stdout[-3000:]
+        time.sleep(2)
+
+    cancelled = resnet_orch("cancel", sweep_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert cancelled.stdout.strip() == f"sweep {sweep_id}: CANCELLED"
+    status = _status(sweep_id)
+    assert status["state"] == "CANCELLED"
+    assert [t["state"] for t in status["trials"]] == ["CANCELLED", "CANCELLED"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{orch_home / 'mlflow' / 'mlflow.db'}")
+    run = client.get_run(status["trials"][0]["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+
+    # The trial's actors went with the job: no Train controller or worker is left holding the head's CPUs.
+    temp_dir = json.loads((orch_home / "ray" / "head.json").read_text())["temp_dir"]
+    deadline = time.monotonic() + 60
+    while _train_actors(temp_dir):
+        assert time.monotonic() < deadline, _train_actors(temp_dir)
+        time.sleep(1)
+
+
+def _train_actors(ray_temp_dir: str) -> list[str]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(proc.info.get("cmdline") or [])
+        if "raylet" in cmdline and ray_temp_dir in cmdline:
+            for child in proc.children(recursive=True):
+                try:
+                    title = " ".join(child.cmdline())
+                except psutil.NoSuchProcess:
+                    continue
+                if "RayTrainWorker" in title or "TrainController" in title:
+                    found.append(title)
+    return found
