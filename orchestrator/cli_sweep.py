@@ -112,13 +112,40 @@ def _job_client(address: str) -> Any:
     return JobSubmissionClient(address)
 
 
+def _is_this_machine(url: str) -> bool:
+    """Whether the cluster's head runs here (the driver then shares this RESNET_ORCH_HOME and its files)."""
+    import socket
+    from urllib.parse import urlparse
+
+    import psutil
+
+    host = urlparse(url).hostname or ""
+    if host in ("localhost", socket.gethostname()):
+        return True
+    try:
+        ip = socket.gethostbyname(host)
+    except OSError:
+        return False
+    local_ips = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
+    return ip.startswith("127.") or ip in local_ips
+
+
 def _cluster(address: str | None) -> tuple[str, bool]:
     """(dashboard URL, is_local): the given address, RAY_ADDRESS, or this home's local head (started if needed)."""
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     if address:
         if "://" not in address:
-            address = f"http://{address}"
-        return address, False
+            # Ray's own rule: an address without a scheme is a GCS address (HEAD:6379); ask it for the dashboard.
+            from ray.dashboard.utils import get_address_for_submission_client
+
+            try:
+                address = get_address_for_submission_client(address)
+            except Exception as exc:  # unreachable or not a Ray cluster: say so, no traceback
+                raise _fail(
+                    f"--address {address}: no Ray cluster answers there ({exc}); give the dashboard URL "
+                    "http://HEAD:8265 or the GCS address HEAD:6379"
+                ) from None
+        return address, _is_this_machine(address)
     from orchestrator import stack
     from orchestrator.ray_head import RayHeadError, start_head
 
@@ -154,7 +181,9 @@ def _submit_driver(record: SweepRecord, *, resume: bool, address: str, local: bo
     job_id: str = _job_client(address).submit_job(
         entrypoint=entrypoint, runtime_env=runtime_env, submission_id=f"{record.sweep_id}{suffix}"
     )
-    updated = record.model_copy(update={"job_id": job_id, "dashboard_url": address, "ray_address": address})
+    updated = record.model_copy(
+        update={"job_id": job_id, "dashboard_url": address, "ray_address": address, "local": local}
+    )
     save_model(paths.record, updated)
     return job_id
 
@@ -214,11 +243,23 @@ def _job_status(record: SweepRecord) -> str | None:
         return None
 
 
+_JOB_TO_SWEEP = {
+    "PENDING": SweepState.PENDING,
+    "RUNNING": SweepState.RUNNING,
+    "SUCCEEDED": SweepState.SUCCEEDED,
+    "FAILED": SweepState.FAILED,
+    "STOPPED": SweepState.CANCELLED,
+}
+
+
 def _current_state(record: SweepRecord, progress: SweepProgress) -> SweepState:
     """The recorded state, corrected when the driver is gone without having written a final state."""
     if progress.state.is_terminal:
         return progress.state
     job = _job_status(record)
+    if not record.local:
+        # A remote driver writes its progress on the cluster, not here: the job's status is what we know.
+        return _JOB_TO_SWEEP.get(job or "", progress.state)
     if job in ("PENDING", "RUNNING"):
         return progress.state if progress.state == SweepState.RUNNING else SweepState.PENDING
     if progress.state == SweepState.PENDING and job is None and record.job_id is None:
@@ -230,6 +271,8 @@ def _follow(sweep_id: str) -> int:
     from rich.live import Live
 
     record = load_sweep_record(sweep_id)
+    if not record.local:
+        return _follow_job(record)
     with Live(console=_out(), refresh_per_second=1) as live:
         while True:
             progress = load_sweep_progress(sweep_id)
@@ -239,6 +282,24 @@ def _follow(sweep_id: str) -> int:
                 break
             time.sleep(2)
     return 0 if state == SweepState.SUCCEEDED else 1
+
+
+def _follow_job(record: SweepRecord) -> int:
+    """A sweep on a remote cluster: follow its driver job (trials in its dashboard and in MLflow)."""
+    if record.job_id is None or record.dashboard_url is None:
+        raise _fail(f"sweep {record.sweep_id} has no driver job; `resnet-orch resume {record.sweep_id}` starts one")
+    client = _job_client(record.dashboard_url)
+    last = None
+    while True:
+        status = str(client.get_job_status(record.job_id).value)
+        if status != last:
+            _out().print(f"{record.sweep_id}: driver job {status}", highlight=False)
+            last = status
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            break
+        time.sleep(5)
+    typer.echo(client.get_job_logs(record.job_id)[-5000:])
+    return 0 if status == "SUCCEEDED" else 1
 
 
 # ---- status / list / logs / cancel ------------------------------------------------------------------------------
@@ -285,6 +346,8 @@ def status(
         typer.echo(json.dumps(payload))
         return
     _out().print(_status_table(sweep_id, state, progress))
+    if progress.error:
+        _err().print(Text(f"sweep error: {progress.error}", style="red"), soft_wrap=True)
 
 
 def list_sweeps() -> None:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from orchestrator.config import load_sweep
-from orchestrator.state import SweepState, load_record
+from orchestrator.state import SweepState, load_progress, load_record, save_model
 from orchestrator.sweep import SweepPaths
 
 logger = logging.getLogger("orchestrator.driver")
@@ -33,12 +33,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from orchestrator.scheduler import run_sweep
+    from orchestrator.scheduler import SchedulingError, run_sweep
 
     record = load_record(paths.record)
     config = load_sweep(paths.sweep_file)
     ray.init(address="auto", log_to_driver=True)
-    state = run_sweep(record, config, paths, resume=args.resume)
+    try:
+        state = run_sweep(record, config, paths, resume=args.resume)
+    except SchedulingError as exc:
+        # The cluster can never run this sweep as configured: a final answer, not an interruption to resume.
+        logger.error("sweep %s cannot run: %s", record.sweep_id, exc)
+        progress = load_progress(paths.progress)
+        progress.state = SweepState.FAILED
+        progress.error = str(exc)
+        save_model(paths.progress, progress)
+        return 2
     logger.info("sweep %s finished: %s", record.sweep_id, state)
     return 0 if state == SweepState.SUCCEEDED else 1
 

@@ -115,6 +115,8 @@ class SweepRecord(BaseModel):
     ray_address: str | None = None
     dashboard_url: str | None = None
     job_id: str | None = None
+    # False: the driver runs on a remote cluster and writes its progress there; `status` follows the job instead.
+    local: bool = True
 
 
 class SweepProgress(BaseModel):
@@ -124,6 +126,7 @@ class SweepProgress(BaseModel):
     state: SweepState = SweepState.PENDING
     parent_run_id: str | None = None
     trials: list[TrialStatus]
+    error: str | None = None  # why the driver gave up on the whole sweep
     updated_at: float = Field(default_factory=time.time)
 
     def trial(self, trial_id: str) -> TrialStatus:

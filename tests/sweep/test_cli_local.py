@@ -133,3 +133,14 @@ def test_paper_numbers() -> None:
         "| t | ResNet-34 (C) | SUCCEEDED | 25.00 | 8.00 | 24.19 | 7.40 | Table 3 (10-crop) |",
         "| t | ResNet-34 (C) | SUCCEEDED | 25.00 | 8.00 | 21.53 | 5.60 | Table 4 (multi-scale) |",
     ]
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [("http://127.0.0.1:8265", True), ("http://localhost:8265", True), ("http://192.0.2.1:8265", False)],
+)
+def test_local_cluster_detection(url: str, local: bool) -> None:
+    from orchestrator.cli_sweep import _is_this_machine
+
+    # A head on this machine shares RESNET_ORCH_HOME with its driver; a remote one (192.0.2.0/24 is TEST-NET) does not.
+    assert _is_this_machine(url) is local
