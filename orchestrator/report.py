@@ -174,7 +174,8 @@ def plot_curves(curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], pat
         ax.set_title(name)
         ax.set_xlabel("iterations")
         ax.set_ylabel("top-1 error (%)")
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
