@@ -23,6 +23,11 @@ after every test. Tests marked `gpu` are skipped where CUDA is absent.
 from __future__ import annotations
 
 import csv
+import os
+
+# Ray 2.60's token auth stays on in every test: set before anything imports Ray, so a test that monkeypatches the
+# variable and restores it afterwards cannot leave later tests' clients and clusters in different auth modes.
+os.environ["RAY_AUTH_MODE"] = "token"
 import random
 import sys
 from collections.abc import Iterator
