@@ -1,23 +1,24 @@
-"""infra/k8s/*.yaml validated by the ecosystem's own validators, not by eye.
+"""infra/k8s/*.yaml validated by schema validators, not by eye.
 
 * Kubernetes kinds (Deployment, Service, ConfigMap, ...): `kubernetes-validate` against the Kubernetes
   OpenAPI schemas it ships, strict (unknown fields are errors).
-* RayCluster: every pod template against the Kubernetes PodTemplateSpec schema (same validator), and
-  the whole custom resource through Ray's own KubeRay reader, which turns it into an autoscaler
-  config and checks that with Ray's `ray-schema.json` (what the in-cluster autoscaler does at start).
+* RayCluster and RayJob: `jsonschema` against a strict schema of KubeRay's ray.io/v1 API
+  (tests/infra/kuberay_schema.py) whose embedded Kubernetes types (pod templates, resources, env, ...) are the
+  same strict Kubernetes definitions, plus the worker-group rules KubeRay's operator enforces; and the
+  RayCluster through Ray's own KubeRay reader, which turns it into an autoscaler config and checks that with
+  Ray's `ray-schema.json` (what the in-cluster autoscaler does at start).
 * RayJob: its cluster selector, entrypoint and sweep file resolve against the other manifests, and the
   sweep it submits passes `load_sweep`.
-
-The KubeRay CRD's own openAPIV3Schema (0.7 MB for RayCluster alone) is not shipped by any package
-available offline, so KubeRay-only fields (authOptions, submissionMode, ...) are not schema-checked here.
 """
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -25,10 +26,9 @@ from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscali
 
 from orchestrator.config import load_sweep
 from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE
+from tests.infra.kuberay_schema import K8S_VERSION, validate_kuberay
 
 K8S_DIR = Path(__file__).resolve().parents[2] / "infra" / "k8s"
-# EKS's oldest version in standard support when this was written; schemas of later versions accept these too.
-K8S_VERSION = "1.33"
 
 
 def _documents() -> list[dict[str, Any]]:
@@ -51,28 +51,71 @@ def _pod_templates(ray_cluster: dict[str, Any]) -> list[dict[str, Any]]:
     return [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
 
 
-def _validate_pod_template(template: dict[str, Any]) -> None:
-    wrapped = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "check"}, "template": template}
-    kubernetes_validate.validate(wrapped, K8S_VERSION, strict=True)
-
-
 @pytest.mark.parametrize("doc", [d for d in DOCS if not d["apiVersion"].startswith("ray.io/")], ids=lambda d: d["kind"])
 def test_kubernetes_kinds_match_the_kubernetes_schema(doc: dict[str, Any]) -> None:
     assert kubernetes_validate.validate(doc, K8S_VERSION, strict=True) == K8S_VERSION
 
 
-def test_ray_pod_templates_match_the_pod_template_schema() -> None:
-    templates = _pod_templates(_one("RayCluster"))
-    assert len(templates) == 2
-    for template in templates:
-        _validate_pod_template(template)
+@pytest.mark.parametrize("doc", [d for d in DOCS if d["apiVersion"].startswith("ray.io/")], ids=lambda d: d["kind"])
+def test_kuberay_kinds_match_the_kuberay_schema(doc: dict[str, Any]) -> None:
+    validate_kuberay(doc)
 
 
-def test_the_validator_rejects_a_misspelled_pod_field() -> None:
-    template = copy.deepcopy(_pod_templates(_one("RayCluster"))[1])
-    template["spec"]["containers"][0]["resource"] = template["spec"]["containers"][0].pop("resources")
-    with pytest.raises(kubernetes_validate.ValidationError, match="resource"):
-        _validate_pod_template(template)
+def _broken_cluster(path: str, break_it: Any) -> dict[str, Any]:
+    cluster = copy.deepcopy(_one("RayCluster"))
+    *parents, key = path.split(".")
+    node: Any = cluster
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    break_it(node, key)
+    return cluster
+
+
+def _rename(node: dict[str, Any], key: str, new_key: str) -> None:
+    node[new_key] = node.pop(key)
+
+
+# Each would be accepted by `kubectl apply` against the real CRD, which prunes unknown fields silently, and the
+# cluster would come up wrong: no GPU workers, no autoscaling bound, a pod without its resource limits.
+@pytest.mark.parametrize(
+    ("path", "break_it", "message"),
+    [
+        ("spec.workerGroupSpecs", lambda n, k: _rename(n, k, "workerGroupSpec"), "workerGroupSpec"),
+        ("spec.workerGroupSpecs.0.maxReplicas", lambda n, k: _rename(n, k, "maxReplica"), "maxReplica"),
+        ("spec.workerGroupSpecs.0.maxReplicas", lambda n, k: n.update({k: "8"}), "'8' is not of type 'integer'"),
+        ("spec.autoscalerOptions.upscalingMode", lambda n, k: n.update({k: "Fast"}), "'Fast' is not one of"),
+        ("spec.authOptions.mode", lambda n, k: n.update({k: "tokens"}), "'tokens' is not one of"),
+        ("spec.workerGroupSpecs.0.minReplicas", lambda n, k: n.update({k: 9}), "minReplicas 9 > maxReplicas 8"),
+        ("spec.workerGroupSpecs.0.replicas", lambda n, k: n.update({k: 12}), "replicas 12 is outside"),
+        (
+            "spec.workerGroupSpecs.0.template.spec.containers.0.resources",
+            lambda n, k: _rename(n, k, "resource"),
+            "'resource' was unexpected",
+        ),
+        ("spec.headGroupSpec.template.spec.containers.0.image", lambda n, k: n.update({k: 8}), "8 is not of type"),
+    ],
+    ids=[
+        "spec-field",
+        "group-field",
+        "group-type",
+        "autoscaler-enum",
+        "auth-enum",
+        "min-max",
+        "replicas",
+        "pod-field",
+        "pod-type",
+    ],
+)
+def test_the_kuberay_schema_rejects_a_broken_raycluster(path: str, break_it: Any, message: str) -> None:
+    with pytest.raises(jsonschema.ValidationError, match=re.escape(message)):
+        validate_kuberay(_broken_cluster(path, break_it))
+
+
+def test_the_kuberay_schema_rejects_a_rayjob_with_no_cluster() -> None:
+    job = copy.deepcopy(_one("RayJob"))
+    del job["spec"]["clusterSelector"]
+    with pytest.raises(jsonschema.ValidationError, match="is not valid under any of the given schemas"):
+        validate_kuberay(job)
 
 
 def test_ray_reads_the_raycluster_as_a_64_gpu_autoscaling_cluster() -> None:
