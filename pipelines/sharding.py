@@ -138,8 +138,7 @@ def discover_source(src: Path, labels: Path | None = None) -> Source:
 
     A flat folder's labels file is `labels` or `src/labels.tsv`.
     """
-    if not src.is_dir():
-        raise ShardingError(f"SRC {src} is not a folder; give an ImageNet-style folder of class folders or images")
+    _require_folder(src)
     labels = labels if labels is not None else (src / "labels.tsv" if (src / "labels.tsv").is_file() else None)
     samples: list[tuple[Path, str]] = []
     given: dict[str, int] = {}
@@ -169,8 +168,14 @@ def discover_source(src: Path, labels: Path | None = None) -> Source:
     return Source(root=src, samples=tuple(SourceSample(p, w, classes[w]) for p, w in ordered), classes=classes)
 
 
+def _require_folder(src: Path) -> None:
+    if not src.is_dir():
+        raise ShardingError(f"SRC {src} is not a folder; give an ImageNet-style folder of class folders or images")
+
+
 def split_folders(src: Path) -> dict[str, Path]:
     """`{'train': src/train, 'val': src/val}` where SRC is a dataset root with split folders, else {}."""
+    _require_folder(src)
     found = {name: src / name for name in ("train", "val") if (src / name).is_dir()}
     return found if "train" in found else {}
 

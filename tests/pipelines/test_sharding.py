@@ -135,6 +135,7 @@ def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["shard", str(tmp_path / "nope"), str(tmp_path / "out")])
     assert result.exit_code == 2
     assert "is not a folder" in result.output and "Traceback" not in result.output
+    assert "sharding" not in result.output  # refused before any progress is shown
     result = CliRunner().invoke(app, ["shard", str(tmp_path), str(tmp_path / "out"), "--shard-size", "big"])
     assert result.exit_code == 2 and "--shard-size 'big'" in result.output
     result = CliRunner().invoke(app, ["check", str(tmp_path)])
