@@ -43,14 +43,17 @@ class ResNet(nn.Module):
     - `variant` only affects bottleneck blocks: "v1" strides the first 1x1, "v1.5" the 3x3 (see `Bottleneck`).
     - `zero_init_residual` zeroes each block's last BN scale so every residual block starts as the identity
       (Goyal et al. 2017, arXiv:1706.02677, Section 5.1).
+
+    The keyword-only parameters are the options `get_model` offers for a net registered as this class with its
+    layout (`block`, `layers`, `stem`) bound (models/zoo.py).
     """
 
     def __init__(
         self,
         block: Block,
         layers: Sequence[int],
-        *,
         stem: Stem = "imagenet",
+        *,
         residual: bool = True,
         shortcut: ShortcutOption = "B",
         variant: Variant = "v1.5",
@@ -122,35 +125,6 @@ class ResNet(nn.Module):
         for stage_name in self.stage_names:
             x = getattr(self, stage_name)(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
-
-
-def imagenet_resnet(
-    depth: int,
-    *,
-    residual: bool = True,
-    shortcut: ShortcutOption = "B",
-    variant: Variant = "v1.5",
-    zero_init_residual: bool = False,
-    num_classes: int = 1000,
-    base_width: int = 64,
-) -> ResNet:
-    """ResNet-18/34/50/101/152 of Table 1 (plain-18/34/... with `residual=False`)."""
-    if depth not in IMAGENET_LAYOUTS:
-        raise ValueError(
-            f"{depth} is not an ImageNet ResNet depth; choose one of {', '.join(map(str, IMAGENET_LAYOUTS))}"
-        )
-    block, layers = IMAGENET_LAYOUTS[depth]
-    return ResNet(
-        block,
-        layers,
-        stem="imagenet",
-        residual=residual,
-        shortcut=shortcut,
-        variant=variant,
-        zero_init_residual=zero_init_residual,
-        num_classes=num_classes,
-        base_width=base_width,
-    )
 
 
 def cifar_resnet(
