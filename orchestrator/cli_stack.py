@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from orchestrator import stack
+from orchestrator.ray_head import is_loopback
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,6 +33,17 @@ def _print_env(state: stack.StackState) -> None:
         if key.startswith("AWS_SECRET"):
             continue  # a secret stays in its 0600 file; `resnet-orch stack env` prints it for `eval`
         console.print(f"  {key}={value}", highlight=False, soft_wrap=True)
+
+
+def _running_stack() -> tuple[stack.StackState, list[stack.Health]]:
+    """The recorded stack and its health; exits 2 on an unreadable state file, 1 when no stack was started."""
+    try:
+        state, health = stack.status()
+    except stack.StackError as e:
+        raise _fail(str(e), USAGE_ERROR) from None
+    if state is None:
+        raise _fail("no local stack is running; start one with `resnet-orch up`", UNHEALTHY)
+    return state, health
 
 
 def _services_table(state: stack.StackState, health: list[stack.Health], started: list[str] | None = None) -> Table:
@@ -64,7 +76,7 @@ def up(
     timeout_s: float = typer.Option(180.0, "--timeout", min=1.0, help="seconds each service may take to answer"),
 ) -> None:
     """Start Ray (with dashboard), an MLflow server and SeaweedFS S3 here; reuse those already running."""
-    if host not in (stack.DEFAULT_HOST, "localhost", "::1"):
+    if not is_loopback(host):
         err_console.print(
             f"[yellow]warning:[/yellow] --host {host} exposes the MLflow server, S3 and the Ray dashboard beyond "
             "this machine; only Ray checks a token",
@@ -97,12 +109,7 @@ def down(
 @stack_app.command("status")
 def status_command() -> None:
     """Health of each service of the local stack; exits 1 unless all are healthy."""
-    try:
-        state, health = stack.status()
-    except stack.StackError as e:
-        raise _fail(str(e), USAGE_ERROR) from None
-    if state is None:
-        raise _fail("no local stack is running; start one with `resnet-orch up`", UNHEALTHY)
+    state, health = _running_stack()
     console.print(_services_table(state, health))
     if not all(item.healthy for item in health):
         raise typer.Exit(UNHEALTHY)
@@ -111,12 +118,7 @@ def status_command() -> None:
 @stack_app.command("env")
 def env_command() -> None:
     """Print `export` lines that point Ray, MLflow, boto3 and DALI at the stack (for `eval`)."""
-    try:
-        state, _ = stack.status()
-    except stack.StackError as e:
-        raise _fail(str(e), USAGE_ERROR) from None
-    if state is None:
-        raise _fail("no local stack is running; start one with `resnet-orch up`", UNHEALTHY)
+    state, _ = _running_stack()
     for key, value in state.client_env().items():
         print(f"export {key}={shlex.quote(value)}")
 

@@ -1,12 +1,15 @@
 """The local Ray head: start or reuse one per RESNET_ORCH_HOME, with its dashboard on 127.0.0.1.
 
-Shared by `resnet-orch submit` (the embedded default) and the local stack. Every port is a free one and the temp
-dir is private, so this head never becomes the machine's "current cluster" that a plain `ray.init()` elsewhere
-would attach to (Ray writes `ray_current_cluster` into the temp dir it was given).
+`start_head` serves `resnet-orch submit` (the embedded default); `head_launch`, the `ray start --head` command line
+with its environment, serves it and the local stack (stack.py). Every port is a free one and the temp dir is
+private, so this head never becomes the machine's "current cluster" that a plain `ray.init()` elsewhere would
+attach to (Ray writes `ray_current_cluster` into the temp dir it was given). `in_process_ray` is the Ray that tests
+and benchmarks start inside their own process to call `run_trial` directly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -17,6 +20,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,8 +34,10 @@ logger = logging.getLogger(__name__)
 # cluster must declare it on at least one node (docs/cluster.md).
 TRIAL_DRIVER_RESOURCE = "resnet_orch_trial_driver"
 TRIAL_DRIVER_SLOTS = 1000
+LOOPBACK = "127.0.0.1"
 
-
+# Every port `ray start --head` would otherwise take at a fixed default (10001, 52365, ...), besides the GCS and
+# dashboard ports that clients need to know.
 _OTHER_PORTS = (
     "ray-client-server-port",
     "dashboard-agent-listen-port",
@@ -54,18 +60,86 @@ class RayHead:
     temp_dir: str
 
 
+@dataclass(frozen=True)
+class HeadLaunch:
+    """A `ray start --head` command line, the ports it was given and the environment it must run with."""
+
+    cmd: list[str]
+    env: dict[str, str]  # overrides on top of the caller's environment
+    gcs_port: int
+    dashboard_port: int
+
+
+def head_launch(
+    ray_exe: str, temp_dir: Path, *, host: str = LOOPBACK, num_cpus: int | None = None, block: bool = False
+) -> HeadLaunch:
+    """The one way this project starts a Ray head: the embedded one below and the local stack's (stack.py).
+
+    `host` is the node IP and the dashboard's interface; `block=True` keeps `ray start` in the foreground as the
+    parent of every Ray process, so signalling it tears the whole head down.
+    """
+    gcs_port, dashboard_port = free_port(), free_port()
+    cmd = [
+        ray_exe,
+        "start",
+        "--head",
+        *(["--block"] if block else []),
+        f"--node-ip-address={host}",
+        f"--port={gcs_port}",
+        "--include-dashboard=true",
+        f"--dashboard-host={host}",
+        f"--dashboard-port={dashboard_port}",
+        # Every port free: the defaults (10001, 52365, ...) collide with any other Ray on the host.
+        *(f"--{flag}={free_port()}" for flag in _OTHER_PORTS),
+        f"--temp-dir={temp_dir}",
+        # `resnet-orch submit` schedules each trial driver on this resource, never on a CPU.
+        f"--resources={json.dumps({TRIAL_DRIVER_RESOURCE: TRIAL_DRIVER_SLOTS})}",
+        "--disable-usage-stats",
+        *([f"--num-cpus={num_cpus}"] if num_cpus is not None else []),
+    ]
+    env = {
+        # The dashboard's and autoscaler's Prometheus exporters default to fixed ports 44227/44217.
+        "DASHBOARD_METRIC_PORT": str(free_port()),
+        "AUTOSCALER_METRIC_PORT": str(free_port()),
+        # A one-node cluster has nowhere to drain to; Ray's default waits 30 s on SIGTERM.
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
+    if is_loopback(host):
+        # Ray rewrites a 127.0.0.1 node IP to the host's routable IP and then listens on every interface; this
+        # switch (Ray's default on macOS) keeps the node IP and every Ray server on loopback.
+        env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    return HeadLaunch(cmd, env, gcs_port, dashboard_port)
+
+
+def is_loopback(host: str) -> bool:
+    return host in (LOOPBACK, "localhost", "::1")
+
+
+def short_temp_dir(owner: Path) -> Path:
+    """A Ray temp dir for `owner` short enough for Ray's Unix sockets, the same for the same owner."""
+    # Unix socket paths are capped at 107 bytes and Ray nests `session_<date>_<pid>/sockets/plasma_store` under its
+    # temp dir, so it lives under a short /tmp path derived from the owner rather than inside it.
+    digest = hashlib.sha1(str(owner).encode()).hexdigest()[:10]
+    return Path("/tmp") / f"resnet-orch-ray-{digest}"
+
+
+def ensure_auth_token(ray_exe: str) -> None:
+    """Token auth stays on (brief): make sure a token exists for `ray start` and its clients to use."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    # Creates ~/.ray/auth_token only when there is none, the same file every local Ray client reads.
+    done = subprocess.run(
+        [ray_exe, "get-auth-token", "--generate"], env=ray_env(), capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RayHeadError(f"`ray get-auth-token --generate` failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+
+
 def _head_file() -> Path:
     return orch_home() / "ray" / "head.json"
 
 
-def _temp_dir() -> Path:
-    # Unix socket paths are capped at 107 bytes and Ray nests `session_<date>_<pid>/sockets/plasma_store` under its
-    # temp dir, so it lives under a short /tmp path derived from the home rather than inside it.
-    digest = hashlib.sha1(str(orch_home()).encode()).hexdigest()[:10]
-    return Path("/tmp") / f"resnet-orch-ray-{digest}"
-
-
-def _answers(dashboard_url: str) -> bool:
+def gcs_healthy(dashboard_url: str) -> bool:
     try:
         # /api/gcs_healthz is exempt from token auth and answers 200 only while the GCS is up.
         with urllib.request.urlopen(f"{dashboard_url}/api/gcs_healthz", timeout=3) as response:
@@ -79,7 +153,7 @@ def running_head() -> RayHead | None:
     if not path.is_file():
         return None
     head = RayHead(**json.loads(path.read_text(encoding="utf-8")))
-    return head if _answers(head.dashboard_url) else None
+    return head if gcs_healthy(head.dashboard_url) else None
 
 
 def ray_env() -> dict[str, str]:
@@ -87,6 +161,24 @@ def ray_env() -> dict[str, str]:
     # Ray 2.60's token auth stays on (brief); clients and the head agree through this variable.
     env.setdefault("RAY_AUTH_MODE", "token")
     return env
+
+
+@contextlib.contextmanager
+def in_process_ray(num_cpus: int) -> Iterator[None]:
+    """A Ray started inside this process for `run_trial` called directly (tests, benchmarks), shut down after.
+
+    No head, no dashboard and no trial-driver resource: there is no Tune driver to schedule. Its workers inherit
+    this process's environment (e.g. the AWS_* variables of an S3 server started before).
+    """
+    import ray
+
+    # Same auth mode as `ray_env` gives a subprocess; `ray.init` reads it from this process's environment.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def start_head(num_cpus: int | None = None, timeout_s: float = 120.0) -> RayHead:
@@ -97,48 +189,22 @@ def start_head(num_cpus: int | None = None, timeout_s: float = 120.0) -> RayHead
     ray_exe = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
     if ray_exe is None:
         raise RayHeadError("the `ray` executable is not on PATH; install the package (pip install -e .)")
-    temp_dir = _temp_dir()
-    gcs_port, dashboard_port = free_port(), free_port()
-    # Make sure a token exists (~/.ray/auth_token, created only when missing) for the head and its clients.
-    subprocess.run([ray_exe, "get-auth-token", "--generate"], env=ray_env(), capture_output=True, check=False)
-    cmd = [
-        ray_exe,
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={gcs_port}",
-        "--include-dashboard=true",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dashboard_port}",
-        # Every port free: the defaults (10001, 52365, ...) collide with any other Ray on the host.
-        *(f"--{flag}={free_port()}" for flag in _OTHER_PORTS),
-        f"--temp-dir={temp_dir}",
-        f"--resources={json.dumps({TRIAL_DRIVER_RESOURCE: TRIAL_DRIVER_SLOTS})}",
-        "--disable-usage-stats",
-    ]
-    if num_cpus is not None:
-        cmd.append(f"--num-cpus={num_cpus}")
-    logger.info("starting a local Ray head: %s", " ".join(cmd))
-    env = ray_env()
-    env.update(
-        # The dashboard's and autoscaler's Prometheus exporters default to fixed ports 44227/44217.
-        DASHBOARD_METRIC_PORT=str(free_port()),
-        AUTOSCALER_METRIC_PORT=str(free_port()),
-        # A one-node cluster has nowhere to drain to; Ray's default waits 30 s on SIGTERM.
-        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-        # Keep the node IP (and every Ray server) on loopback instead of the host's routable IP.
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+    temp_dir = short_temp_dir(orch_home())
+    ensure_auth_token(ray_exe)
+    launch = head_launch(ray_exe, temp_dir, num_cpus=num_cpus)
+    logger.info("starting a local Ray head: %s", " ".join(launch.cmd))
+    done = subprocess.run(
+        launch.cmd, env={**ray_env(), **launch.env}, capture_output=True, text=True, timeout=timeout_s, check=False
     )
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s, check=False)
     if done.returncode != 0:
         raise RayHeadError(f"`ray start --head` failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
     head = RayHead(
-        gcs_address=f"127.0.0.1:{gcs_port}",
-        dashboard_url=f"http://127.0.0.1:{dashboard_port}",
+        gcs_address=f"{LOOPBACK}:{launch.gcs_port}",
+        dashboard_url=f"http://{LOOPBACK}:{launch.dashboard_port}",
         temp_dir=str(temp_dir),
     )
     deadline = time.monotonic() + timeout_s
-    while not _answers(head.dashboard_url):
+    while not gcs_healthy(head.dashboard_url):
         if time.monotonic() > deadline:
             raise RayHeadError(f"the Ray dashboard at {head.dashboard_url} did not answer in {timeout_s:.0f} s")
         time.sleep(0.5)

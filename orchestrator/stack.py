@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -36,8 +35,9 @@ from typing import Any
 
 import psutil
 
-from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE, TRIAL_DRIVER_SLOTS
+from orchestrator.ray_head import RayHeadError, ensure_auth_token, gcs_healthy, head_launch, short_temp_dir
 from orchestrator.services import SeaweedFS, free_port
+from orchestrator.sweep import orch_home
 
 logger = logging.getLogger(__name__)
 
@@ -50,17 +50,6 @@ _STATE_VERSION = 1
 # Ray puts Unix sockets under <temp-dir>/session_<timestamp>_<pid>/sockets/; Linux caps a socket path at
 # 107 bytes, and the session suffix takes about 60 of them.
 _MAX_RAY_TEMP_DIR_LEN = 40
-_RAY_START_PORT_FLAGS = (
-    "port",
-    "dashboard-port",
-    "ray-client-server-port",
-    "dashboard-agent-listen-port",
-    "dashboard-agent-grpc-port",
-    "runtime-env-agent-port",
-    "metrics-export-port",
-    "node-manager-port",
-    "object-manager-port",
-)
 
 
 class StackError(RuntimeError):
@@ -136,7 +125,7 @@ class StackPaths:
 
     @classmethod
     def from_env(cls, home: str | os.PathLike[str] | None = None) -> StackPaths:
-        base = Path(home or os.environ.get("RESNET_ORCH_HOME", "~/.resnet-orch")).expanduser().resolve()
+        base = Path(home).expanduser().resolve() if home else orch_home()
         return cls(base / "stack")
 
     @property
@@ -166,10 +155,7 @@ class StackPaths:
     @property
     def ray_temp_dir(self) -> Path:
         candidate = self.root / "ray"
-        if len(str(candidate)) <= _MAX_RAY_TEMP_DIR_LEN:
-            return candidate
-        digest = hashlib.sha1(str(self.root).encode()).hexdigest()[:10]
-        return Path("/tmp") / f"resnet-orch-ray-{digest}"
+        return candidate if len(str(candidate)) <= _MAX_RAY_TEMP_DIR_LEN else short_temp_dir(self.root)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -329,42 +315,20 @@ def _start_mlflow(paths: StackPaths, host: str, bucket: str, s3: ServiceRecord, 
 
 
 def _start_ray(paths: StackPaths, host: str, num_cpus: int | None, timeout_s: float) -> ServiceRecord:
-    _ensure_ray_token()
+    ray_exe = _venv_executable("ray")
     temp_dir = paths.ray_temp_dir
     temp_dir.mkdir(parents=True, exist_ok=True)
-    ports = {flag: free_port() for flag in _RAY_START_PORT_FLAGS}
-    cmd = [
-        _venv_executable("ray"),
-        "start",
-        "--head",
-        # --block keeps `ray start` as the parent of every Ray process: SIGTERM to it tears them all down.
-        "--block",
-        f"--node-ip-address={host}",
-        f"--dashboard-host={host}",
-        f"--temp-dir={temp_dir}",
-        "--include-dashboard=true",
-        "--disable-usage-stats",
-        # Every port chosen free: the defaults (10001, 52365, ...) collide with any other Ray on the host.
-        *(f"--{flag}={port}" for flag, port in ports.items()),
-        # `resnet-orch submit` schedules each trial driver on this resource, never on a CPU (ray_head.py).
-        f"--resources={json.dumps({TRIAL_DRIVER_RESOURCE: TRIAL_DRIVER_SLOTS})}",
-        *([f"--num-cpus={num_cpus}"] if num_cpus is not None else []),
-    ]
-    env = _child_env(
-        RAY_AUTH_MODE="token",
-        # A one-node cluster has nowhere to drain to; Ray's default waits 30 s on SIGTERM.
-        RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S="0",
-        # The Prometheus exporters of the dashboard and autoscaler default to fixed ports 44227/44217.
-        DASHBOARD_METRIC_PORT=str(free_port()),
-        AUTOSCALER_METRIC_PORT=str(free_port()),
-        # Ray rewrites a 127.0.0.1 node IP to the host's routable IP and then listens on every interface;
-        # this switch (Ray's default on macOS) keeps the node IP and every Ray server on loopback. The
-        # local stack is a one-node cluster by design; multi-node Ray is infra/k8s or infra/aws.
-        **({"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"} if _is_loopback(host) else {}),
-    )
-    url = f"http://{_connect_host(host)}:{ports['dashboard-port']}"
-    record = _spawn(RAY, cmd, env, paths, url, (ports["port"], ports["dashboard-port"]))
-    _wait_healthy(record, lambda: _http_ok(f"{url}/api/gcs_healthz"), timeout_s)
+    try:
+        ensure_auth_token(ray_exe)
+    except RayHeadError as e:
+        raise StackError(str(e)) from None
+    # --block keeps `ray start` as the parent of every Ray process: SIGTERM to it tears them all down. On loopback
+    # the head stays a one-node cluster by design; multi-node Ray is infra/k8s or infra/aws.
+    launch = head_launch(ray_exe, temp_dir, host=host, num_cpus=num_cpus, block=True)
+    env = _child_env(RAY_AUTH_MODE="token", **launch.env)
+    url = f"http://{_connect_host(host)}:{launch.dashboard_port}"
+    record = _spawn(RAY, launch.cmd, env, paths, url, (launch.gcs_port, launch.dashboard_port))
+    _wait_healthy(record, lambda: gcs_healthy(url), timeout_s)
     return record
 
 
@@ -419,20 +383,6 @@ def _credentials(paths: StackPaths) -> dict[str, str]:
     return creds
 
 
-def _ensure_ray_token() -> None:
-    """Token auth stays on (Ray's default since 2.52): make sure a token exists for `ray start` to use."""
-    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
-        return
-    # Creates ~/.ray/auth_token only when there is none, the same file every local Ray client reads.
-    subprocess.run(
-        [_venv_executable("ray"), "get-auth-token", "--generate"],
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=_child_env(RAY_AUTH_MODE="token"),
-    )
-
-
 # ---------------------------------------------------------------------------------------------------
 # Health
 
@@ -464,8 +414,7 @@ def _mlflow_healthy(state: StackState, record: ServiceRecord) -> tuple[bool, str
 
 
 def _ray_healthy(state: StackState, record: ServiceRecord) -> tuple[bool, str]:
-    # /api/gcs_healthz is exempt from token auth and answers 200 only while the GCS is up.
-    ok = _http_ok(f"{record.url}/api/gcs_healthz")
+    ok = gcs_healthy(record.url)
     return ok, f"GCS {state.ray_address} up" if ok else f"GET {record.url}/api/gcs_healthz failed"
 
 
@@ -616,10 +565,6 @@ def _child_env(**overrides: str) -> dict[str, str]:
 def _connect_host(host: str) -> str:
     """Where a client on this machine connects to a server bound to `host`."""
     return DEFAULT_HOST if host in ("0.0.0.0", "::") else host
-
-
-def _is_loopback(host: str) -> bool:
-    return host in ("127.0.0.1", "localhost", "::1")
 
 
 def _tail(path: str, n: int = 30) -> str:
