@@ -19,6 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 IMAGENET_DEPTHS: tuple[int, ...] = (18, 34, 50, 101, 152)
 CIFAR_DEPTHS: tuple[int, ...] = (20, 32, 44, 56, 110, 1202)
 ALL_DEPTHS: tuple[int, ...] = IMAGENET_DEPTHS + CIFAR_DEPTHS
+# The classes each family is trained on: ILSVRC-2012 (Section 4.1) and CIFAR-10 (Section 4.2). The models registry
+# names the CIFAR nets `cifar_resnet<depth>` (models/zoo.py); its builders default to the same counts.
+IMAGENET_CLASSES = 1000
+CIFAR10_CLASSES = 10
+CIFAR_PREFIX = "cifar_"
 
 _NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -46,7 +51,8 @@ class ModelConfig(_Strict):
     zero_init_residual: bool = False
     # Width of the first stage; 64 in the paper (16 for CIFAR). Smaller values make CPU smoke runs cheap.
     base_width: int | None = Field(default=None, gt=0)
-    num_classes: int = Field(default=1000, gt=1)
+    # None: the family's dataset, 1000 (ImageNet) or 10 for the CIFAR nets (CIFAR-10); see `resolved_num_classes`.
+    num_classes: int | None = Field(default=None, gt=1)
     # Explicit registry name (e.g. the tiny `test_resnet` used in CI); overrides the name derived from depth.
     arch: str | None = None
 
@@ -59,18 +65,28 @@ class ModelConfig(_Strict):
         return depth
 
     @property
-    def is_cifar(self) -> bool:
-        return self.arch is None and self.depth in CIFAR_DEPTHS
-
-    @property
     def registry_name(self) -> str:
         if self.arch is not None:
             return self.arch
-        return f"cifar_resnet{self.depth}" if self.is_cifar else f"resnet{self.depth}"
+        return f"{CIFAR_PREFIX}resnet{self.depth}" if self.depth in CIFAR_DEPTHS else f"resnet{self.depth}"
+
+    @property
+    def is_cifar(self) -> bool:
+        return self.registry_name.startswith(CIFAR_PREFIX)
+
+    @property
+    def resolved_num_classes(self) -> int:
+        if self.num_classes is not None:
+            return self.num_classes
+        return CIFAR10_CLASSES if self.is_cifar else IMAGENET_CLASSES
+
+    def resolved(self) -> ModelConfig:
+        """This config with the family's class count written in (what a trial runs and logs)."""
+        return self.model_copy(update={"num_classes": self.resolved_num_classes})
 
     def model_kwargs(self) -> dict[str, Any]:
         """Overrides for `models.get_model(self.registry_name, **kwargs)`."""
-        kwargs: dict[str, Any] = {"residual": self.residual, "num_classes": self.num_classes}
+        kwargs: dict[str, Any] = {"residual": self.residual, "num_classes": self.resolved_num_classes}
         if self.base_width is not None:
             kwargs["base_width"] = self.base_width
         if self.arch is None and not self.is_cifar:
@@ -195,6 +211,12 @@ class TrialConfig(_Strict):
     storage: str
     max_failures: int = Field(ge=0)
     chaos: ChaosConfig | None = None
+
+    @field_validator("model")
+    @classmethod
+    def _resolved_model(cls, model: ModelConfig) -> ModelConfig:
+        # The trial's params and artifact record the class count it trains with, not "the family default".
+        return model.resolved()
 
     @property
     def per_worker_batch(self) -> int:

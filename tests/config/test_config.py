@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ConfigError, SweepConfig, load_sweep, parse_sweep
+from orchestrator.config import ConfigError, ModelConfig, SweepConfig, TrialConfig, load_sweep, parse_sweep
 
 BASE = {"name": "t", "data": {"train": "s3://bucket/train"}}
 
@@ -60,8 +60,36 @@ def test_model_names_and_kwargs_for_each_family() -> None:
         "zero_init_residual": False,
     }
     assert cifar.registry_name == "cifar_resnet110"
-    assert cifar.model_kwargs() == {"residual": False, "num_classes": 1000}
+    assert cifar.model_kwargs() == {"residual": False, "num_classes": 10}
     assert tiny.registry_name == "test_resnet"
+
+
+def test_num_classes_follows_the_family_unless_set() -> None:
+    # He et al. 2015: the ImageNet nets classify 1000 classes (Section 4.1), the 6n+2 nets CIFAR-10's 10 (Section 4.2).
+    by_depth = sweep(grid={"depth": [18, 20, 110]}).expand("/s")
+    assert [t.model.num_classes for t in by_depth] == [1000, 10, 10]
+    assert sweep(model={"arch": "cifar_resnet56"}).expand("/s")[0].model.num_classes == 10
+    assert sweep(model={"arch": "test_resnet"}).expand("/s")[0].model.num_classes == 1000
+    # Set explicitly, the count holds for every depth of the grid; a num_classes axis overrides it per trial.
+    explicit = sweep(model={"num_classes": 100}, grid={"depth": [18, 20]}).expand("/s")
+    assert [t.model.num_classes for t in explicit] == [100, 100]
+    axis = sweep(model={"depth": 20}, grid={"num_classes": [10, 100]}).expand("/s")
+    assert [t.model.model_kwargs()["num_classes"] for t in axis] == [10, 100]
+
+
+def test_trial_config_records_the_resolved_class_count() -> None:
+    trial = sweep(model={"depth": 32}).expand("/s")[0]
+    rebuilt = TrialConfig.model_validate({**trial.model_dump(), "model": ModelConfig(depth=32)})
+    assert rebuilt.model.num_classes == 10
+    assert rebuilt.model_dump(mode="json")["model"]["num_classes"] == 10
+
+
+def test_family_class_counts_match_the_model_builders() -> None:
+    from models import list_models
+    from models.registry import model_options
+
+    for name in list_models():
+        assert ModelConfig(arch=name).resolved_num_classes == model_options(name)["num_classes"], name
 
 
 def test_linear_lr_scaling_and_auto_warmup() -> None:
