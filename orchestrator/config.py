@@ -7,13 +7,19 @@ anything is submitted. Nothing in this module touches Ray, S3, MLflow or the env
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import re
+import types
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
+from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import ErrorDetails, PydanticUndefined
 
 # The paper's ImageNet nets (Table 1) and its CIFAR-10 nets of 6n+2 layers (Section 4.2, Table 6).
 IMAGENET_DEPTHS: tuple[int, ...] = (18, 34, 50, 101, 152)
@@ -52,9 +58,9 @@ class ModelConfig(_Strict):
     # Width of the first stage; 64 in the paper (16 for CIFAR). Smaller values make CPU smoke runs cheap.
     base_width: int | None = Field(default=None, gt=0)
     # None: the family's dataset, 1000 (ImageNet) or 10 for the CIFAR nets (CIFAR-10); see `resolved_num_classes`.
-    num_classes: int | None = Field(default=None, gt=1)
+    num_classes: int | None = Field(default=None, gt=1, examples=[1000])
     # Explicit registry name (e.g. the tiny `test_resnet` used in CI); overrides the name derived from depth.
-    arch: str | None = None
+    arch: str | None = Field(default=None, examples=["test_resnet"])
 
     @field_validator("depth")
     @classmethod
@@ -158,8 +164,8 @@ class RecipeConfig(_Strict):
 class DataConfig(_Strict):
     """Where the shards are (a local path or `s3://bucket/prefix` written by `resnet-orch data shard`)."""
 
-    train: str
-    val: str | None = None
+    train: str = Field(examples=["s3://bucket/imagenet/train"])
+    val: str | None = Field(default=None, examples=["s3://bucket/imagenet/val"])
     backend: Literal["auto", "dali", "torch"] = "auto"
     num_threads: int = Field(default=4, gt=0)
 
@@ -183,7 +189,7 @@ class CheckpointConfig(_Strict):
 
 class TrackingConfig(_Strict):
     # None: the embedded MLflow store under RESNET_ORCH_HOME.
-    uri: str | None = None
+    uri: str | None = Field(default=None, examples=["http://127.0.0.1:5000"])
     experiment: str | None = None
     registered_model: str | None = None
 
@@ -191,8 +197,8 @@ class TrackingConfig(_Strict):
 class ChaosConfig(_Strict):
     """Fault injection for drills: SIGKILL `kill_rank` at `at_step` of each trial's first attempt only."""
 
-    kill_rank: int = Field(ge=0)
-    at_step: int = Field(gt=0)
+    kill_rank: int = Field(ge=0, examples=[0])
+    at_step: int = Field(gt=0, examples=[100])
     # `checkpoint`: die while writing the checkpoint of `at_step` (a checkpoint step), so the previous one is used.
     during: Literal["step", "checkpoint"] = "step"
 
@@ -231,18 +237,18 @@ GRID_AXES: tuple[str, ...] = ("seed", *sorted(_MODEL_AXES), *sorted(_RECIPE_AXES
 class SweepConfig(_Strict):
     """The `sweep.yaml` schema. `grid` maps an axis (a model or recipe field, or `seed`) to its values."""
 
-    name: str
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    name: str = Field(examples=["resnet-paper"])
+    grid: dict[str, list[Any]] = Field(default_factory=dict, examples=[{"depth": [18, 34]}])
     seed: int = 0
     model: ModelConfig = ModelConfig()
     recipe: RecipeConfig = RecipeConfig()
     data: DataConfig
     resources: ResourcesConfig = ResourcesConfig()
-    max_concurrent_trials: int | None = Field(default=None, gt=0)
+    max_concurrent_trials: int | None = Field(default=None, gt=0, examples=[4])
     max_failures: int = Field(default=3, ge=0)
     checkpoint: CheckpointConfig = CheckpointConfig()
     # None: RESNET_ORCH_HOME/storage on this machine; a multi-node cluster needs s3:// or a shared path.
-    storage: str | None = None
+    storage: str | None = Field(default=None, examples=["s3://bucket/runs"])
     tracking: TrackingConfig = TrackingConfig()
     chaos: ChaosConfig | None = None
 
@@ -259,7 +265,9 @@ class SweepConfig(_Strict):
     def _cross_checks(self) -> SweepConfig:
         for axis, values in self.grid.items():
             if axis not in GRID_AXES:
-                raise _PathError(("grid", axis), f"unknown axis; choose among {', '.join(GRID_AXES)}")
+                close = difflib.get_close_matches(axis, GRID_AXES, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise _PathError(("grid", axis), f"unknown axis; {hint}choose among {', '.join(GRID_AXES)}")
             if not values:
                 raise _PathError(("grid", axis), "is empty; list at least one value or remove the axis")
             for index, value in enumerate(values):
@@ -335,26 +343,223 @@ def trial_id(index: int, axes: dict[str, Any]) -> str:
     return "-".join(parts)
 
 
+Loc = tuple[str | int, ...]
+
+
 class _PathError(ValueError):
     """A validation error that knows its own YAML path (grid values are checked one by one)."""
 
-    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+    def __init__(self, loc: Loc, message: str) -> None:
         super().__init__(message)
         self.loc = loc
         self.message = message
 
 
 def _check_axis_value(sweep: SweepConfig, axis: str, index: int, value: Any) -> None:
-    base: BaseModel
+    loc = ("grid", axis, index)
     if axis == "seed":
         if type(value) is not int:
-            raise _PathError(("grid", axis, index), f"{value!r} is not an integer seed")
+            raise _PathError(loc, f"{value!r} is not an integer seed; write whole numbers, e.g. seed: [0, 1, 2]")
         return
-    base = sweep.model if axis in _MODEL_AXES else sweep.recipe
+    base: BaseModel = sweep.model if axis in _MODEL_AXES else sweep.recipe
     try:
         base.model_validate({**base.model_dump(), axis: value})
     except ValidationError as exc:
-        raise _PathError(("grid", axis, index), _describe(exc.errors()[0])[1]) from None
+        site, errors = next(iter(_grouped(exc.errors(), type(base)).values()))
+        raise _PathError(loc, _describe(_Site(loc, site.owner, site.field), errors)) from None
+
+
+@dataclass(frozen=True)
+class _Site:
+    """Where an error is: its YAML path, the config class whose keys apply there, and the field (if one)."""
+
+    path: Loc
+    owner: type[BaseModel] | None
+    field: FieldInfo | None
+
+    @property
+    def key(self) -> str | None:
+        """The YAML key of the value; None for a list item (a grid value)."""
+        last = self.path[-1] if self.path else None
+        return last if isinstance(last, str) else None
+
+
+def _members(annotation: Any) -> tuple[Any, ...]:
+    """The types a field accepts, without None (`float | Literal["auto"]` -> float, Literal["auto"])."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return tuple(a for a in get_args(annotation) if a is not type(None))
+    return (annotation,)
+
+
+def _section(field: FieldInfo | None) -> type[BaseModel] | None:
+    nested = (
+        [m for m in _members(field.annotation) if isinstance(m, type) and issubclass(m, BaseModel)] if field else []
+    )
+    return nested[0] if nested else None
+
+
+def _site(loc: Loc, root: type[BaseModel]) -> _Site:
+    """Walk pydantic's error location through the config classes; drop the union member tags it inserts."""
+    path: list[str | int] = []
+    cls: type[BaseModel] | None = root
+    owner: type[BaseModel] | None = root
+    field: FieldInfo | None = None
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        path.append(part)
+        owner, field = cls, None
+        if cls is not None and isinstance(part, str) and part in cls.model_fields:
+            field = cls.model_fields[part]
+            cls = _section(field)
+            if cls is None and len(_members(field.annotation)) > 1 and parts and isinstance(parts[0], str):
+                parts.pop(0)  # e.g. ("recipe", "warmup_epochs", "float"): the tag of the union member that failed
+        else:
+            cls = None
+    return _Site(tuple(path), owner, field)
+
+
+def _grouped(errors: list[ErrorDetails], root: type[BaseModel]) -> dict[Loc, tuple[_Site, list[ErrorDetails]]]:
+    """Errors by YAML path, in pydantic's order: each member of a union fails at the same path, reported once."""
+    groups: dict[Loc, tuple[_Site, list[ErrorDetails]]] = {}
+    for error in errors:
+        ctx_error = error.get("ctx", {}).get("error")
+        site = (
+            _Site(ctx_error.loc, None, None) if isinstance(ctx_error, _PathError) else _site(tuple(error["loc"]), root)
+        )
+        groups.setdefault(site.path, (site, []))[1].append(error)
+    return groups
+
+
+def _yaml(key: str | None, value: Any) -> str:
+    """`key: value` (or the bare value of a list item) exactly as it would be written in the sweep file."""
+    text = yaml.safe_dump({key: value} if key is not None else [value], default_flow_style=True, width=1_000_000)
+    return text.strip()[1:-1]
+
+
+def _section_example(cls: type[BaseModel]) -> dict[str, Any]:
+    """A minimal mapping for a config section: its required keys, else its first key."""
+    required = {name: _field_example(f) for name, f in cls.model_fields.items() if f.is_required()}
+    if required:
+        return required
+    for name, field in cls.model_fields.items():
+        if (example := _field_example(field)) is not None:
+            return {name: example}
+    return {}
+
+
+def _field_example(field: FieldInfo | None) -> Any:
+    """A valid value of the field for a "write ..." hint: its documented example, else its default."""
+    if field is None:
+        return None
+    if field.examples:
+        return field.examples[0]
+    section = _section(field)
+    if section is not None:
+        return _section_example(section)
+    default = field.get_default(call_default_factory=True)
+    return None if default is PydanticUndefined or default == {} else default
+
+
+# What a value of each pydantic type error should have been, in the words of a YAML user.
+_EXPECTED = {
+    "float_type": "a number",
+    "int_type": "a whole number",
+    "bool_type": "true or false",
+    "string_type": "text",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping of keys",
+    "model_type": "a mapping of keys",
+}
+_BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+# PyYAML (YAML 1.1) reads `1e-4` as the text '1e-4': its float pattern needs a dot (`1.0e-4`).
+_DOTLESS_EXPONENT = re.compile(r"^[-+]?\d+[eE][-+]?\d+$")
+
+
+def _expected(error: ErrorDetails) -> str:
+    """What the value should have been ("a number", "one of 'A', 'B' or 'C'"); "" for an error type not listed."""
+    if error["type"] == "literal_error":
+        allowed = str(error.get("ctx", {}).get("expected"))
+        return f"one of {allowed}" if " or " in allowed else allowed
+    return _EXPECTED.get(error["type"], "")
+
+
+def _given(value: Any) -> str:
+    """The offending value as the user sees it: quoted if text; YAML spelling for booleans and null."""
+    return _yaml(None, value) if value is None or isinstance(value, bool) else repr(value)
+
+
+def _from_text(text: str, kinds: set[str]) -> Any:
+    """The number or boolean a quoted (or dotless-exponent) YAML scalar meant, if it means one of `kinds`."""
+    lowered = text.strip().lower()
+    if "bool_type" in kinds and lowered in ("true", "false", "yes", "no", "on", "off"):
+        return lowered in ("true", "yes", "on")
+    if "int_type" in kinds and re.fullmatch(r"[-+]?\d+", lowered):
+        return int(lowered)
+    if "float_type" in kinds:
+        try:
+            number = float(lowered)
+        except ValueError:
+            return None
+        return int(number) if number.is_integer() and "e" not in lowered and "." not in lowered else number
+    return None
+
+
+def _describe(site: _Site, errors: list[ErrorDetails]) -> str:
+    """The message after `file: path: `, saying what was given and what to write instead."""
+    first = errors[0]
+    kind, given, key = first["type"], first.get("input"), site.key
+    shown = _given(given)
+    ctx_error = first.get("ctx", {}).get("error")
+    if isinstance(ctx_error, _PathError):
+        return ctx_error.message
+    if kind == "value_error":
+        return _clean_message(first["msg"], given)
+    if kind == "extra_forbidden":
+        valid = sorted(site.owner.model_fields) if site.owner else []
+        close = difflib.get_close_matches(str(key), valid, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        return f"unknown key; {hint}valid keys here: {', '.join(valid)}"
+    example = _field_example(site.field)
+    if kind == "missing":
+        return f"is required; add it, e.g. {_yaml(key, example)}" if example is not None else "is required"
+    if kind in _BOUNDS and site.field is not None:
+        return _out_of_range(site.field, shown, _yaml(key, example) if example is not None else None)
+    kinds = {e["type"] for e in errors}
+    expected = [_expected(e) for e in errors]
+    if not all(expected):
+        return f"{first['msg']} (got {shown})" + (f"; e.g. {_yaml(key, example)}" if example is not None else "")
+    what = " or ".join(expected)
+    if isinstance(given, str) and (meant := _from_text(given, kinds)) is not None:
+        if _DOTLESS_EXPONENT.match(given.strip()):
+            return f"{shown} is text to YAML, not {what} (an exponent needs a dot: 1.0e-4); write {_yaml(key, meant)}"
+        return f"{shown} is text (quoted), not {what}; write it without quotes: {_yaml(key, meant)}"
+    if isinstance(given, list) and key in GRID_AXES and not kinds & {"list_type", "tuple_type"}:
+        return (
+            f"{shown} is a list, but {key} takes one value here; to sweep it, list the values under grid: "
+            f"{_yaml('grid', {key: given})}"
+        )
+    if kinds & {"list_type", "tuple_type"} and not isinstance(given, (dict, list)):
+        return f"{shown} is not a list; write a list, even of one value: {_yaml(key, [given])}"
+    if kind == "string_type" and not isinstance(given, (dict, list)):
+        return f"{shown} is not text; quote it: {_yaml(key, str(given))}"
+    write = "one of them" if what.startswith("one of") else what
+    return f"{shown} is not {what}; write {write}" + (f", e.g. {_yaml(key, example)}" if example is not None else "")
+
+
+def _out_of_range(field: FieldInfo, shown: str, example: str | None) -> str:
+    """`0 is out of range; write a whole number > 0, e.g. epochs: 90`: all bounds of the field, not just the one hit."""
+    symbols = {Gt: (">", "gt"), Ge: (">=", "ge"), Lt: ("<", "lt"), Le: ("<=", "le")}
+    bounds = [
+        f"{symbol} {getattr(limit, attr)}"
+        for limit in field.metadata
+        for cls, (symbol, attr) in symbols.items()
+        if isinstance(limit, cls)
+    ]
+    number = "a whole number" if int in _members(field.annotation) else "a number"
+    hint = f", e.g. {example}" if example is not None else ""
+    return f"{shown} is out of range; write {number} {' and '.join(bounds)}{hint}"
 
 
 def _clean_message(msg: str, value: Any) -> str:
@@ -365,55 +570,24 @@ def _clean_message(msg: str, value: Any) -> str:
     return f"{value!r}: {msg}"
 
 
-def _format_loc(loc: tuple[str | int, ...]) -> str:
+def _format_loc(loc: Loc) -> str:
     text = ""
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
 
 
-def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
-    """Valid keys of the config class at `loc` (for "unknown key" errors)."""
-    cls: type[BaseModel] = SweepConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = cls.model_fields.get(part)
-        annotation = field.annotation if field else None
-        candidates = [annotation, *getattr(annotation, "__args__", ())]
-        nested = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not nested:
-            return []
-        cls = nested[0]
-    return sorted(cls.model_fields)
-
-
-def _describe(error: Any) -> tuple[tuple[str | int, ...], str]:
-    loc = tuple(error["loc"])
-    ctx_error = error.get("ctx", {}).get("error")
-    if isinstance(ctx_error, _PathError):
-        return ctx_error.loc, ctx_error.message
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        return loc, f"unknown key; valid keys here: {', '.join(_fields_at(loc))}"
-    if kind == "missing":
-        return loc, "is required"
-    if kind == "value_error":
-        return loc, _clean_message(error["msg"], error.get("input"))
-    return loc, f"{error['msg']} (got {error.get('input')!r})"
-
-
 def parse_sweep(data: Any, source: str = "<sweep>") -> SweepConfig:
-    """Validate already-parsed YAML; raise `ConfigError` listing every problem with its YAML path."""
+    """Validate already-parsed YAML; raise `ConfigError` listing every problem with its YAML path and the fix."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping with at least `name` and `data`")
     try:
         return SweepConfig.model_validate(data)
     except ValidationError as exc:
-        lines = []
-        for error in exc.errors():
-            loc, message = _describe(error)
-            lines.append(f"{source}: {_format_loc(loc) or '<top>'}: {message}")
+        lines = [
+            f"{source}: {_format_loc(path) or '<top>'}: {_describe(site, errors)}"
+            for path, (site, errors) in _grouped(exc.errors(), SweepConfig).items()
+        ]
         raise ConfigError("\n".join(dict.fromkeys(lines))) from None
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,11 +117,11 @@ def test_per_worker_batch() -> None:
             "sweep.yaml: grid.depth[1]: 19 is not a ResNet depth; choose one of 18, 34, 50, 101, 152, 20, 32, 44, "
             "56, 110, 1202",
         ),
-        ({"grid": {"shortcut": ["A", "D"]}}, "sweep.yaml: grid.shortcut[1]: Input should be 'A', 'B' or 'C' (got 'D')"),
         ({"grid": {"depth": []}}, "sweep.yaml: grid.depth: is empty; list at least one value or remove the axis"),
-        ({"grid": {"seed": [0, "x"]}}, "sweep.yaml: grid.seed[1]: 'x' is not an integer seed"),
-        ({"recipe": {"lr": "0.1"}}, "sweep.yaml: recipe.lr: Input should be a valid number (got '0.1')"),
-        ({"model": {"residual": "yes"}}, "sweep.yaml: model.residual: Input should be a valid boolean (got 'yes')"),
+        (
+            {"grid": {"seed": [0, "x"]}},
+            "sweep.yaml: grid.seed[1]: 'x' is not an integer seed; write whole numbers, e.g. seed: [0, 1, 2]",
+        ),
         (
             {"resources": {"workers": 3}},
             "sweep.yaml: recipe.batch_size: 256 is not divisible by resources.workers=3; choose a multiple of 3",
@@ -139,13 +141,106 @@ def test_error_names_yaml_path_and_fix(overrides: dict[str, object], expected: s
     assert error_text(**overrides).startswith(expected)
 
 
-def test_unknown_key_lists_valid_keys() -> None:
-    text = error_text(checkpoint={"every": 5})
-    assert text == "sweep.yaml: checkpoint.every: unknown key; valid keys here: every_steps, keep"
+# Every kind of schema error a sweep file can hit: the YAML path, what was given, and what to write instead.
+SCHEMA_ERRORS = [
+    # Wrong type. Strict mode refuses text for numbers and booleans; the fix is the value without quotes.
+    ({"recipe": {"lr": "0.1"}}, "recipe.lr: '0.1' is text (quoted), not a number; write it without quotes: lr: 0.1"),
+    (
+        {"recipe": {"weight_decay": "1e-4"}},
+        "recipe.weight_decay: '1e-4' is text to YAML, not a number (an exponent needs a dot: 1.0e-4); "
+        "write weight_decay: 0.0001",
+    ),
+    (
+        {"recipe": {"epochs": "90"}},
+        "recipe.epochs: '90' is text (quoted), not a whole number; write it without quotes: epochs: 90",
+    ),
+    (
+        {"model": {"residual": "yes"}},
+        "model.residual: 'yes' is text (quoted), not true or false; write it without quotes: residual: true",
+    ),
+    ({"recipe": {"epochs": 2.5}}, "recipe.epochs: 2.5 is not a whole number; write a whole number, e.g. epochs: 90"),
+    ({"recipe": {"batch_size": True}}, "recipe.batch_size: true is not a whole number; write a whole number"),
+    ({"name": 123}, "name: 123 is not text; quote it: name: '123'"),
+    (
+        {"recipe": {"milestones": 30}},
+        "recipe.milestones: 30 is not a list; write a list, even of one value: milestones: [30]",
+    ),
+    ({"grid": {"depth": 18}}, "grid.depth: 18 is not a list; write a list, even of one value: depth: [18]"),
+    (
+        {"recipe": {"lr": [0.1, 0.2]}},
+        "recipe.lr: [0.1, 0.2] is a list, but lr takes one value here; to sweep it, list the values under grid: "
+        "grid: {lr: [0.1, 0.2]}",
+    ),
+    (
+        {"model": "resnet50"},
+        "model: 'resnet50' is not a mapping of keys; write a mapping of keys, e.g. model: {depth: 18}",
+    ),
+    (
+        {"data": None},
+        "data: null is not a mapping of keys; write a mapping of keys, e.g. data: {train: 's3://bucket/imagenet/train'}",
+    ),
+    # A union's member tags (`warmup_epochs.float`) never reach the user; the members' expectations are joined.
+    (
+        {"recipe": {"warmup_epochs": "5"}},
+        "recipe.warmup_epochs: '5' is text (quoted), not a number or 'auto'; write it without quotes: warmup_epochs: 5",
+    ),
+    (
+        {"recipe": {"warmup_epochs": "x"}},
+        "recipe.warmup_epochs: 'x' is not a number or 'auto'; write a number or 'auto', e.g. warmup_epochs: auto",
+    ),
+    # Bad literal: the allowed values and one to copy.
+    (
+        {"model": {"shortcut": "D"}},
+        "model.shortcut: 'D' is not one of 'A', 'B' or 'C'; write one of them, e.g. shortcut: B",
+    ),
+    (
+        {"recipe": {"precision": "fp16"}},
+        "recipe.precision: 'fp16' is not one of 'auto', 'fp32' or 'bf16'; write one of them, e.g. precision: auto",
+    ),
+    # Out of range: every bound of the field, not only the one that was hit.
+    ({"recipe": {"epochs": 0}}, "recipe.epochs: 0 is out of range; write a whole number > 0, e.g. epochs: 90"),
+    (
+        {"recipe": {"momentum": 1.0}},
+        "recipe.momentum: 1.0 is out of range; write a number >= 0 and < 1, e.g. momentum: 0.9",
+    ),
+    (
+        {"max_concurrent_trials": 0},
+        "max_concurrent_trials: 0 is out of range; write a whole number > 0, e.g. max_concurrent_trials: 4",
+    ),
+    # Unknown key: the closest valid name (difflib) when one is close, and every valid name.
+    (
+        {"checkpoint": {"every": 5}},
+        "checkpoint.every: unknown key; did you mean every_steps? valid keys here: every_steps, keep",
+    ),
+    ({"modle": {}}, "modle: unknown key; did you mean model? valid keys here: chaos, checkpoint, data, grid,"),
+    ({"recipe": {"learning_rate": 0.1}}, "recipe.learning_rate: unknown key; valid keys here: batch_size,"),
+    ({"grid": {"dept": [18]}}, "grid.dept: unknown axis; did you mean depth? choose among seed, arch,"),
+    # Missing key: an example to add.
+    ({"data": {}}, "data.train: is required; add it, e.g. train: 's3://bucket/imagenet/train'"),
+    ({"chaos": {"kill_rank": 0}}, "chaos.at_step: is required; add it, e.g. at_step: 100"),
+    # Grid values get the same hints, written as list items.
+    ({"grid": {"lr": [0.1, "0.2"]}}, "grid.lr[1]: '0.2' is text (quoted), not a number; write it without quotes: 0.2"),
+    (
+        {"grid": {"shortcut": ["A", "D"]}},
+        "grid.shortcut[1]: 'D' is not one of 'A', 'B' or 'C'; write one of them, e.g. B",
+    ),
+    ({"grid": {"momentum": [0.9, 2]}}, "grid.momentum[1]: 2 is out of range; write a number >= 0 and < 1, e.g. 0.9"),
+    (
+        {"grid": {"residual": [True, "no"]}},
+        "grid.residual[1]: 'no' is text (quoted), not true or false; write it without quotes: false",
+    ),
+]
 
 
-def test_unknown_grid_axis_lists_axes() -> None:
-    assert error_text(grid={"dept": [18]}).startswith("sweep.yaml: grid.dept: unknown axis; choose among seed, arch,")
+@pytest.mark.parametrize(("overrides", "expected"), SCHEMA_ERRORS)
+def test_schema_errors_say_what_was_given_and_what_to_write(overrides: dict[str, object], expected: str) -> None:
+    assert error_text(**overrides).startswith(f"sweep.yaml: {expected}")
+
+
+def test_missing_name_has_an_example() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_sweep({"data": {"train": "s3://b/t"}}, source="s.yaml")
+    assert str(info.value) == "s.yaml: name: is required; add it, e.g. name: resnet-paper"
 
 
 def test_every_problem_is_reported_at_once() -> None:
@@ -155,8 +250,8 @@ def test_every_problem_is_reported_at_once() -> None:
     assert lines == [
         "s.yaml: name: 'bad name' is not a valid sweep name; use letters, digits, '-', '_' or '.' (at most 63 "
         "characters)",
-        "s.yaml: recipe.epochs: Input should be greater than 0 (got 0)",
-        "s.yaml: data: is required",
+        "s.yaml: recipe.epochs: 0 is out of range; write a whole number > 0, e.g. epochs: 90",
+        "s.yaml: data: is required; add it, e.g. data: {train: 's3://bucket/imagenet/train'}",
     ]
 
 
@@ -177,3 +272,25 @@ def test_configs_are_frozen() -> None:
     trial = sweep().expand("/s")[0]
     with pytest.raises(ValueError, match="frozen"):
         trial.recipe.lr = 1.0  # type: ignore[misc]
+
+
+def test_cli_validate_exits_2_with_every_message_and_no_traceback(tmp_path: Path) -> None:
+    # The installed console script, as a user runs it: exit status, stderr text, nothing else.
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: s\ndata: {train: /shards}\nrecipe:\n  lr: '0.1'\n  weight_decay: 1e-4\nmodle: {depth: 50}\n")
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("resnet-orch")), "validate", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"error: {bad}: recipe.lr: '0.1' is text (quoted), not a number; write it without quotes: lr: 0.1",
+        f"{bad}: recipe.weight_decay: '1e-4' is text to YAML, not a number (an exponent needs a dot: 1.0e-4); "
+        "write weight_decay: 0.0001",
+        f"{bad}: modle: unknown key; did you mean model? valid keys here: chaos, checkpoint, data, grid, "
+        "max_concurrent_trials, max_failures, model, name, recipe, resources, seed, storage, tracking",
+    ]
+    assert "Traceback" not in done.stdout + done.stderr

@@ -20,12 +20,12 @@ BAD_SWEEPS = [
     (
         "shortcut",
         "name: s\n" + DATA + "grid:\n  shortcut: [A, D]\n",
-        "grid.shortcut[1]: Input should be 'A', 'B' or 'C' (got 'D')",
+        "grid.shortcut[1]: 'D' is not one of 'A', 'B' or 'C'; write one of them, e.g. B",
     ),
     (
         "residual",
         "name: s\n" + DATA + "grid:\n  residual: [true, 'no']\n",
-        "grid.residual[1]: Input should be a valid boolean (got 'no')",
+        "grid.residual[1]: 'no' is text (quoted), not true or false; write it without quotes: false",
     ),
     (
         "unknown-axis",
@@ -50,9 +50,9 @@ BAD_SWEEPS = [
     (
         "string-number",
         "name: s\n" + DATA + "recipe:\n  lr: '0.1'\n",
-        "recipe.lr: Input should be a valid number (got '0.1')",
+        "recipe.lr: '0.1' is text (quoted), not a number; write it without quotes: lr: 0.1",
     ),
-    ("no-data", "name: s\n", "data: is required"),
+    ("no-data", "name: s\n", "data: is required; add it, e.g. data: {train: 's3://bucket/imagenet/train'}"),
     (
         "batch-split",
         "name: s\n" + DATA + "resources: {workers: 3}\n",
@@ -71,7 +71,7 @@ BAD_SWEEPS = [
     (
         "concurrency",
         "name: s\n" + DATA + "max_concurrent_trials: 0\n",
-        "max_concurrent_trials: Input should be greater than 0 (got 0)",
+        "max_concurrent_trials: 0 is out of range; write a whole number > 0, e.g. max_concurrent_trials: 4",
     ),
     ("yaml-syntax", "name: s\ndata: [train\n", "not valid YAML at line 3, column 1; fix the syntax there"),
 ]
