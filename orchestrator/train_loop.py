@@ -120,6 +120,37 @@ def batch_sums(logits: torch.Tensor, labels: torch.Tensor, loss_sum: torch.Tenso
     return torch.stack([valid.sum(), loss_sum.detach(), hits[:, :1].sum(), hits.any(dim=1).sum()]).double()
 
 
+@dataclass
+class LiveThroughput:
+    """Real (non-padding) images this worker trained since the last live refresh, for the Ray metrics.
+
+    Counts the same samples as the reported `images_per_s` (`batch_sums`' first entry), so the loader's tail padding
+    (label `IGNORE_INDEX`) is not throughput. The count stays on the device; `take` syncs it once per refresh.
+    """
+
+    device: torch.device
+    since: float = field(default_factory=time.perf_counter)
+    images: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.images = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def add(self, sums: torch.Tensor) -> None:
+        """`sums`: one batch's `batch_sums`."""
+        self.images += sums[0]
+
+    def due(self, now: float) -> bool:
+        return now - self.since >= _LIVE_METRICS_EVERY_S
+
+    def take(self, now: float) -> tuple[int, float]:
+        """(images, images per second) since the last take; starts a new window at `now`."""
+        images = int(self.images.item())
+        rate = images / max(now - self.since, 1e-9)
+        self.images.zero_()
+        self.since = now
+        return images, rate
+
+
 def _all_reduce_sum(values: list[float], device: torch.device) -> dict[str, float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -273,8 +304,7 @@ class _Trainer:
         """Train the rest of the current epoch; return the window of steps not yet reported."""
         state = self.state
         window = _Window(self.device)
-        live_at = time.perf_counter()
-        live_images = 0
+        live = LiveThroughput(self.device)
         batches = iter(self.train_loader)
         self.forward.train()
         self.progress.in_setup = False
@@ -303,23 +333,24 @@ class _Trainer:
             state.step += 1
             state.epoch_step += 1
             self.progress.steps_done += 1
-            window.add(batch_sums(logits, labels, loss_sum), waited, time.perf_counter() - started)
+            sums = batch_sums(logits, labels, loss_sum)
+            window.add(sums, waited, time.perf_counter() - started)
+            live.add(sums)
             self.pending_losses.append(loss.detach())
             if self.progress.steps_done == 1:
                 self.first_step_unix_s = time.time()
             self._chaos("step")
-            live_images += labels.numel()
-            if time.perf_counter() - live_at >= _LIVE_METRICS_EVERY_S:
-                now = time.perf_counter()
-                self.metrics.update(images_per_s=live_images / (now - live_at), lr=lr, step=state.step)
+            now = time.perf_counter()
+            if live.due(now):
+                trained, images_per_s = live.take(now)
+                self.metrics.update(images_per_s=images_per_s, lr=lr, step=state.step)
                 self.metrics.update(train_loss=float(loss), data_wait_frac=window.wait_s / max(window.step_s, 1e-9))
-                self.metrics.add_images(live_images)
-                live_at, live_images = now, 0
+                self.metrics.add_images(trained)
             last_of_epoch = state.epoch_step == self.steps_per_epoch
             if not last_of_epoch and state.step % self.cfg.checkpoint.every_steps == 0:
                 self._report(self._fold(window), epoch_end=False)
                 window = _Window(self.device)
-        self.metrics.add_images(live_images)
+        self.metrics.add_images(live.take(time.perf_counter())[0])
         return window
 
     def _end_epoch(self, window: _Window) -> None:
