@@ -44,6 +44,7 @@ from orchestrator.metrics import TrainMetrics
 from orchestrator.restart_policy import FailureKind, TrainFunctionError, classify_message
 from pipelines.loader import Loader, LoaderSpec, make_loader
 from pipelines.presets import IGNORE_INDEX
+from pipelines.sharding import read_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,32 @@ class LiveThroughput:
         return images, rate
 
 
+def check_num_classes(num_classes: int, dataset_classes: dict[str, int], split: str, uri: str) -> None:
+    """Refuse a classifier that cannot output every class index of the shards at `uri` (`data.<split>`).
+
+    `dataset_classes` is the manifest's wnid -> class index map. Fewer outputs than classes would fail inside the
+    loss on the first out-of-range label (a device-side assert on GPU); more outputs than classes only train logits
+    no label ever asks for, which is legitimate (a subset, the CI sample) but worth a warning.
+    """
+    classes = max(dataset_classes.values(), default=-1) + 1
+    if classes > num_classes:
+        raise ValueError(
+            f"model.num_classes is {num_classes} but data.{split} ({uri}) has {classes} classes; "
+            f"set model.num_classes: {classes} in the sweep file"
+        )
+    if classes < num_classes:
+        logger.warning(
+            "model.num_classes is %d but data.%s (%s) has %d classes: %d outputs never see a label; "
+            "set model.num_classes: %d unless that is intended",
+            num_classes,
+            split,
+            uri,
+            classes,
+            num_classes - classes,
+            classes,
+        )
+
+
 def _all_reduce_sum(values: list[float], device: torch.device) -> dict[str, float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
@@ -196,6 +223,9 @@ class _Trainer:
             if cfg.data.val is not None
             else None
         )
+        for split, uri in (("train", cfg.data.train), ("val", cfg.data.val)):
+            if uri is not None:
+                check_num_classes(cfg.model.resolved_num_classes, read_manifest(uri)["classes"], split, uri)
         self.steps_per_epoch = len(self.train_loader)
         if recipe.steps_per_epoch is not None:
             self.steps_per_epoch = min(self.steps_per_epoch, recipe.steps_per_epoch)
