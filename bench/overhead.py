@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -46,6 +45,7 @@ from orchestrator.config import (
     ResourcesConfig,
     TrialConfig,
 )
+from orchestrator.ray_head import in_process_ray
 from orchestrator.train_loop import CHAOS_MARKER
 from orchestrator.trial import run_trial
 from pipelines.loader import LoaderSpec, make_loader
@@ -236,14 +236,11 @@ def main() -> None:
         # The plain loop runs before and after the Ray path: on a shared machine the load drifts, and the mean of
         # the two brackets the Ray run in time.
         torch_before = torch_step_time(base)
-        ray.init(num_cpus=WORKERS + 2, include_dashboard=False)
-        try:
+        with in_process_ray(num_cpus=WORKERS + 2):
             ray_time, submit_s, _ = ray_run(base, Path(tmp, "reports.jsonl"))
             torch_time = statistics.fmean([torch_before, torch_step_time(base)])
             chaos = trial_config("overhead-kill", shards, storage, 1, ChaosConfig(kill_rank=1, at_step=8))
             kill_s = kill_to_next_step(chaos, storage, Path(tmp, "reports-kill.jsonl"))
-        finally:
-            ray.shutdown()
         numbers: dict[str, float] = {
             "ray_step_time_s": ray_time,
             "torch_step_time_s": torch_time,

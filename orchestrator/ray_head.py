@@ -172,8 +172,9 @@ def in_process_ray(num_cpus: int) -> Iterator[None]:
     """
     import ray
 
-    # Same auth mode as `ray_env` gives a subprocess; `ray.init` reads it from this process's environment.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Token auth stays on without our help: with RAY_AUTH_MODE unset, `ray.init` turns it on for a new cluster and
+    # refreshes the config Ray cached at import (setting the variable here, after `import ray`, would split the
+    # modes of this process and its GCS).
     ray.init(num_cpus=num_cpus, include_dashboard=False)
     try:
         yield

@@ -6,14 +6,12 @@ losses bit for bit, so a restart that neither replays nor skips a sample reprodu
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import ray
 
 from orchestrator.checkpointing import read_checkpoint
 from orchestrator.config import (
@@ -25,6 +23,7 @@ from orchestrator.config import (
     ResourcesConfig,
     TrialConfig,
 )
+from orchestrator.ray_head import in_process_ray
 from orchestrator.services import SeaweedFS
 from orchestrator.trial import TrialResult, open_checkpoint, run_trial
 
@@ -40,10 +39,8 @@ CHECKPOINT_EVERY = 5
 @pytest.fixture(scope="module")
 def ray_cluster(s3_server: SeaweedFS) -> Iterator[None]:
     # Started after the S3 server: Ray's workers inherit the AWS_* variables that point at it.
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
-    ray.init(num_cpus=4, include_dashboard=False)
-    yield
-    ray.shutdown()
+    with in_process_ray(num_cpus=4):
+        yield
 
 
 def trial(name: str, shards: str, storage: str, **changes: Any) -> TrialConfig:
