@@ -4,7 +4,9 @@
 
 It reads the sweep's folder (RESNET_ORCH_HOME/sweeps/<id> when the cluster is local; the job's uploaded working
 dir on a remote cluster), connects to the cluster the job runs on and runs the sweep with Tune. Its log goes to
-the job's log and to the sweep's `driver.log`, so `resnet-orch logs SWEEP` works after the cluster is gone.
+the job's log and to the sweep's `driver.log`, so `resnet-orch logs SWEEP` works after the cluster is gone. Its
+progress goes to the sweep's `progress.json` and a copy into the sweep's storage, where a client off the cluster
+reads it (`sweep.save_progress`).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import sys
 from pathlib import Path
 
 from orchestrator.config import load_sweep
-from orchestrator.state import SweepState, load_progress, load_record, save_model
-from orchestrator.sweep import SweepPaths
+from orchestrator.state import SweepState, load_progress, load_record
+from orchestrator.sweep import SweepPaths, save_progress
 
 logger = logging.getLogger("orchestrator.driver")
 
@@ -46,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         progress = load_progress(paths.progress)
         progress.state = SweepState.FAILED
         progress.error = str(exc)
-        save_model(paths.progress, progress)
+        save_progress(record, paths, progress)
         return 2
     logger.info("sweep %s finished: %s", record.sweep_id, state)
     return 0 if state == SweepState.SUCCEEDED else 1

@@ -29,9 +29,8 @@ from orchestrator.state import (
     SweepState,
     TrialState,
     final_sweep_state,
-    save_model,
 )
-from orchestrator.sweep import SweepPaths, embedded_artifact_root, embedded_tracking_uri, expand
+from orchestrator.sweep import SweepPaths, embedded_artifact_root, embedded_tracking_uri, expand, save_progress
 from orchestrator.tracking import RANK_METRIC, TAG_SWEEP, TAG_TRIAL, Tracker, log_trial_model, numeric_metrics
 
 logger = logging.getLogger(__name__)
@@ -186,7 +185,7 @@ class SweepCallback(tune.Callback):
             return trial_id
         if new is not None and status.state != new:
             progress.move(trial_id, new, error=error)
-        save_model(self.paths.progress, progress)
+        save_progress(self.record, self.paths, progress)
         return trial_id
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -208,7 +207,7 @@ class SweepCallback(tune.Callback):
                 "trial %s: restarting (a worker failed; Ray Train restarts from the last checkpoint)", trial_id
             )
             progress.move(trial_id, TrialState.RESTARTING)
-            save_model(self.paths.progress, progress)
+            save_progress(self.record, self.paths, progress)
             return
         attempts = int(result.get("attempt", 0)) + 1  # the training loop reports a 0-based attempt
         run_id = self.run_ids[trial_id]
@@ -228,7 +227,7 @@ class SweepCallback(tune.Callback):
             best = status.metrics.get(BEST_METRIC, math.inf)
             status.metrics[BEST_METRIC] = min(best, reported[RANK_METRIC])
         self.tracker.log_metrics(run_id, reported, int(result.get("step", 0)))
-        save_model(self.paths.progress, progress)
+        save_progress(self.record, self.paths, progress)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         trial_id = self._update(trial, TrialState.SUCCEEDED)
@@ -292,7 +291,7 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
         requeued = progress.requeue_unfinished()
         logger.info("resuming %s: re-queued %s", record.sweep_id, ", ".join(requeued) or "nothing")
     progress.state = SweepState.RUNNING
-    save_model(paths.progress, progress)
+    save_progress(record, paths, progress)
 
     trainable = tune.with_resources(trial_trainable, {TRIAL_DRIVER_RESOURCE: 1})
     storage = record.storage
@@ -337,7 +336,7 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
     if best is not None:
         logger.info("champion: %s version %s (%s=%.4f)", record.registered_model, best[0], RANK_METRIC, best[1])
     progress.state = final_sweep_state([t.state for t in progress.trials])
-    save_model(paths.progress, progress)
+    save_progress(record, paths, progress)
     tracker.finish(parent_run_id, progress.state.value, succeeded=progress.state == SweepState.SUCCEEDED)
     return progress.state
 

@@ -6,6 +6,7 @@
                         progress.json   SweepProgress (written by the driver as trials move)
                         driver.log      the driver's log when it runs locally
       storage/                          Ray Tune/Train storage (checkpoints, experiment state)
+              <sweep id>/progress.json  the driver's copy of progress.json, where a client off the cluster reads it
       mlflow/mlflow.db, mlflow/artifacts/   the embedded MLflow store
       ray/                              the local Ray head's temp dir
 
@@ -14,6 +15,7 @@ Everything a user or a test run touches is under one root, so two of them never 
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
@@ -30,8 +32,13 @@ from orchestrator.state import (
     load_record,
     save_model,
 )
+from pipelines.storage import open_store
+
+logger = logging.getLogger(__name__)
 
 HOME_ENV = "RESNET_ORCH_HOME"
+# The name of the progress copy in a sweep's storage folder (next to its Tune state and trial checkpoints).
+STORAGE_PROGRESS = "progress.json"
 
 
 class SweepNotFound(LookupError):
@@ -149,8 +156,44 @@ def load_sweep_record(sweep_id: str) -> SweepRecord:
     return load_record(sweep_paths(sweep_id).record)
 
 
+def save_progress(record: SweepRecord, paths: SweepPaths, progress: SweepProgress) -> None:
+    """Write the sweep's progress to its folder, then a copy into the sweep's storage.
+
+    A driver on another cluster writes its folder there, out of the client's reach; the sweep's storage is the one
+    place both sides reach (S3 on a real cluster: docs/cluster.md), so `status`, `submit --wait` and `cancel` read
+    the copy there, with no service of our own in between.
+    """
+    progress.updated_at = time.time()
+    save_model(paths.progress, progress)
+    try:
+        open_store(record.storage).put_bytes(STORAGE_PROGRESS, progress.model_dump_json(indent=2).encode())
+    except Exception as exc:  # storage unreachable for a moment: the next write catches up; the sweep goes on
+        logger.warning("could not copy the progress of sweep %s to %s: %s", record.sweep_id, record.storage, exc)
+
+
+def fetch_progress(storage: str) -> SweepProgress | None:
+    """The progress copy in a sweep's storage, None where there is none yet (the driver has not started)."""
+    store = open_store(storage)
+    if not store.exists(STORAGE_PROGRESS):
+        return None
+    return SweepProgress.model_validate_json(store.read_bytes(STORAGE_PROGRESS))
+
+
 def load_sweep_progress(sweep_id: str) -> SweepProgress:
-    return load_progress(sweep_paths(sweep_id).progress)
+    """The sweep's progress; for a driver on another cluster, its copy in the sweep's storage (kept here too)."""
+    paths = sweep_paths(sweep_id)
+    record = load_record(paths.record)
+    if not record.local:
+        try:
+            remote = fetch_progress(record.storage)
+        except Exception as exc:  # storage out of reach (or no credentials here): the last copy kept is all we have
+            logger.warning("cannot read the progress of sweep %s from %s: %s", sweep_id, record.storage, exc)
+            remote = None
+        if remote is not None:
+            # Kept in the folder: `resume` uploads it to the new driver, and it outlives the storage.
+            save_model(paths.progress, remote)
+            return remote
+    return load_progress(paths.progress)
 
 
 def load_sweep_config(sweep_id: str) -> SweepConfig:
