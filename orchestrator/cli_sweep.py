@@ -29,12 +29,15 @@ from orchestrator.sweep import (
     load_sweep_progress,
     load_sweep_record,
     resolve_sweep_id,
+    save_progress,
     sweep_paths,
     trial_storage,
 )
 
 # Ray reads its auth mode when it is imported: token auth stays on (Ray 2.60's default for clusters, brief).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
+# MLflow prints run links to stdout when a run on a tracking server ends (`cancel` ends them): stdout is ours.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def _out() -> Console:
@@ -113,7 +116,7 @@ def _job_client(address: str) -> Any:
 
 
 def _is_this_machine(url: str) -> bool:
-    """Whether the cluster's head runs here (the driver then shares this RESNET_ORCH_HOME and its files)."""
+    """Whether `url`'s host is this machine (by name or by one of its addresses)."""
     import socket
     from urllib.parse import urlparse
 
@@ -128,6 +131,30 @@ def _is_this_machine(url: str) -> bool:
         return False
     local_ips = {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
     return ip.startswith("127.") or ip in local_ips
+
+
+def _started_here(url: str) -> bool:
+    """Whether `url` is the dashboard of a Ray head this RESNET_ORCH_HOME started (`submit`'s own or the stack's).
+
+    Only such a head runs this venv's Python and shares this home's sweep folder with the driver. Any other address
+    is a cluster with files of its own, even one answering on 127.0.0.1: a `kubectl port-forward` or `ray dashboard`
+    tunnel (docs/cluster.md), another home's stack. Judging by the host alone sent such sweeps a driver command line
+    that does not exist on the cluster: the job failed at once and the sweep read INTERRUPTED.
+    """
+    from urllib.parse import urlparse
+
+    from orchestrator import stack
+    from orchestrator.ray_head import running_head
+
+    ours = []
+    head = running_head()
+    if head is not None:
+        ours.append(head.dashboard_url)
+    state, _ = stack.status()
+    if state is not None and stack.RAY in state.services:
+        ours.append(state.services[stack.RAY].url)
+    port = urlparse(url).port
+    return _is_this_machine(url) and any(urlparse(u).port == port and _is_this_machine(u) for u in ours)
 
 
 def _cluster(address: str | None) -> tuple[str, bool]:
@@ -145,7 +172,7 @@ def _cluster(address: str | None) -> tuple[str, bool]:
                     f"--address {address}: no Ray cluster answers there ({exc}); give the dashboard URL "
                     "http://HEAD:8265 or the GCS address HEAD:6379"
                 ) from None
-        return address, _is_this_machine(address)
+        return address, _started_here(address)
     from orchestrator import stack
     from orchestrator.ray_head import RayHeadError, start_head
 
@@ -159,6 +186,24 @@ def _cluster(address: str | None) -> tuple[str, bool]:
     return head.dashboard_url, True
 
 
+def _warn_unreachable_from_cluster(record: SweepRecord) -> None:
+    """A driver on another cluster cannot use this machine's files: say which settings point at them."""
+    if not record.storage.startswith("s3://"):
+        _err().print(
+            f"warning: storage {record.storage} is a path on the cluster's nodes; `status` here shows the driver "
+            "job only (set `storage: s3://...` in the sweep to follow its trials from here)",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if record.tracking_uri.startswith("sqlite:"):
+        _err().print(
+            f"warning: MLflow store {record.tracking_uri} is a file on this machine; the cluster's driver writes "
+            "to its own copy (set MLFLOW_TRACKING_URI or `tracking.uri` to a server both reach)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def _submit_driver(record: SweepRecord, *, resume: bool, address: str, local: bool) -> str:
     paths = sweep_paths(record.sweep_id)
     env = {
@@ -166,17 +211,27 @@ def _submit_driver(record: SweepRecord, *, resume: bool, address: str, local: bo
         for k, v in os.environ.items()
         if k.startswith(("AWS_", "MLFLOW_", "RESNET_ORCH_")) or k in ("RAY_AUTH_MODE",)
     }
-    env["RESNET_ORCH_HOME"] = str(sweep_paths(record.sweep_id).root.parents[1])
     runtime_env: dict[str, Any] = {"env_vars": env}
     if local:
         # The head runs this venv's Python; the sweep folder is on this machine.
+        env["RESNET_ORCH_HOME"] = str(paths.root.parents[1])
         entrypoint = f"{sys.executable} -m orchestrator.driver {paths.root}"
     else:
-        # A remote cluster gets the sweep folder as the job's working dir (its image has the package).
+        # A remote cluster gets the sweep folder as the job's working dir (its image has the package); this
+        # machine's home means nothing there.
+        env.pop("RESNET_ORCH_HOME", None)
         runtime_env["working_dir"] = str(paths.root)
         entrypoint = "python -m orchestrator.driver ."
+        _warn_unreachable_from_cluster(record)
     if resume:
         entrypoint += " --resume"
+        # No driver runs now, so this is the only writer: the sweep waits for its new driver, it is no longer the
+        # CANCELLED/FAILED/INTERRUPTED it was (`--wait` would stop at once), and a remote driver gets the latest
+        # progress in its working dir.
+        progress = load_sweep_progress(record.sweep_id)
+        progress.state = SweepState.PENDING
+        progress.error = None
+        save_progress(record, paths, progress)
     suffix = f"-resume-{int(time.time())}" if resume else ""
     job_id: str = _job_client(address).submit_job(
         entrypoint=entrypoint, runtime_env=runtime_env, submission_id=f"{record.sweep_id}{suffix}"
@@ -215,18 +270,21 @@ def submit(
 
 def resume(
     sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)"),
-    address: str | None = typer.Option(None, "--address", help="Ray address; default: the local head"),
-    wait: bool = typer.Option(False, "--wait"),
+    address: str | None = typer.Option(
+        None, "--address", help="Ray address; default: the sweep's own cluster, or the local head"
+    ),
+    wait: bool = typer.Option(False, "--wait", help="follow the sweep until it ends"),
 ) -> None:
     """Resume a sweep whose driver died: finished trials are kept, the others continue from their checkpoints."""
     sweep_id = _sweep_id(sweep)
     record = load_sweep_record(sweep_id)
-    state = _current_state(record, load_sweep_progress(sweep_id))
+    state, _, _ = _current(record)
     if state in (SweepState.RUNNING, SweepState.PENDING):
         raise _fail(f"sweep {sweep_id} is {state}; `resnet-orch cancel {sweep_id}` first, or wait for it")
     if state == SweepState.SUCCEEDED:
         raise _fail(f"sweep {sweep_id} already succeeded; nothing to resume")
-    url, local = _cluster(address)
+    # A sweep on another cluster resumes there unless told otherwise; a local one on this home's head.
+    url, local = _cluster(address or (None if record.local else record.dashboard_url))
     job_id = _submit_driver(record, resume=True, address=url, local=local)
     _announce(record, job_id, url)
     if wait:
@@ -252,54 +310,63 @@ _JOB_TO_SWEEP = {
 }
 
 
-def _current_state(record: SweepRecord, progress: SweepProgress) -> SweepState:
-    """The recorded state, corrected when the driver is gone without having written a final state."""
+def _current(record: SweepRecord) -> tuple[SweepState, SweepProgress, str | None]:
+    """(state, progress, driver job status): the recorded state, corrected when the driver is gone without having
+    written a final state."""
+    progress = load_sweep_progress(record.sweep_id)
     if progress.state.is_terminal:
-        return progress.state
+        return progress.state, progress, None
     job = _job_status(record)
-    if not record.local:
-        # A remote driver writes its progress on the cluster, not here: the job's status is what we know.
-        return _JOB_TO_SWEEP.get(job or "", progress.state)
     if job in ("PENDING", "RUNNING"):
-        return progress.state if progress.state == SweepState.RUNNING else SweepState.PENDING
-    if progress.state == SweepState.PENDING and job is None and record.job_id is None:
-        return SweepState.PENDING
-    return SweepState.INTERRUPTED
+        return (SweepState.RUNNING if progress.state == SweepState.RUNNING else SweepState.PENDING), progress, job
+    # The job ended (or is out of reach) after the progress above was read, maybe just after the driver wrote its
+    # final state and exited: read again before calling the sweep interrupted.
+    progress = load_sweep_progress(record.sweep_id)
+    if progress.state.is_terminal:
+        return progress.state, progress, job
+    if progress.state == SweepState.PENDING:
+        if record.job_id is None:
+            return SweepState.PENDING, progress, job  # never submitted
+        if not record.local and job is not None:
+            # No word from the remote driver reached this machine (its storage is not readable here, or it never
+            # started): the job's own end is all we know.
+            return _JOB_TO_SWEEP[job], progress, job
+    return SweepState.INTERRUPTED, progress, job
+
+
+# How long `--wait` keeps following a sweep whose cluster does not answer (a dashboard slow on a busy head, a
+# dropped tunnel) before it calls the sweep interrupted.
+_UNREACHABLE_GRACE_S = 60.0
 
 
 def _follow(sweep_id: str) -> int:
     from rich.live import Live
 
     record = load_sweep_record(sweep_id)
-    if not record.local:
-        return _follow_job(record)
+    unreachable_since: float | None = None
     with Live(console=_out(), refresh_per_second=1) as live:
         while True:
-            progress = load_sweep_progress(sweep_id)
-            state = _current_state(record, progress)
+            state, progress, job = _current(record)
             live.update(_status_table(sweep_id, state, progress))
-            if state.is_terminal or state == SweepState.INTERRUPTED:
+            if state.is_terminal:
                 break
+            if state == SweepState.INTERRUPTED:
+                if job is not None:
+                    break  # the job ended without the driver's final word: it died
+                unreachable_since = unreachable_since or time.monotonic()
+                if time.monotonic() - unreachable_since > _UNREACHABLE_GRACE_S:
+                    break
+            else:
+                unreachable_since = None
             time.sleep(2)
+    if state != SweepState.SUCCEEDED:
+        reason = f": {progress.error}" if progress.error else ""
+        _err().print(
+            f"sweep {sweep_id} {state}{reason}; `resnet-orch logs {sweep_id}` shows the driver's log",
+            highlight=False,
+            soft_wrap=True,
+        )
     return 0 if state == SweepState.SUCCEEDED else 1
-
-
-def _follow_job(record: SweepRecord) -> int:
-    """A sweep on a remote cluster: follow its driver job (trials in its dashboard and in MLflow)."""
-    if record.job_id is None or record.dashboard_url is None:
-        raise _fail(f"sweep {record.sweep_id} has no driver job; `resnet-orch resume {record.sweep_id}` starts one")
-    client = _job_client(record.dashboard_url)
-    last = None
-    while True:
-        status = str(client.get_job_status(record.job_id).value)
-        if status != last:
-            _out().print(f"{record.sweep_id}: driver job {status}", highlight=False)
-            last = status
-        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
-            break
-        time.sleep(5)
-    typer.echo(client.get_job_logs(record.job_id)[-5000:])
-    return 0 if status == "SUCCEEDED" else 1
 
 
 # ---- status / list / logs / cancel ------------------------------------------------------------------------------
@@ -337,9 +404,7 @@ def status(
 ) -> None:
     """Show a sweep's trials: state, attempts, epoch, top-1 error, throughput."""
     sweep_id = _sweep_id(sweep)
-    record = load_sweep_record(sweep_id)
-    progress = load_sweep_progress(sweep_id)
-    state = _current_state(record, progress)
+    state, progress, _ = _current(load_sweep_record(sweep_id))
     if as_json:
         payload = progress.as_json()
         payload["state"] = state.value
@@ -358,10 +423,10 @@ def list_sweeps() -> None:
         table.add_column(column)
     for sweep_id in list_sweep_ids():
         record = load_sweep_record(sweep_id)
-        progress = load_sweep_progress(sweep_id)
+        state, progress, _ = _current(record)
         done = sum(t.state == TrialState.SUCCEEDED for t in progress.trials)
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at))
-        table.add_row(sweep_id, _current_state(record, progress).value, f"{done}/{len(progress.trials)}", created)
+        table.add_row(sweep_id, state.value, f"{done}/{len(progress.trials)}", created)
     _out().print(table)
 
 
@@ -371,17 +436,8 @@ def logs(
 ) -> None:
     """Print the driver's log (the Ray job log), or one trial's."""
     sweep_id = _sweep_id(sweep)
-    record = load_sweep_record(sweep_id)
+    text = _driver_log(load_sweep_record(sweep_id))
     if trial is None:
-        text = None
-        if record.job_id and record.dashboard_url:
-            try:
-                text = _job_client(record.dashboard_url).get_job_logs(record.job_id)
-            except Exception:  # the cluster is gone: fall back to the copy the driver kept
-                text = None
-        path = sweep_paths(sweep_id).driver_log
-        if text is None and path.is_file():
-            text = path.read_text(encoding="utf-8", errors="replace")
         typer.echo(text or "(no log yet)")
         return
     progress = load_sweep_progress(sweep_id)
@@ -390,13 +446,22 @@ def logs(
     except KeyError as exc:
         raise _fail(f"{exc.args[0]}; trials: {', '.join(t.id for t in progress.trials)}") from None
     typer.echo(f"{status.id}: {status.state} after {status.attempts} attempt(s)")
-    driver_log = sweep_paths(sweep_id).driver_log
-    if driver_log.is_file():
-        for line in driver_log.read_text(encoding="utf-8", errors="replace").splitlines():
-            if status.id in line:
-                typer.echo(line)
+    for line in (text or "").splitlines():
+        if status.id in line:
+            typer.echo(line)
     if status.error:
         typer.echo(status.error)
+
+
+def _driver_log(record: SweepRecord) -> str | None:
+    """The driver's log: the Ray job's, else the copy a driver on this machine kept in the sweep folder."""
+    if record.job_id and record.dashboard_url:
+        try:
+            return str(_job_client(record.dashboard_url).get_job_logs(record.job_id))
+        except Exception:  # the cluster is gone: fall back to the copy the driver kept
+            pass
+    path = sweep_paths(record.sweep_id).driver_log
+    return path.read_text(encoding="utf-8", errors="replace") if path.is_file() else None
 
 
 def cancel(sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)")) -> None:
@@ -412,11 +477,11 @@ def cancel(sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)"
                 time.sleep(1)
         except Exception as exc:  # the cluster is gone: nothing runs any more, record the cancel
             _err().print(f"warning: could not reach the Ray job ({exc}); marking the sweep cancelled")
-    # The driver is stopped: this is now the only writer of the sweep's progress.
+    # The driver is stopped: this is now the only writer of the sweep's progress (here and in its storage).
     progress = load_sweep_progress(sweep_id)
     stopped = [t.mlflow_run_id for t in progress.trials if not t.state.is_terminal and t.mlflow_run_id]
     progress.cancel_unfinished()
-    save_model(sweep_paths(sweep_id).progress, progress)
+    save_progress(record, sweep_paths(sweep_id), progress)
     if progress.parent_run_id is not None:
         stopped.append(progress.parent_run_id)
     if stopped:

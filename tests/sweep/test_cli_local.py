@@ -13,7 +13,16 @@ from orchestrator.config import ResourcesConfig, load_sweep
 from orchestrator.report import markdown, paper_results, rows_from_trials
 from orchestrator.scheduler import SchedulingError, concurrency, trials_that_fit
 from orchestrator.state import SweepState, TrialState, save_model
-from orchestrator.sweep import create_sweep, load_sweep_progress, new_sweep_id, sweep_paths
+from orchestrator.sweep import (
+    SweepPaths,
+    create_sweep,
+    fetch_progress,
+    load_sweep_progress,
+    load_sweep_record,
+    new_sweep_id,
+    save_progress,
+    sweep_paths,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -144,3 +153,44 @@ def test_local_cluster_detection(url: str, local: bool) -> None:
 
     # A head on this machine shares RESNET_ORCH_HOME with its driver; a remote one (192.0.2.0/24 is TEST-NET) does not.
     assert _is_this_machine(url) is local
+
+
+def test_an_address_this_home_did_not_start_is_another_cluster(home: Path) -> None:
+    from orchestrator.cli_sweep import _started_here
+
+    # A port-forward to a cluster elsewhere answers on 127.0.0.1 too: its driver cannot run this machine's venv
+    # on this machine's sweep folder (that sent the job a command line the cluster lacks: INTERRUPTED at once).
+    assert _started_here("http://127.0.0.1:8265") is False
+
+
+def test_a_remote_drivers_progress_is_read_from_the_sweep_storage(home: Path, tmp_path: Path) -> None:
+    source = tmp_path / "sweep.yaml"
+    source.write_text((EXAMPLES / "quickstart.yaml").read_text() + f"storage: {tmp_path / 'bucket'}\n")
+    record = create_sweep(source, load_sweep(source)).model_copy(update={"local": False})
+    save_model(sweep_paths(record.sweep_id).record, record)
+    # The driver, in the job's working dir on the cluster: a copy of the sweep folder.
+    on_cluster = SweepPaths(tmp_path / "cluster" / record.sweep_id)
+    progress = load_sweep_progress(record.sweep_id)
+    progress.state = SweepState.RUNNING
+    progress.move("000-residual", TrialState.RUNNING)
+    progress.trial("000-residual").metrics = {"epoch": 1.0, "val_top1_err": 0.5}
+    progress.move("000-residual", TrialState.SUCCEEDED)
+    progress.move("001-plain", TrialState.RUNNING)
+    save_progress(record, on_cluster, progress)
+
+    runner = CliRunner()
+    status = json.loads(runner.invoke(app, ["status", record.sweep_id, "--json"]).stdout)
+    assert [(t["id"], t["state"], t["metrics"]) for t in status["trials"]] == [
+        ("000-residual", "SUCCEEDED", {"epoch": 1.0, "val_top1_err": 0.5}),
+        ("001-plain", "RUNNING", {}),
+    ]
+    # The client's copy follows the driver's, for `report` and for a `resume` that uploads the folder again.
+    assert load_sweep_record(record.sweep_id).local is False
+    assert sweep_paths(record.sweep_id).progress.read_text() == on_cluster.progress.read_text()
+
+    cancelled = runner.invoke(app, ["cancel", record.sweep_id])
+    assert cancelled.exit_code == 0, cancelled.output
+    stored = fetch_progress(record.storage)
+    assert stored is not None
+    assert stored.state == SweepState.CANCELLED
+    assert [t.state for t in stored.trials] == [TrialState.SUCCEEDED, TrialState.CANCELLED]
