@@ -269,6 +269,27 @@ def remove_orphan_placement_groups() -> int:
     return removed
 
 
+def settle_registered(tracker: Tracker, registered_model: str, progress: SweepProgress) -> list[str]:
+    """Mark SUCCEEDED the unfinished trials whose model is registered; returns their ids.
+
+    Registering its model is a trial's last act (`trial_trainable`), so such a trial finished, whatever a driver that
+    died or a `cancel` that raced with it recorded. Tune's saved state may hold it TERMINATED already: a restored
+    Tune then neither runs it nor reports on it, and it would stay PENDING through every resume.
+    """
+    settled = []
+    for status in progress.trials:
+        if status.state.is_terminal or status.mlflow_run_id is None:
+            continue
+        if tracker.version_of_run(registered_model, status.mlflow_run_id) is None:
+            continue
+        if status.state == TrialState.PENDING:
+            progress.move(status.id, TrialState.RUNNING)
+        progress.move(status.id, TrialState.SUCCEEDED)
+        tracker.finish(status.mlflow_run_id, TrialState.SUCCEEDED.value, succeeded=True)
+        settled.append(status.id)
+    return settled
+
+
 def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, resume: bool) -> SweepState:
     """Run (or resume) the whole sweep on the connected Ray cluster; returns the sweep's final state."""
     cluster = ray.cluster_resources()
@@ -289,7 +310,11 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
         status.mlflow_run_id = run_ids[trial.trial_id] = tracker.child_run(parent_run_id, record.sweep_id, trial)
     if resume:
         requeued = progress.requeue_unfinished()
+        finished = settle_registered(tracker, record.registered_model, progress)
+        requeued = [t for t in requeued if t not in finished]
         logger.info("resuming %s: re-queued %s", record.sweep_id, ", ".join(requeued) or "nothing")
+        if finished:
+            logger.info("already finished (model registered): %s", ", ".join(finished))
     progress.state = SweepState.RUNNING
     save_progress(record, paths, progress)
 

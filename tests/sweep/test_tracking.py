@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models import get_model
-from orchestrator.config import parse_sweep
+from orchestrator.config import TrialConfig, parse_sweep
 from orchestrator.tracking import (
     CHAMPION,
     TAG_ATTEMPTS,
@@ -46,12 +46,17 @@ def tracker(tmp_path: Path) -> Tracker:
     return Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "track", tmp_path / "artifacts")
 
 
-def test_runs_are_found_again_not_duplicated(tracker: Tracker, tmp_path: Path) -> None:
+def _sweep_runs(tracker: Tracker, tmp_path: Path) -> tuple[Path, list[TrialConfig], str, list[str]]:
+    """(sweep file, trials, parent run id, child run ids) of sweep `track-1`, as its driver creates them."""
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text("name: track\n", encoding="utf-8")
     trials = parse_sweep(SWEEP).expand(storage_root=str(tmp_path / "storage"))
     parent = tracker.parent_run("track-1", sweep_file)
-    children = [tracker.child_run(parent, "track-1", t) for t in trials]
+    return sweep_file, trials, parent, [tracker.child_run(parent, "track-1", t) for t in trials]
+
+
+def test_runs_are_found_again_not_duplicated(tracker: Tracker, tmp_path: Path) -> None:
+    sweep_file, trials, parent, children = _sweep_runs(tracker, tmp_path)
     # A restarted trial, a resumed driver: the same runs come back.
     assert tracker.parent_run("track-1", sweep_file) == parent
     assert [tracker.child_run(parent, "track-1", t) for t in trials] == children
@@ -83,7 +88,7 @@ def test_registry_champion_and_pull(tracker: Tracker, tmp_path: Path) -> None:
     trials = parse_sweep(SWEEP).expand(storage_root=str(tmp_path / "storage"))
     parent = tracker.parent_run("track-1", sweep_file)
     errors = {trials[0].trial_id: 0.30, trials[1].trial_id: 0.20}
-    models = {}
+    models: dict[str, torch.nn.Module] = {}
     for trial in trials:
         run_id = tracker.child_run(parent, "track-1", trial)
         torch.manual_seed(len(models))
@@ -110,3 +115,26 @@ def test_registry_champion_and_pull(tracker: Tracker, tmp_path: Path) -> None:
     scripted = torch.jit.load(str(path))
     with torch.no_grad():
         torch.testing.assert_close(scripted(images), models["2"](images))
+
+
+def test_resume_settles_trials_whose_model_is_registered(tracker: Tracker, tmp_path: Path) -> None:
+    from orchestrator.scheduler import settle_registered
+    from orchestrator.state import SweepProgress, TrialState, TrialStatus
+
+    _, trials, _, run_ids = _sweep_runs(tracker, tmp_path)
+    # Trial 0 registered its model, then a cancel that raced with it marked it CANCELLED and its run KILLED.
+    mark_killed(tracker.tracking_uri, run_ids[:1])
+    tracker.client.create_registered_model("track-model")
+    tracker.client.create_model_version("track-model", str(tmp_path / "model"), run_id=run_ids[0])
+    progress = SweepProgress(
+        sweep="track-1",
+        trials=[
+            TrialStatus(id=t.trial_id, config={}, state=TrialState.CANCELLED, mlflow_run_id=r)
+            for t, r in zip(trials, run_ids, strict=True)
+        ],
+    )
+    progress.requeue_unfinished()
+
+    assert settle_registered(tracker, "track-model", progress) == [trials[0].trial_id]
+    assert [t.state for t in progress.trials] == [TrialState.SUCCEEDED, TrialState.PENDING]
+    assert tracker.client.get_run(run_ids[0]).info.status == "FINISHED"
