@@ -324,6 +324,9 @@ def _current(record: SweepRecord) -> tuple[SweepState, SweepProgress, str | None
     progress = load_sweep_progress(record.sweep_id)
     if progress.state.is_terminal:
         return progress.state, progress, job
+    if job == "STOPPED":
+        # Stopped from outside (`ray job stop`, or a `cancel` whose write did not reach the storage copy).
+        return SweepState.CANCELLED, progress, job
     if progress.state == SweepState.PENDING:
         if record.job_id is None:
             return SweepState.PENDING, progress, job  # never submitted
