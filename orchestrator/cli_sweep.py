@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -204,22 +205,39 @@ def _warn_unreachable_from_cluster(record: SweepRecord) -> None:
         )
 
 
+# AWS settings that name a profile or a file on this machine: on a remote cluster botocore would fail on them
+# (ProfileNotFound, missing file) instead of using the nodes' own credentials (instance profile, IRSA).
+_MACHINE_LOCAL_AWS = (
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+)
+
+
+def driver_env(environ: Mapping[str, str], *, local: bool) -> dict[str, str]:
+    """The variables the sweep driver (and, through the job's runtime_env, every trial worker) gets from here."""
+    env = {
+        k: v for k, v in environ.items() if k.startswith(("AWS_", "MLFLOW_", "RESNET_ORCH_")) or k == "RAY_AUTH_MODE"
+    }
+    if not local:
+        # This machine's home and AWS profile files mean nothing on another cluster.
+        for key in ("RESNET_ORCH_HOME", *_MACHINE_LOCAL_AWS):
+            env.pop(key, None)
+    return env
+
+
 def _submit_driver(record: SweepRecord, *, resume: bool, address: str, local: bool) -> str:
     paths = sweep_paths(record.sweep_id)
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k.startswith(("AWS_", "MLFLOW_", "RESNET_ORCH_")) or k in ("RAY_AUTH_MODE",)
-    }
+    env = driver_env(os.environ, local=local)
     runtime_env: dict[str, Any] = {"env_vars": env}
     if local:
         # The head runs this venv's Python; the sweep folder is on this machine.
         env["RESNET_ORCH_HOME"] = str(paths.root.parents[1])
         entrypoint = f"{sys.executable} -m orchestrator.driver {paths.root}"
     else:
-        # A remote cluster gets the sweep folder as the job's working dir (its image has the package); this
-        # machine's home means nothing there.
-        env.pop("RESNET_ORCH_HOME", None)
+        # A remote cluster gets the sweep folder as the job's working dir (its image has the package).
         runtime_env["working_dir"] = str(paths.root)
         entrypoint = "python -m orchestrator.driver ."
         _warn_unreachable_from_cluster(record)

@@ -194,3 +194,23 @@ def test_a_remote_drivers_progress_is_read_from_the_sweep_storage(home: Path, tm
     assert stored is not None
     assert stored.state == SweepState.CANCELLED
     assert [t.state for t in stored.trials] == [TrialState.SUCCEEDED, TrialState.CANCELLED]
+
+
+def test_a_remote_driver_gets_no_machine_local_aws_profile_or_home() -> None:
+    from orchestrator.cli_sweep import driver_env
+
+    environ = {
+        "AWS_ENDPOINT_URL": "http://10.0.0.5:8333",
+        "AWS_PROFILE": "laptop",
+        "AWS_SHARED_CREDENTIALS_FILE": "/home/me/.aws/credentials",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "RESNET_ORCH_HOME": "/home/me/.resnet-orch",
+        "RAY_AUTH_MODE": "token",
+        "HOME": "/home/me",
+    }
+    assert driver_env(environ, local=False) == {
+        "AWS_ENDPOINT_URL": "http://10.0.0.5:8333",
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+        "RAY_AUTH_MODE": "token",
+    }
+    assert driver_env(environ, local=True) == {k: v for k, v in environ.items() if k != "HOME"}
