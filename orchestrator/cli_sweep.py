@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.config import ConfigError, SweepConfig, TrialConfig, load_sweep
+from orchestrator.config import ConfigError, ModelConfig, SweepConfig, TrialConfig, load_sweep
 from orchestrator.state import BEST_METRIC, SweepProgress, SweepRecord, SweepState, TrialState, save_model
 from orchestrator.sweep import (
     SweepNotFound,
@@ -400,14 +400,14 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> Table:
     table = Table(title=f"{sweep_id}: {state}")
     table.add_column("trial", no_wrap=True)
-    for column in ("depth", "residual", "shortcut", "state", "attempt", "epoch", "best top-1 err %", "images/s"):
+    for column in ("model", "residual", "shortcut", "state", "attempt", "epoch", "best top-1 err %", "images/s"):
         table.add_column(column)
     for trial in progress.trials:
         model = trial.config["model"]
         metrics = trial.metrics
         table.add_row(
             trial.id,
-            str(model["depth"]),
+            ModelConfig.model_validate(model).registry_name,
             "yes" if model["residual"] else "no",
             model["shortcut"],
             trial.state.value,

@@ -69,6 +69,8 @@ def test_status_list_report_cancel_without_a_cluster(home: Path, tmp_path: Path)
         ("000-residual", "PENDING", 0),
         ("001-plain", "PENDING", 0),
     ]
+    table = runner.invoke(app, ["status", record.sweep_id], env={"COLUMNS": "200"}).stdout
+    assert "000-residual │ resnet18 │ yes" in table and "001-plain    │ resnet18 │ no" in table
     listed = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
     assert record.sweep_id in listed.stdout and "0/2" in listed.stdout
 
