@@ -41,12 +41,14 @@ from orchestrator.services import SeaweedFS
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
 S3_TEST_BUCKET = "resnet-orch-test"
-GENERATED_CLASSES = 64
-GENERATED_PER_CLASS = 2
+# The shared sample's shape (one image for each of ImageNet's 1,000 classes), so tests that count samples, steps
+# and shards hold on a clone without it.
+GENERATED_CLASSES = 1000
+GENERATED_PER_CLASS = 1
 TINY_CLASSES = 8
 TINY_PER_CLASS = 6
-# ~4 shards of the 110 MB shared sample: enough to exercise shard order and multi-shard reading.
-SAMPLE_SHARD_BYTES = 30 * 10**6
+# The sample is cut into about this many shards: enough to exercise shard order and multi-shard reading.
+SAMPLE_SHARDS = 4
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -124,6 +126,11 @@ def sample_images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_sample_images(tmp_path_factory.mktemp("imagenet-sample"))
 
 
+def _sample_shard_bytes(images: Path) -> int:
+    """A shard size that cuts `images` (110 MB when it is the shared sample) into about `SAMPLE_SHARDS` shards."""
+    return sum(path.stat().st_size for path in images.iterdir()) // SAMPLE_SHARDS + 1
+
+
 @pytest.fixture(scope="session")
 def sample_labels(sample_images_dir: Path) -> dict[str, int]:
     with open(sample_images_dir / "labels.tsv", newline="") as f:
@@ -135,7 +142,7 @@ def sample_shards_local(sample_images_dir: Path, tmp_path_factory: pytest.TempPa
     from pipelines.sharding import shard_dataset
 
     dest = tmp_path_factory.mktemp("shards") / "imagenet-sample"
-    shard_dataset(sample_images_dir, str(dest), shard_bytes=SAMPLE_SHARD_BYTES)
+    shard_dataset(sample_images_dir, str(dest), shard_bytes=_sample_shard_bytes(sample_images_dir))
     return str(dest)
 
 
@@ -144,7 +151,7 @@ def sample_shards_s3(sample_images_dir: Path, s3_bucket: str) -> str:
     from pipelines.sharding import shard_dataset
 
     uri = f"s3://{s3_bucket}/imagenet-sample"
-    shard_dataset(sample_images_dir, uri, shard_bytes=SAMPLE_SHARD_BYTES)
+    shard_dataset(sample_images_dir, uri, shard_bytes=_sample_shard_bytes(sample_images_dir))
     return uri
 
 
