@@ -130,8 +130,8 @@ def test_submit_status_cancel_by_address(
     assert table.returncode == 0, table.stderr
     rows = [line.split("│")[1:-1] for line in table.stdout.splitlines() if line.startswith("│")]
     assert [[cell.strip() for cell in row][:7] for row in rows] == [
-        ["000-residual", "18", "yes", "B", "SUCCEEDED", "1", "1"],
-        ["001-plain", "18", "no", "B", "SUCCEEDED", "1", "1"],
+        ["000-residual", "test_resnet", "yes", "B", "SUCCEEDED", "1", "1"],
+        ["001-plain", "test_resnet", "no", "B", "SUCCEEDED", "1", "1"],
     ]
     mlflow_client = MlflowClient(tracking_uri=client_env["MLFLOW_TRACKING_URI"])
     experiment = mlflow_client.get_experiment_by_name("remote-e2e")
