@@ -31,6 +31,7 @@ from orchestrator.state import (
     load_progress,
     load_record,
     save_model,
+    write_json_atomic,
 )
 from pipelines.storage import open_store
 
@@ -164,9 +165,10 @@ def save_progress(record: SweepRecord, paths: SweepPaths, progress: SweepProgres
     the copy there, with no service of our own in between.
     """
     progress.updated_at = time.time()
-    save_model(paths.progress, progress)
+    payload = progress.model_dump_json(indent=2)
+    write_json_atomic(paths.progress, payload)
     try:
-        open_store(record.storage).put_bytes(STORAGE_PROGRESS, progress.model_dump_json(indent=2).encode())
+        open_store(record.storage).put_bytes(STORAGE_PROGRESS, payload.encode())
     except Exception as exc:  # storage unreachable for a moment: the next write catches up; the sweep goes on
         logger.warning("could not copy the progress of sweep %s to %s: %s", record.sweep_id, record.storage, exc)
 
