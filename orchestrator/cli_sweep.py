@@ -20,7 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.config import ConfigError, ModelConfig, SweepConfig, TrialConfig, load_sweep
-from orchestrator.state import BEST_METRIC, SweepProgress, SweepRecord, SweepState, TrialState, save_model
+from orchestrator.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S
+from orchestrator.state import SweepProgress, SweepRecord, SweepState, TrialState, save_model
 from orchestrator.sweep import (
     SweepNotFound,
     create_sweep,
@@ -412,9 +413,9 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
             model["shortcut"],
             trial.state.value,
             str(trial.attempts),
-            _fmt(metrics.get("epoch"), digits=0),
+            _fmt(metrics.get(EPOCH), digits=0),
             _fmt(metrics.get(BEST_METRIC), 100.0),
-            _fmt(metrics.get("images_per_s"), digits=1),
+            _fmt(metrics.get(IMAGES_PER_S), digits=1),
         )
     return table
 

@@ -20,6 +20,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on cluster nodes or CI
 import matplotlib.pyplot as plt
 
+from orchestrator.metric_names import TRAIN_TOP1_ERR, VAL_TOP1_ERR, VAL_TOP5_ERR
+
 
 @dataclass(frozen=True)
 class PaperResult:
@@ -98,7 +100,7 @@ def rows_from_trials(trials: Sequence[Mapping[str, Any]]) -> list[ReportRow]:
     for trial in trials:
         model = trial["config"]["model"]
         metrics = trial.get("metrics", {})
-        top1, top5 = metrics.get("val_top1_err"), metrics.get("val_top5_err")
+        top1, top5 = metrics.get(VAL_TOP1_ERR), metrics.get(VAL_TOP5_ERR)
         paper = [] if model.get("arch") else paper_results(model["depth"], model["residual"], model["shortcut"])
         rows.append(
             ReportRow(
@@ -165,7 +167,7 @@ def plot_curves(curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], pat
     for ax, (name, group) in zip(axes[0], panels, strict=True):
         for index, (trial_id, metrics) in enumerate(sorted(group.items())):
             color = f"C{index}"
-            for metric, width, style in (("train_top1_err", 1.0, "--"), ("val_top1_err", 2.5, "-")):
+            for metric, width, style in ((TRAIN_TOP1_ERR, 1.0, "--"), (VAL_TOP1_ERR, 2.5, "-")):
                 points = metrics.get(metric, [])
                 if points:
                     steps, values = zip(*points, strict=True)

@@ -36,6 +36,9 @@ class FailureKind(enum.Enum):
     OUT_OF_MEMORY = "out_of_memory"
     CONFIG = "config"  # the trial's configuration cannot run (unknown model, bad data path, ...)
     CODE = "code"  # any other exception raised by the train function
+    # A count the run must hold (samples per epoch, per validation pass) did not: its numbers would be wrong, and
+    # the same data and code would break it again.
+    INVARIANT = "invariant"
 
 
 _DETERMINISTIC = frozenset({FailureKind.OUT_OF_MEMORY, FailureKind.CONFIG, FailureKind.CODE})
@@ -70,6 +73,10 @@ class RestartPolicy:
 
     def decide(self, failure: Failure) -> Decision:
         kinds = failure.kinds
+        if FailureKind.INVARIANT in kinds:
+            return Decision(
+                Action.FAIL, f"a sample-count invariant failed; its metrics would be wrong: {failure.reason}"
+            )
         if FailureKind.WORKER_DIED in kinds:
             return self._within_budget(failure, "a worker died")
         deterministic = sorted(k.value for k in kinds & _DETERMINISTIC)

@@ -20,10 +20,11 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
+from orchestrator import metric_names
 from orchestrator.config import ResourcesConfig, SweepConfig, TrialConfig
+from orchestrator.metric_names import BEST_METRIC, RANK_METRIC, VAL_TOP5_ERR
 from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE
 from orchestrator.state import (
-    BEST_METRIC,
     SweepProgress,
     SweepRecord,
     SweepState,
@@ -31,23 +32,11 @@ from orchestrator.state import (
     final_sweep_state,
 )
 from orchestrator.sweep import SweepPaths, embedded_artifact_root, embedded_tracking_uri, expand, save_progress
-from orchestrator.tracking import RANK_METRIC, TAG_SWEEP, TAG_TRIAL, Tracker, log_trial_model, numeric_metrics
+from orchestrator.tracking import TAG_SWEEP, TAG_TRIAL, Tracker, log_trial_model, numeric_metrics
 
 logger = logging.getLogger(__name__)
 
 TUNE_RUN_NAME = "tune"
-# Metrics shown by `status` (the brief's training contract).
-STATUS_METRICS = (
-    "epoch",
-    "step",
-    "train_loss",
-    "train_top1_err",
-    "train_top5_err",
-    "val_top1_err",
-    "val_top5_err",
-    "images_per_s",
-    "lr",
-)
 RESTART_KEY = "resnet_orch_restarting"
 # One grid-search axis whose values are whole trials (the sweep's own grid is expanded by `SweepConfig.expand`).
 PARAM_KEY = "sweep_trial"
@@ -133,7 +122,7 @@ def trial_trainable(config: dict[str, Any]) -> None:
         model = get_model(trial.model.registry_name, **trial.model.model_kwargs())
         model.load_state_dict(read_model_state(Path(tmp)))
     tags = {TAG_SWEEP: config["sweep_id"], TAG_TRIAL: trial.trial_id}
-    tags.update({k: str(v) for k, v in numeric_metrics(result.metrics).items() if k in (RANK_METRIC, "val_top5_err")})
+    tags.update({k: str(v) for k, v in numeric_metrics(result.metrics).items() if k in (RANK_METRIC, VAL_TOP5_ERR)})
     version = log_trial_model(
         tracker,
         run_id,
@@ -209,7 +198,7 @@ class SweepCallback(tune.Callback):
             progress.move(trial_id, TrialState.RESTARTING)
             save_progress(self.record, self.paths, progress)
             return
-        attempts = int(result.get("attempt", 0)) + 1  # the training loop reports a 0-based attempt
+        attempts = int(result.get(metric_names.ATTEMPT, 0)) + 1  # the training loop reports a 0-based attempt
         run_id = self.run_ids[trial_id]
         if status.state == TrialState.RESTARTING:
             progress.move(trial_id, TrialState.RUNNING)
@@ -220,13 +209,14 @@ class SweepCallback(tune.Callback):
                 progress.move(trial_id, TrialState.RUNNING)
             status.attempts = attempts
             self.tracker.set_attempts(run_id, attempts)
-        reported = numeric_metrics({k: v for k, v in result.items() if k in STATUS_METRICS})
+        reported = numeric_metrics({k: v for k, v in result.items() if k in metric_names.STATUS})
         # Mid-epoch reports carry NaN validation errors: keep the last real value of each metric.
         status.metrics.update(reported)
         if RANK_METRIC in reported:
             best = status.metrics.get(BEST_METRIC, math.inf)
             status.metrics[BEST_METRIC] = min(best, reported[RANK_METRIC])
-        self.tracker.log_metrics(run_id, reported, int(result.get("step", 0)))
+        tracked = {k: v for k, v in result.items() if k in metric_names.TRACKED}
+        self.tracker.log_metrics(run_id, tracked, int(result.get(metric_names.STEP, 0)))
         save_progress(self.record, self.paths, progress)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:

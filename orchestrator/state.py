@@ -85,10 +85,6 @@ def final_sweep_state(trial_states: list[TrialState]) -> SweepState:
     return SweepState.SUCCEEDED
 
 
-# The lowest validation top-1 error a trial has reported so far (kept next to its last metrics).
-BEST_METRIC = "best_val_top1_err"
-
-
 class TrialStatus(BaseModel):
     """One trial as `status --json` prints it."""
 

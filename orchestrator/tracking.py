@@ -21,6 +21,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
 from orchestrator.config import TrialConfig
+from orchestrator.metric_names import CURVE_METRICS, RANK_METRIC
 
 logger = logging.getLogger(__name__)
 
@@ -31,10 +32,6 @@ TAG_ATTEMPTS = "resnet_orch.attempts"
 TAG_STATE = "resnet_orch.state"
 TAG_PARENT = "mlflow.parentRunId"
 CHAMPION = "champion"
-# The metric that ranks trials: the paper reports top-1 error on the validation set (Tables 2-4).
-RANK_METRIC = "val_top1_err"
-# What the trial's training loop reports per epoch (brief: training contract) and what we keep as curves.
-CURVE_METRICS = ("train_top1_err", "val_top1_err")
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:

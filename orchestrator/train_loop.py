@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models import get_model
+from orchestrator import metric_names as m
 from orchestrator.chaos import Point, maybe_kill, should_kill
 from orchestrator.checkpointing import (
     RankState,
@@ -65,6 +66,10 @@ class _Progress:
     steps_done: int = 0
 
 
+class InvariantError(RuntimeError):
+    """A pass read a different number of samples than its shard set holds: every metric of it would be wrong."""
+
+
 def train_func(config: dict[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker`: `config` is `TrialConfig.model_dump(mode="json")`."""
     progress = _Progress()
@@ -80,7 +85,7 @@ def _as_failure(exc: Exception, progress: _Progress) -> TrainFunctionError:
     text = f"{type(exc).__name__}: {exc}"
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {Path(frames[-1].filename).name}:{frames[-1].lineno})" if frames else ""
-    kind = classify_message(text)
+    kind = FailureKind.INVARIANT if isinstance(exc, InvariantError) else classify_message(text)
     if kind is FailureKind.CODE and progress.in_setup and isinstance(exc, _CONFIG_ERRORS):
         kind = FailureKind.CONFIG
     return TrainFunctionError(kind.value, progress.steps_done, text + where)
@@ -389,20 +394,26 @@ class _Trainer:
         val = self._evaluate()
         reduced = self._fold(window)
         totals = self.epoch_totals
+        expected = self.train_loader.samples_in_batches(self.steps_per_epoch)
+        if int(totals["samples"]) != expected:
+            raise InvariantError(
+                f"epoch {state.epoch} trained {int(totals['samples'])} samples over all ranks, but its "
+                f"{self.steps_per_epoch} steps per rank over data.train ({self.cfg.data.train}) hold {expected}"
+            )
         train_top1_err = 1.0 - totals["correct1"] / max(totals["samples"], 1.0)
         # The plateau rule watches the validation error (He et al. 2015, Section 3.4); the training error if no
         # validation set is configured.
-        self.schedule.end_epoch(val.get("val_top1_err", train_top1_err) if val else train_top1_err)
+        self.schedule.end_epoch(train_top1_err if math.isnan(val[m.VAL_TOP1_ERR]) else val[m.VAL_TOP1_ERR])
         state.epoch_sizes.append(int(totals["samples"]))
         epoch_metrics = {
-            "epoch_train_loss": totals["loss_sum"] / max(totals["samples"], 1.0),
-            "epoch_train_top1_err": train_top1_err,
-            "epoch_train_top5_err": 1.0 - totals["correct5"] / max(totals["samples"], 1.0),
-            "epoch_samples": totals["samples"],
-            "epoch_time_s": totals["step_s"] / self.world,
+            m.EPOCH_TRAIN_LOSS: totals["loss_sum"] / max(totals["samples"], 1.0),
+            m.EPOCH_TRAIN_TOP1_ERR: train_top1_err,
+            m.EPOCH_TRAIN_TOP5_ERR: 1.0 - totals["correct5"] / max(totals["samples"], 1.0),
+            m.EPOCH_SAMPLES: totals["samples"],
+            m.EPOCH_TIME_S: totals["step_s"] / self.world,
             **val,
         }
-        self.metrics.update(epoch_time_s=epoch_metrics["epoch_time_s"])
+        self.metrics.update(epoch_time_s=epoch_metrics[m.EPOCH_TIME_S])
         state.epoch += 1
         state.epoch_step = 0
         self.epoch_totals = dict.fromkeys(_SUMS, 0.0)
@@ -416,10 +427,17 @@ class _Trainer:
         return reduced
 
     def _evaluate(self) -> dict[str, float]:
+        """One complete pass over the val shards, all ranks together: every sample once, padding excluded."""
         if self.val_loader is None:
-            return {"val_top1_err": math.nan, "val_top5_err": math.nan, "val_loss": math.nan}
+            return {m.VAL_TOP1_ERR: math.nan, m.VAL_TOP5_ERR: math.nan, m.VAL_LOSS: math.nan, m.VAL_SAMPLES: 0.0}
         model = self.model
+        # Each rank's BatchNorm running statistics moved with its own last batches; evaluate rank 0's, which are
+        # what the checkpoint saves, so the reported error is the saved model's. (DDP broadcasts rank 0's buffers
+        # before every training forward anyway, so training is unchanged.)
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
         model.eval()
+        # The val set is one fixed epoch (no shuffle, no random augmentation): the same pass every time.
         self.val_loader.set_epoch(0)
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # samples, loss_sum, correct1, correct5
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -432,11 +450,17 @@ class _Trainer:
         dist.all_reduce(sums)
         model.train()
         samples, loss_sum, correct1, correct5 = sums.tolist()
-        samples = max(samples, 1.0)
+        expected = self.val_loader.samples_per_epoch
+        if int(samples) != expected:
+            raise InvariantError(
+                f"the validation pass after epoch {self.state.epoch} evaluated {int(samples)} samples over all "
+                f"ranks, but data.val ({self.cfg.data.val}) holds {expected}"
+            )
         return {
-            "val_top1_err": 1 - correct1 / samples,
-            "val_top5_err": 1 - correct5 / samples,
-            "val_loss": loss_sum / samples,
+            m.VAL_TOP1_ERR: 1 - correct1 / samples,
+            m.VAL_TOP5_ERR: 1 - correct5 / samples,
+            m.VAL_LOSS: loss_sum / samples,
+            m.VAL_SAMPLES: samples,
         }
 
     def _report(self, reduced: dict[str, float], *, epoch_end: bool, extra: dict[str, float] | None = None) -> None:
@@ -449,31 +473,31 @@ class _Trainer:
         wall_s = max(reduced["wall_s"], 1e-9)
         images_per_s = reduced["samples"] / wall_s
         metrics: dict[str, Any] = {
-            "epoch": state.epoch - 1 if epoch_end else state.epoch,
-            "step": state.step,
-            "is_epoch_end": epoch_end,
-            "train_loss": reduced["loss_sum"] / samples,
-            "train_top1_err": 1.0 - reduced["correct1"] / samples,
-            "train_top5_err": 1.0 - reduced["correct5"] / samples,
-            "val_top1_err": math.nan,
-            "val_top5_err": math.nan,
-            "images_per_s": images_per_s,
-            "images_per_s_per_worker": images_per_s / self.world,
-            "step_time_s": reduced["step_s"] / max(reduced["steps"], 1.0),
-            "epoch_time_s": math.nan,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "data_wait_frac": reduced["wait_s"] / max(reduced["step_s"], 1e-9),
-            "samples_per_epoch": self.train_loader.samples_per_epoch,
-            "attempt": self.attempt,
-            "resumed_from_step": self.resumed_from_step,
-            "attempt_start_unix_s": self.attempt_started,
-            "first_step_unix_s": self.first_step_unix_s,
+            m.EPOCH: state.epoch - 1 if epoch_end else state.epoch,
+            m.STEP: state.step,
+            m.IS_EPOCH_END: epoch_end,
+            m.TRAIN_LOSS: reduced["loss_sum"] / samples,
+            m.TRAIN_TOP1_ERR: 1.0 - reduced["correct1"] / samples,
+            m.TRAIN_TOP5_ERR: 1.0 - reduced["correct5"] / samples,
+            m.VAL_TOP1_ERR: math.nan,
+            m.VAL_TOP5_ERR: math.nan,
+            m.IMAGES_PER_S: images_per_s,
+            m.IMAGES_PER_S_PER_WORKER: images_per_s / self.world,
+            m.STEP_TIME_S: reduced["step_s"] / max(reduced["steps"], 1.0),
+            m.EPOCH_TIME_S: math.nan,
+            m.LR: self.optimizer.param_groups[0]["lr"],
+            m.DATA_WAIT_FRAC: reduced["wait_s"] / max(reduced["step_s"], 1e-9),
+            m.SAMPLES_PER_EPOCH: self.train_loader.samples_per_epoch,
+            m.ATTEMPT: self.attempt,
+            m.RESUMED_FROM_STEP: self.resumed_from_step,
+            m.ATTEMPT_START_UNIX_S: self.attempt_started,
+            m.FIRST_STEP_UNIX_S: self.first_step_unix_s,
             **(extra or {}),
         }
         self.metrics.update(
             images_per_s_total=images_per_s,
-            train_loss=metrics["train_loss"],
-            data_wait_frac=metrics["data_wait_frac"],
+            train_loss=metrics[m.TRAIN_LOSS],
+            data_wait_frac=metrics[m.DATA_WAIT_FRAC],
         )
         if self.pending_losses:
             state.step_losses.extend(torch.stack(self.pending_losses).float().cpu().tolist())

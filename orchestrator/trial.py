@@ -53,6 +53,8 @@ class TrialResult:
     attempts: int  # attempts started, the first included
     error: str | None = None  # why the trial failed; None when it finished
     storage_path: str = ""  # URI of the trial's directory on its storage
+    # The checkpoints Ray Train kept (`checkpoint.keep`), oldest first: (URI, the metrics reported with it).
+    checkpoints: tuple[tuple[str, dict[str, Any]], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -195,11 +197,13 @@ def run_trial(
     trial_path = f"{storage_path}/{name}"
     metrics: dict[str, Any] = {}
     checkpoint_path: str | None = None
+    checkpoints: tuple[tuple[str, dict[str, Any]], ...] = ()
     error: str | None = None
     try:
         result = trainer.fit()
         metrics = dict(result.metrics or {})
         checkpoint_path = _uri(cfg.storage, result.checkpoint.path) if result.checkpoint is not None else None
+        checkpoints = tuple((_uri(cfg.storage, c.path), dict(m)) for c, m in result.best_checkpoints or [])
     except TrainingFailedError as exc:
         error = failure_reason(exc)
         logger.error("trial %s failed: %s", name, error)
@@ -212,6 +216,7 @@ def run_trial(
         attempts=count_attempts(fs, trial_path),
         error=error,
         storage_path=_uri(cfg.storage, trial_path),
+        checkpoints=checkpoints,
     )
 
 

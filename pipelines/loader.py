@@ -11,8 +11,10 @@ Epoch semantics (both backends):
   label `IGNORE_INDEX` (-100, CrossEntropyLoss's default ignore_index), see `Batch.valid`.
   `last_batch="drop"`: every rank yields `floor(floor(N / W) / batch_size)` batches of real samples;
   the tail of each rank's range is not seen in that epoch (each sample at most once).
-* `set_epoch(e)` moves to the start of epoch e, unless the loader already stands in epoch e (after
-  `load_state_dict`), where it keeps the position. `__iter__` yields the rest of the current epoch.
+* `set_epoch(e)` moves to the start of epoch e, unless the loader stands part-way through epoch e (after
+  `load_state_dict` of a mid-epoch state), where it keeps the position. A loader that has yielded all of epoch e
+  starts it again, so `set_epoch(0)` before every validation pass reads the whole set every time.
+  `__iter__` yields the rest of the current epoch.
 * `state_dict()` is per rank (rank, world size, seed, epoch, next batch and, for DALI, the pipeline's
   checkpoint): save every rank's state and give each rank back its own; the next batch is then exactly
   the one that would have come.
@@ -23,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -63,6 +65,7 @@ class Loader(Protocol):
     samples_per_epoch: int  # global, across all ranks
 
     def __len__(self) -> int: ...  # batches per epoch on this rank (known up front)
+    def samples_in_batches(self, batches: int) -> int: ...  # real samples, all ranks, in each rank's first batches
     def set_epoch(self, epoch: int) -> None: ...
     def __iter__(self) -> Iterator[Batch]: ...
     def state_dict(self) -> dict[str, Any]: ...
@@ -188,6 +191,12 @@ class EpochPlan:
         """Real samples in batch k of this rank (the rest is padding)."""
         return max(0, min(self.batch_size, self.rank_samples - k * self.batch_size))
 
+    def samples_in_batches(self, batches: int) -> int:
+        """Real samples over all ranks in each rank's first `batches` batches: what a pass that stops there (an
+        epoch capped at fewer steps) must have seen; `samples_per_epoch` when `batches` is the whole epoch."""
+        ranks = (replace(self, rank=r) for r in range(self.world_size))
+        return sum(plan.valid_in_batch(k) for plan in ranks for k in range(min(batches, self.batches)))
+
 
 def file_order(num_files: int, seed: int, epoch: int, shuffle: bool) -> list[int]:
     """Shard file order of an epoch: the same on every rank (a function of seed and epoch only)."""
@@ -262,10 +271,14 @@ class EpochLoader:
     def __len__(self) -> int:
         return self.plan.batches
 
+    def samples_in_batches(self, batches: int) -> int:
+        return self.plan.samples_in_batches(batches)
+
     def set_epoch(self, epoch: int) -> None:
         if epoch < 0:
             raise ValueError(f"epoch must be >= 0, got {epoch}")
-        if epoch != self._epoch:
+        # Only a part-way position is kept (a resumed mid-epoch state); a finished epoch read again starts over.
+        if epoch != self._epoch or self._batch >= len(self):
             self._release()
             self._epoch, self._batch = epoch, 0
 

@@ -72,6 +72,19 @@ def test_two_ranks_disjoint_union_all_and_restore(backend: Backend, tiny_shards_
     assert _same(tail, list(restored))
 
 
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_every_validation_pass_reads_the_whole_set(backend: Backend, tiny_shards_local: str) -> None:
+    # The train loop keeps one val loader per rank for the whole trial and calls set_epoch(0) before each pass:
+    # every pass must read every sample once over the ranks, not only the first (a finished epoch starts over).
+    spec = LoaderSpec(
+        uri=tiny_shards_local, split="val", batch_size=5, backend=backend, num_threads=1, image_size=32, resize_size=40
+    )
+    loaders = [make_loader(spec, r, 2, CPU) for r in range(2)]
+    for _ in range(3):
+        labels = [label for loader in loaders for label in _epoch_labels(loader, epoch=0)]
+        assert sorted(labels) == sorted(c for c in range(8) for _ in range(6))
+
+
 def test_same_seed_same_batches_other_epoch_other_order(sample_shards_local: str) -> None:
     spec = LoaderSpec(uri=sample_shards_local, batch_size=32, backend="dali", num_threads=2, seed=11)
 

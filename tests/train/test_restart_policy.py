@@ -49,6 +49,9 @@ def failure(*kinds: FailureKind, steps: int = 5, before: int = 0) -> Failure:
         # After progress, one is worth another attempt from the checkpoint.
         (3, failure(OOM, steps=7), Action.RETRY, "out_of_memory error after progress"),
         (3, failure(CODE, steps=7, before=3), Action.FAIL, "max_failures=3 reached"),
+        # A broken sample count fails at once even after progress and with a dead peer: its numbers are wrong.
+        (3, failure(FailureKind.INVARIANT, COLL, steps=7), Action.FAIL, "sample-count invariant failed"),
+        (-1, failure(FailureKind.INVARIANT, DIED, steps=7), Action.FAIL, "its metrics would be wrong: boom"),
     ],
 )
 def test_decide(max_failures: int, failure: Failure, action: Action, why: str) -> None:

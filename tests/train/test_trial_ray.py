@@ -127,6 +127,70 @@ def test_kill_during_checkpoint_write_uses_the_previous_one(
     assert sizes == ref_sizes
 
 
+def independent_val_errors(checkpoint_uri: str, shards: str, image_size: int, resize_size: int) -> dict[str, float]:
+    """Top-1/top-5 error, mean loss and sample count of a checkpoint's weights on the val shards, computed here on
+    one process (no ranks, no padding, no train-loop code) for comparison with what the trial reported."""
+    import torch
+
+    from models import get_model
+    from orchestrator.checkpointing import read_model_state
+    from pipelines.loader import LoaderSpec, make_loader
+
+    model = get_model("test_resnet", base_width=8, num_classes=1000).eval()
+    with open_checkpoint(checkpoint_uri).as_directory() as directory:
+        model.load_state_dict(read_model_state(Path(directory)))
+    spec = LoaderSpec(
+        uri=shards, split="val", batch_size=50, image_size=image_size, resize_size=resize_size, num_threads=1
+    )
+    loader = make_loader(spec, rank=0, world_size=1, device=torch.device("cpu"))
+    loader.set_epoch(0)
+    seen, top1, top5, loss = 0, 0, 0, 0.0
+    with torch.no_grad():
+        for batch in loader:
+            keep = batch.valid
+            logits, labels = model(batch.images[keep]), batch.labels[keep]
+            seen += len(labels)
+            top1 += int((logits.argmax(dim=1) == labels).sum())
+            top5 += int((logits.topk(5, dim=1).indices == labels[:, None]).any(dim=1).sum())
+            loss += float(torch.nn.functional.cross_entropy(logits, labels, reduction="sum"))
+    return {
+        "val_samples": seen,
+        "val_top1_err": 1 - top1 / seen,
+        "val_top5_err": 1 - top5 / seen,
+        "val_loss": loss / seen,
+    }
+
+
+def test_every_epoch_is_validated_on_the_whole_val_set(ray_cluster: None, sample_shards_s3: str, storage: str) -> None:
+    # Three epochs with a val set: each epoch's reported validation numbers must be those of the weights saved at
+    # that epoch's end, over all 1,000 val samples (a loader left at the end of its first pass read nothing after).
+    epochs, steps = 3, 4
+    cfg = trial(
+        "val-every-epoch",
+        sample_shards_s3,
+        storage,
+        data=DataConfig(train=sample_shards_s3, val=sample_shards_s3, num_threads=1),
+        recipe=RecipeConfig(
+            batch_size=GLOBAL_BATCH, epochs=epochs, image_size=32, resize_size=40, lr=0.4, steps_per_epoch=steps
+        ),
+        checkpoint=CheckpointConfig(every_steps=10_000, keep=epochs),
+    )
+    result = run_trial(cfg)
+    assert result.ok, result.error
+    reports = sorted((metrics["step"], uri, metrics) for uri, metrics in result.checkpoints)
+    assert [step for step, _, _ in reports] == [steps, 2 * steps, 3 * steps]
+    for epoch, (_, uri, reported) in enumerate(reports):
+        assert reported["epoch"] == epoch
+        # 4 steps x 2 ranks x 32 samples per rank: the capped epoch's exact size.
+        assert reported["epoch_samples"] == steps * GLOBAL_BATCH
+        expected = independent_val_errors(uri, sample_shards_s3, image_size=32, resize_size=40)
+        assert expected["val_samples"] == 1000
+        assert reported["val_samples"] == expected["val_samples"]
+        assert reported["val_top1_err"] == pytest.approx(expected["val_top1_err"], abs=1e-9)
+        assert reported["val_top5_err"] == pytest.approx(expected["val_top5_err"], abs=1e-9)
+        assert reported["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-4)
+
+
 def test_config_error_fails_once_with_its_reason(ray_cluster: None, sample_shards_s3: str, storage: str) -> None:
     cfg = trial("bad-model", sample_shards_s3, storage, model=ModelConfig(arch="resnet19"), max_failures=3)
     result = run_trial(cfg)
