@@ -48,7 +48,8 @@ from orchestrator.config import (
 from orchestrator.ray_head import in_process_ray
 from orchestrator.train_loop import CHAOS_MARKER
 from orchestrator.trial import run_trial
-from pipelines.loader import LoaderSpec, make_loader
+from pipelines.loader import LoaderSpec
+from pipelines.loader_factory import make_loader
 from pipelines.presets import IGNORE_INDEX
 
 logger = logging.getLogger("bench.overhead")

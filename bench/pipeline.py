@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from pipelines import presets
-from pipelines.loader import LoaderSpec, make_loader
+from pipelines.loader import LoaderSpec
+from pipelines.loader_factory import make_loader
 from pipelines.sharding import shard_dataset
 
 DEFAULT_SRC = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"

@@ -43,7 +43,8 @@ from orchestrator.config import TrialConfig
 from orchestrator.lr_schedule import LRSchedule
 from orchestrator.metrics import TrainMetrics
 from orchestrator.restart_policy import FailureKind, TrainFunctionError, classify_message
-from pipelines.loader import Loader, LoaderSpec, make_loader
+from pipelines.loader import Loader, LoaderSpec
+from pipelines.loader_factory import make_loader
 from pipelines.presets import IGNORE_INDEX
 from pipelines.sharding import read_manifest
 

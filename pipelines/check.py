@@ -17,9 +17,10 @@ from typing import Any
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from pipelines.loader import Backend, LoaderSpec, ShardSet, make_loader
+from pipelines.dali_index import parse_index
+from pipelines.loader import Backend, LoaderSpec, ShardSet
+from pipelines.loader_factory import make_loader
 from pipelines.storage import open_store
-from pipelines.torch_loader import parse_index
 
 logger = logging.getLogger(__name__)
 
@@ -95,16 +96,14 @@ def _scan_samples(shards: ShardSet) -> tuple[Counter[int], list[str]]:
     store = open_store(shards.uri)
     counts: Counter[int] = Counter()
     bad: list[str] = []
-    for shard, (tar_name, index_name) in enumerate(zip(shards.tar_names, shards.index_names, strict=True)):
+    for tar_name, index_name in zip(shards.tar_names, shards.index_names, strict=True):
         data = store.read_bytes(tar_name)
-        index_lines = store.read_bytes(index_name).decode().splitlines()
-        for ref, line in zip(parse_index("\n".join(index_lines), shard), index_lines[1:], strict=True):
-            (jo, js), (co, cs) = ref.jpg, ref.cls
-            key = line.split()[3].rsplit(".", 1)[0]
+        for sample in parse_index(store.read_bytes(index_name).decode()):
             try:
-                decode_jpeg(torch.frombuffer(bytearray(data[jo : jo + js]), dtype=torch.uint8), mode=ImageReadMode.RGB)
-                counts[int(data[co : co + cs])] += 1
+                jpeg = torch.frombuffer(bytearray(sample.slice(data, "jpg")), dtype=torch.uint8)
+                decode_jpeg(jpeg, mode=ImageReadMode.RGB)
+                counts[int(sample.slice(data, "cls"))] += 1
             except (RuntimeError, ValueError) as exc:
-                logger.warning("undecodable sample %s:%s (%s)", tar_name, key, exc)
-                bad.append(f"{tar_name}:{key}")
+                logger.warning("undecodable sample %s:%s (%s)", tar_name, sample.key, exc)
+                bad.append(f"{tar_name}:{sample.key}")
     return counts, bad

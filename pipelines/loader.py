@@ -1,4 +1,4 @@
-"""What the train loop sees: `Batch(images, labels)` from a `Loader`, built by `make_loader(spec, ...)`.
+"""What the train loop sees: `Batch(images, labels)` from a `Loader`, built by `pipelines.loader_factory.make_loader`.
 
 Epoch semantics (both backends):
 
@@ -22,7 +22,6 @@ Epoch semantics (both backends):
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -35,8 +34,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines import presets
 from pipelines.sharding import read_manifest
 from pipelines.storage import StorageError, parse_uri
-
-logger = logging.getLogger(__name__)
 
 Backend = Literal["auto", "dali", "torch"]
 STATE_VERSION = 1
@@ -215,38 +212,6 @@ def check_state(state: dict[str, Any], expected: dict[str, Any]) -> None:
                 f"loader state field {key!r} is {state.get(key)!r} but this loader has {value!r}; "
                 "give each rank back the state it saved, with the same spec"
             )
-
-
-def make_loader(spec: LoaderSpec, rank: int, world_size: int, device: torch.device) -> Loader:
-    """The loader of `spec` for one DDP rank; `backend="auto"` uses DALI where it imports, else the
-    torchvision fallback (logged as a warning)."""
-    if world_size <= 0 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} / world_size {world_size}: need 0 <= rank < world_size")
-    shards = ShardSet.open(spec.uri)
-    plan = EpochPlan(shards.num_samples, rank, world_size, spec.batch_size, spec.last_batch)
-    if plan.batches == 0:
-        raise ValueError(
-            f"batch_size {spec.batch_size} x world_size {world_size} exceeds the {shards.num_samples} samples of "
-            f"{spec.uri} with last_batch='drop'; lower batch_size or use last_batch='pad'"
-        )
-    backend = spec.backend
-    if backend in ("auto", "dali"):
-        try:
-            import nvidia.dali  # noqa: F401
-        except (ImportError, OSError) as exc:
-            if backend == "dali":
-                raise ImportError(f"backend='dali' but NVIDIA DALI cannot be imported ({exc})") from exc
-            logger.warning("NVIDIA DALI cannot be imported (%s); using the torchvision fallback loader", exc)
-            backend = "torch"
-        else:
-            backend = "dali"
-    if backend == "dali":
-        from pipelines.dali_loader import DaliLoader
-
-        return DaliLoader(spec, shards, plan, device)
-    from pipelines.torch_loader import TorchLoader
-
-    return TorchLoader(spec, shards, plan, device)
 
 
 class EpochLoader:

@@ -6,10 +6,7 @@ side is 256 with a 224 center crop; the paper's scale augmentation samples the s
 
 from __future__ import annotations
 
-from typing import Final, Literal
-
-Preset = Literal["standard", "paper"]
-PRESETS: Final[tuple[str, ...]] = ("standard", "paper")
+from typing import Final
 
 TRAIN_SIZE: Final = 224
 VAL_RESIZE: Final = 256
@@ -42,13 +39,3 @@ PCA_ALPHA_STD: Final = 0.1
 # Label of a padding sample (pad policy): PyTorch's CrossEntropyLoss ignore_index default, so padding
 # adds nothing to the loss; metrics must mask `labels == IGNORE_INDEX` (see `Batch.valid`).
 IGNORE_INDEX: Final = -100
-
-# The paper's 10-crop testing (Sec. 3.4, Krizhevsky et al. 2012): four corners + center, and their flips.
-TEN_CROP: Final = 10
-
-
-def pca_offset(alpha: tuple[float, float, float]) -> tuple[float, float, float]:
-    """RGB offset (on [0, 1] pixels) added to every pixel for PCA weights `alpha`: V @ (alpha * lambda)."""
-    return tuple(  # type: ignore[return-value]
-        sum(PCA_EIGVEC[c][j] * alpha[j] * PCA_EIGVAL[j] for j in range(3)) for c in range(3)
-    )

@@ -32,7 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.storage import Store, open_store, sha256_file
+from pipelines.dali_index import IndexedSample, format_index
+from pipelines.files import sha256_file
+from pipelines.storage import Store, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +46,6 @@ IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 _TAR_OVERHEAD_PER_SAMPLE = 3 * 512
 # Quality for images we must re-encode (grayscale/CMYK/PNG): high enough not to add visible artefacts.
 _REENCODE_QUALITY = 95
-_IDX_VERSION = "v1.2"
 
 
 class ShardingError(ValueError):
@@ -275,22 +276,21 @@ def _tar_member(name: str, data: bytes) -> tarfile.TarInfo:
 def write_shard_tar(images: Iterator[CheckedImage], tar_path: Path) -> tuple[str, int]:
     """Write the decodable images to `tar_path`; returns (DALI index text, samples written)."""
     used: set[str] = set()
-    lines: list[str] = []
+    indexed: list[IndexedSample] = []
     with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for image in images:
             if image.jpeg is None:
                 continue
             key = _sample_key(image.sample, used)
-            components = []
+            members = {}
             for ext, data in (("jpg", image.jpeg), ("cls", str(image.sample.label).encode())):
                 info = _tar_member(f"{key}.{ext}", data)
                 tar.addfile(info, io.BytesIO(data))
                 # The member's bytes end the archive so far, padded to a 512-byte block: their start is
                 # what DALI's index records.
-                data_offset = tar.offset - -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
-                components.append(f"{ext} {data_offset} {info.size} {key}.{ext}")
-            lines.append(" ".join(components))
-    return f"{_IDX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines), len(lines)
+                members[ext] = (tar.offset - -(-info.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE, info.size)
+            indexed.append(IndexedSample(key, members))
+    return format_index(indexed), len(indexed)
 
 
 # ---------------------------------------------------------------------------------------------- writer

@@ -3,20 +3,24 @@
 The S3 client takes endpoint, credentials and region from the standard AWS variables and profile
 (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, `AWS_REGION`, ...), exactly as DALI's
 reader does, so what the sharder writes is what the training pipeline reads. Nothing secret is logged.
+`S3Settings` is the one reader of those variables for every S3 client of the project (boto3 here,
+pyarrow for Ray Train's storage, the local stack's health check and child processes).
 
-Writes are all-or-nothing per object: locally a `.partial` file renamed into place with `os.replace`;
+Writes are all-or-nothing per object: locally a `.partial` file renamed into place (`pipelines.files`);
 on S3 a single PUT or a multipart upload, which S3 makes visible only when complete.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+
+from pipelines.files import atomic_path, sha256_file, write_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +72,79 @@ def parse_uri(uri: str) -> Location:
     return Location(uri=uri, bucket=None, path=str(Path(uri).expanduser().resolve()))
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+@dataclass(frozen=True)
+class S3Settings:
+    """Where S3 is and who we are to it: the standard AWS variables, read in this one place.
+
+    `endpoint_url` set means an S3-compatible server (SeaweedFS, MinIO): path-style addressing, since such servers do
+    not resolve virtual-host bucket names (and DALI's SDK fails on `bucket.localhost`).
+    """
+
+    endpoint_url: str | None = None
+    access_key: str | None = None
+    secret_key: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> S3Settings:
+        env = os.environ if environ is None else environ
+        return cls(
+            endpoint_url=env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None,
+            access_key=env.get("AWS_ACCESS_KEY_ID") or None,
+            secret_key=env.get("AWS_SECRET_ACCESS_KEY") or None,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+        )
+
+    def env(self) -> dict[str, str]:
+        """The standard variables that point boto3, DALI, pyarrow and MLflow (in this or a child process) here."""
+        values = {
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+    def client(self, **config: Any) -> Any:
+        """A boto3 S3 client with exactly these settings (path-style); `config`: more botocore `Config` options."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=Config(s3={"addressing_style": "path"}, **config),
+        )
+
+    def arrow_filesystem(self) -> Any:
+        """A `pyarrow.fs.S3FileSystem` with these settings (what Ray Train reads and writes checkpoints through)."""
+        from urllib.parse import urlparse
+
+        import pyarrow.fs
+
+        kwargs: dict[str, Any] = {
+            "access_key": self.access_key,
+            "secret_key": self.secret_key,
+            "region": self.region or "us-east-1",
+        }
+        if self.endpoint_url:
+            parsed = urlparse(self.endpoint_url)
+            kwargs.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
+            kwargs["force_virtual_addressing"] = False
+        return pyarrow.fs.S3FileSystem(**kwargs)
 
 
 def s3_client() -> Any:
-    """boto3 S3 client from the standard AWS environment/profile; path-style when an endpoint is set
-    (S3-compatible stores such as SeaweedFS or MinIO do not resolve virtual-host bucket names)."""
+    """boto3 S3 client from the standard AWS environment/profile (profiles and instance roles included);
+    path-style when an endpoint is set (see `S3Settings`)."""
     import boto3
     from botocore.config import Config
 
-    addressing = "path" if os.environ.get("AWS_ENDPOINT_URL") else "auto"
+    addressing = "path" if S3Settings.from_env().endpoint_url else "auto"
     config = Config(s3={"addressing_style": addressing}, retries={"max_attempts": 5, "mode": "standard"})
     return boto3.session.Session().client("s3", config=config)
 
@@ -91,7 +153,7 @@ def describe_s3_error(exc: Exception, uri: str) -> StorageError:
     """Turn a botocore error into a StorageError that says what to fix (never echoing secrets)."""
     from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
-    endpoint = os.environ.get("AWS_ENDPOINT_URL", "the AWS default endpoint")
+    endpoint = S3Settings.from_env().endpoint_url or "the AWS default endpoint"
     if isinstance(exc, NoCredentialsError):
         return StorageError(
             f"{uri}: no AWS credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
@@ -144,10 +206,7 @@ class LocalStore:
             raise StorageError(f"{self.location.join(name)} does not exist") from exc
 
     def put_bytes(self, name: str, data: bytes) -> None:
-        partial = self.root / f"{name}.partial"
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_bytes(data)
-        os.replace(partial, self.root / name)
+        write_atomic(self.root / name, data)
 
     def put_file(self, name: str, local_path: Path, sha256: str | None = None) -> None:
         target = self.root / name
@@ -155,9 +214,8 @@ class LocalStore:
         if local_path.parent == target.parent:
             os.replace(local_path, target)
             return
-        partial = self.root / f"{name}.partial"
-        shutil.copyfile(local_path, partial)
-        os.replace(partial, target)
+        with atomic_path(target) as partial:
+            shutil.copyfile(local_path, partial)
 
     def checksum(self, name: str) -> str | None:
         """sha256 of the file, recomputed (a local file carries no trustworthy stored checksum)."""

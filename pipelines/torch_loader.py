@@ -1,10 +1,10 @@
 """Fallback loader where DALI cannot be imported: torchvision `decode_jpeg` + v2 transforms over the same
 shards, with the same epoch semantics as the DALI loader (see `pipelines.loader`).
 
-Samples are located through the DALI index files (offset and size of every `.jpg`/`.cls`), so a shard
-is fetched once (whole, from S3 or disk) and sliced. Augmentation randomness is drawn from torch's RNG
-seeded per batch with (seed, epoch, rank, batch) inside `torch.random.fork_rng`, so (epoch, batch) alone
-determines the next batch and the caller's RNG is untouched.
+Samples are located through the DALI index files (`pipelines.dali_index`: offset and size of every
+`.jpg`/`.cls`), so a shard is fetched once (whole, from S3 or disk) and sliced. Augmentation randomness
+is drawn from torch's RNG seeded per batch with (seed, epoch, rank, batch) inside `torch.random.fork_rng`,
+so (epoch, batch) alone determines the next batch and the caller's RNG is untouched.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms import v2
 
 from pipelines import presets
+from pipelines.dali_index import parse_index
 from pipelines.loader import EpochLoader, EpochPlan, LoaderSpec, ShardSet, derive_seed
 from pipelines.storage import open_store
 
@@ -32,17 +33,6 @@ class SampleRef:
     shard: int
     jpg: tuple[int, int]  # offset, size
     cls: tuple[int, int]
-
-
-def parse_index(text: str, shard: int) -> list[SampleRef]:
-    """DALI webdataset index v1.2: `v1.2 N`, then per sample `ext offset size name` groups."""
-    lines = text.splitlines()
-    refs = []
-    for line in lines[1:]:
-        parts = line.split()
-        fields = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
-        refs.append(SampleRef(shard, fields["jpg"], fields["cls"]))
-    return refs
 
 
 class TenCrop(v2.Transform):
@@ -111,8 +101,11 @@ class TorchLoader(EpochLoader):
 
     def _sample_refs(self) -> list[list[SampleRef]]:
         if self._refs is None:
-            names = self.shards.index_names
-            self._refs = [parse_index(self._store.read_bytes(name).decode(), i) for i, name in enumerate(names)]
+            indexes = [parse_index(self._store.read_bytes(name).decode()) for name in self.shards.index_names]
+            self._refs = [
+                [SampleRef(shard, s.members["jpg"], s.members["cls"]) for s in samples]
+                for shard, samples in enumerate(indexes)
+            ]
         return self._refs
 
     def _epoch_order(self) -> list[SampleRef]:

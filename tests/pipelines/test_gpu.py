@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipelines.loader import LoaderSpec, make_loader
+from pipelines.loader import LoaderSpec
+from pipelines.loader_factory import make_loader
 
 
 @pytest.mark.gpu

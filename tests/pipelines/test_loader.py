@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pipelines import presets
-from pipelines.loader import Backend, Batch, EpochPlan, Loader, LoaderSpec, make_loader
+from pipelines.loader import Backend, Batch, EpochPlan, Loader, LoaderSpec
+from pipelines.loader_factory import make_loader
 
 CPU = torch.device("cpu")
 # Normalized pixel bounds: (0 - mean) / std .. (1 - mean) / std over the three channels.
@@ -190,7 +191,7 @@ def test_auto_backend_falls_back_to_torch_with_a_warning(
 ) -> None:
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # `import nvidia.dali` now raises ImportError
     spec = LoaderSpec(uri=tiny_shards_local, batch_size=4)
-    with caplog.at_level(logging.WARNING, logger="pipelines.loader"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.loader_factory"):
         loader = make_loader(spec, 0, 1, CPU)
     assert type(loader).__name__ == "TorchLoader"
     assert "using the torchvision fallback loader" in caplog.text

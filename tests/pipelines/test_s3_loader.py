@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from orchestrator.cli_data import app
-from pipelines.loader import LoaderSpec, make_loader
+from pipelines.loader import LoaderSpec
+from pipelines.loader_factory import make_loader
 from pipelines.sharding import read_manifest, shard_dataset
 from pipelines.storage import StorageError
 

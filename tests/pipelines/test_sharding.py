@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from wds2idx import IndexCreator  # DALI's own index writer: the reference for our index files
 
 from orchestrator.cli_data import app
-from pipelines.loader import LoaderSpec, make_loader
+from pipelines.loader import LoaderSpec
+from pipelines.loader_factory import make_loader
 from pipelines.sharding import MANIFEST_NAME, ShardingError, parse_size, read_manifest, shard_dataset
 
 

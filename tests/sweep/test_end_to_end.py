@@ -55,7 +55,8 @@ def _status(sweep_id: str) -> dict[str, Any]:
 def _top1_err(model: torch.nn.Module, shards: str, image_size: int, resize_size: int) -> float:
     """Top-1 error over the val shards on one rank, with the training loop's own counting (padding ignored)."""
     from orchestrator.train_loop import batch_sums
-    from pipelines.loader import LoaderSpec, make_loader
+    from pipelines.loader import LoaderSpec
+    from pipelines.loader_factory import make_loader
 
     spec = LoaderSpec(
         uri=shards, split="val", batch_size=16, image_size=image_size, resize_size=resize_size, num_threads=1

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from orchestrator.train_loop import LiveThroughput, batch_sums, check_num_classes
-from pipelines.loader import LoaderSpec, make_loader
+from pipelines.loader import LoaderSpec
+from pipelines.loader_factory import make_loader
 from pipelines.presets import IGNORE_INDEX
 from pipelines.sharding import read_manifest
 

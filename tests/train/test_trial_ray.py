@@ -134,7 +134,8 @@ def independent_val_errors(checkpoint_uri: str, shards: str, image_size: int, re
 
     from models import get_model
     from orchestrator.checkpointing import read_model_state
-    from pipelines.loader import LoaderSpec, make_loader
+    from pipelines.loader import LoaderSpec
+    from pipelines.loader_factory import make_loader
 
     model = get_model("test_resnet", base_width=8, num_classes=1000).eval()
     with open_checkpoint(checkpoint_uri).as_directory() as directory:
