@@ -36,7 +36,8 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from models import get_model
-from orchestrator.config import (
+from orchestrator.stack.ray_head import in_process_ray
+from orchestrator.sweep.config import (
     ChaosConfig,
     CheckpointConfig,
     DataConfig,
@@ -45,9 +46,8 @@ from orchestrator.config import (
     ResourcesConfig,
     TrialConfig,
 )
-from orchestrator.ray_head import in_process_ray
-from orchestrator.train_loop import CHAOS_MARKER
-from orchestrator.trial import run_trial
+from orchestrator.training.train_loop import CHAOS_MARKER
+from orchestrator.training.trial import run_trial
 from pipelines.loader import LoaderSpec
 from pipelines.loader_factory import make_loader
 from pipelines.presets import IGNORE_INDEX

@@ -2,7 +2,7 @@
 
 Session-scoped (started once, cleaned up at the end):
 
-* `s3_server` -> `orchestrator.services.SeaweedFS`: `weed mini` on 127.0.0.1, free ports. While it runs
+* `s3_server` -> `orchestrator.stack.seaweedfs.SeaweedFS`: `weed mini` on 127.0.0.1, free ports. While it runs
   the process environment holds AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY /
   AWS_REGION pointing at it (restored afterwards), so boto3, DALI and Ray workers started later find it.
   Use `.endpoint_url`, `.client()`, `.create_bucket(name)`, `.aws_env()`.
@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.services import SeaweedFS
+from orchestrator.stack.seaweedfs import SeaweedFS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ConfigError, ModelConfig, SweepConfig, TrialConfig, load_sweep, parse_sweep
+from orchestrator.sweep.config import ConfigError, ModelConfig, SweepConfig, TrialConfig, load_sweep, parse_sweep
 
 BASE = {"name": "t", "data": {"train": "s3://bucket/train"}}
 

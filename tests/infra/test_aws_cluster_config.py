@@ -11,7 +11,7 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE
+from orchestrator.stack.ray_head import TRIAL_DRIVER_RESOURCE
 
 CLUSTER_YAML = Path(__file__).resolve().parents[2] / "infra" / "aws" / "cluster.yaml"
 

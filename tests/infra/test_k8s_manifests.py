@@ -24,8 +24,8 @@ import pytest
 import yaml
 from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
 
-from orchestrator.config import load_sweep
-from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE
+from orchestrator.stack.ray_head import TRIAL_DRIVER_RESOURCE
+from orchestrator.sweep.config import load_sweep
 from tests.infra.kuberay_schema import K8S_VERSION, validate_kuberay
 
 K8S_DIR = Path(__file__).resolve().parents[2] / "infra" / "k8s"

@@ -6,7 +6,7 @@ import json
 import re
 from pathlib import Path
 
-from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE, TRIAL_DRIVER_SLOTS, head_launch
+from orchestrator.stack.ray_head import TRIAL_DRIVER_RESOURCE, TRIAL_DRIVER_SLOTS, head_launch
 
 
 def _flags(cmd: list[str]) -> dict[str, str]:

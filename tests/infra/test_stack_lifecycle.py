@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import stack
-from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE, TRIAL_DRIVER_SLOTS
+from orchestrator.stack import local_stack as stack
+from orchestrator.stack.ray_head import TRIAL_DRIVER_RESOURCE, TRIAL_DRIVER_SLOTS
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from orchestrator import cli_stack, stack
+from orchestrator.cli import stack_commands as cli_stack
+from orchestrator.stack import local_stack as stack
 
 
 def _app() -> typer.Typer:

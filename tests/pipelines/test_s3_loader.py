@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from orchestrator.cli_data import app
+from orchestrator.cli.data_commands import app
 from pipelines.loader import LoaderSpec
 from pipelines.loader_factory import make_loader
 from pipelines.sharding import read_manifest, shard_dataset

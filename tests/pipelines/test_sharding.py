@@ -14,7 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 from wds2idx import IndexCreator  # DALI's own index writer: the reference for our index files
 
-from orchestrator.cli_data import app
+from orchestrator.cli.data_commands import app
 from pipelines.loader import LoaderSpec
 from pipelines.loader_factory import make_loader
 from pipelines.sharding import MANIFEST_NAME, ShardingError, parse_size, read_manifest, shard_dataset

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.services import SeaweedFS, free_port
+from orchestrator.stack.seaweedfs import SeaweedFS, free_port
 
 
 @pytest.fixture
 def orch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    from orchestrator.ray_head import stop_head
+    from orchestrator.stack.ray_head import stop_head
 
     home = tmp_path / "home"
     monkeypatch.setenv("RESNET_ORCH_HOME", str(home))

@@ -9,11 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.config import ResourcesConfig, load_sweep
-from orchestrator.report import markdown, paper_results, rows_from_trials
-from orchestrator.scheduler import SchedulingError, concurrency, trials_that_fit
-from orchestrator.state import SweepState, TrialState, save_model
-from orchestrator.sweep import (
+from orchestrator.sweep.config import ResourcesConfig, load_sweep
+from orchestrator.sweep.layout import (
     SweepPaths,
     create_sweep,
     fetch_progress,
@@ -23,6 +20,9 @@ from orchestrator.sweep import (
     save_progress,
     sweep_paths,
 )
+from orchestrator.sweep.report import markdown, paper_results, rows_from_trials
+from orchestrator.sweep.scheduling import SchedulingError, concurrency, trials_that_fit
+from orchestrator.sweep.state import SweepState, TrialState, save_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -151,14 +151,14 @@ def test_paper_numbers() -> None:
     [("http://127.0.0.1:8265", True), ("http://localhost:8265", True), ("http://192.0.2.1:8265", False)],
 )
 def test_local_cluster_detection(url: str, local: bool) -> None:
-    from orchestrator.cli_sweep import _is_this_machine
+    from orchestrator.cli.sweep_commands import _is_this_machine
 
     # A head on this machine shares RESNET_ORCH_HOME with its driver; a remote one (192.0.2.0/24 is TEST-NET) does not.
     assert _is_this_machine(url) is local
 
 
 def test_an_address_this_home_did_not_start_is_another_cluster(home: Path) -> None:
-    from orchestrator.cli_sweep import _started_here
+    from orchestrator.cli.sweep_commands import _started_here
 
     # A port-forward to a cluster elsewhere answers on 127.0.0.1 too: its driver cannot run this machine's venv
     # on this machine's sweep folder (that sent the job a command line the cluster lacks: INTERRUPTED at once).
@@ -199,7 +199,7 @@ def test_a_remote_drivers_progress_is_read_from_the_sweep_storage(home: Path, tm
 
 
 def test_a_remote_driver_gets_no_machine_local_aws_profile_or_home() -> None:
-    from orchestrator.cli_sweep import driver_env
+    from orchestrator.cli.sweep_commands import driver_env
 
     environ = {
         "AWS_ENDPOINT_URL": "http://10.0.0.5:8333",

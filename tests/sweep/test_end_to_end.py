@@ -54,7 +54,7 @@ def _status(sweep_id: str) -> dict[str, Any]:
 
 def _top1_err(model: torch.nn.Module, shards: str, image_size: int, resize_size: int) -> float:
     """Top-1 error over the val shards on one rank, with the training loop's own counting (padding ignored)."""
-    from orchestrator.train_loop import batch_sums
+    from orchestrator.training.train_loop import batch_sums
     from pipelines.loader import LoaderSpec
     from pipelines.loader_factory import make_loader
 
@@ -147,14 +147,14 @@ def _driver_pid(sweep_dir: Path) -> int | None:
 
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = proc.info.get("cmdline") or []
-        if "orchestrator.driver" in cmdline and str(sweep_dir) in cmdline:
+        if "orchestrator.sweep.driver" in cmdline and str(sweep_dir) in cmdline:
             return int(proc.info["pid"])
     return None
 
 
 @pytest.mark.slow
 def test_driver_killed_then_resume(orch_home: Path, sample_shards_local: str, tmp_path: Path) -> None:
-    from orchestrator.checkpointing import count_attempts
+    from orchestrator.training.checkpointing import count_attempts
 
     path = _sweep_file(tmp_path, sample_shards_local, grid={"seed": [1, 2]})
     submitted = resnet_orch("submit", str(path))

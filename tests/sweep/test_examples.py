@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
-from orchestrator.config import load_sweep
+from orchestrator.sweep.config import load_sweep
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 EXPECTED_TRIALS = {

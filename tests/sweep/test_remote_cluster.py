@@ -18,7 +18,7 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import stack
+from orchestrator.stack import local_stack as stack
 
 pytestmark = pytest.mark.slow
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.state import (
+from orchestrator.sweep.state import (
     TRANSITIONS,
     InvalidTransition,
     SweepProgress,

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from models import get_model
-from orchestrator.config import TrialConfig, parse_sweep
-from orchestrator.tracking import (
+from orchestrator.sweep.config import TrialConfig, parse_sweep
+from orchestrator.sweep.tracking import (
     CHAMPION,
     TAG_ATTEMPTS,
     TAG_PARENT,
@@ -118,8 +118,8 @@ def test_registry_champion_and_pull(tracker: Tracker, tmp_path: Path) -> None:
 
 
 def test_resume_settles_trials_whose_model_is_registered(tracker: Tracker, tmp_path: Path) -> None:
-    from orchestrator.scheduler import settle_registered
-    from orchestrator.state import SweepProgress, TrialState, TrialStatus
+    from orchestrator.sweep.scheduling import settle_registered
+    from orchestrator.sweep.state import SweepProgress, TrialState, TrialStatus
 
     _, trials, _, run_ids = _sweep_runs(tracker, tmp_path)
     # Trial 0 registered its model, then a cancel that raced with it marked it CANCELLED and its run KILLED.

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.chaos import should_kill
-from orchestrator.config import ChaosConfig
+from orchestrator.sweep.config import ChaosConfig
+from orchestrator.training.chaos import should_kill
 
 CHAOS = ChaosConfig(kill_rank=1, at_step=23)
 

@@ -8,7 +8,7 @@ import pyarrow.fs
 import pytest
 import torch
 
-from orchestrator.checkpointing import (
+from orchestrator.training.checkpointing import (
     MANIFEST_FILE,
     MODEL_FILE,
     CheckpointError,

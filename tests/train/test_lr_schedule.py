@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from orchestrator.config import RecipeConfig
-from orchestrator.lr_schedule import LRSchedule
+from orchestrator.sweep.config import RecipeConfig
+from orchestrator.training.lr_schedule import LRSchedule
 
 
 def test_paper_recipe_divides_by_ten_at_milestones() -> None:

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 
-from orchestrator.restart_policy import (
+from orchestrator.training.restart_policy import (
     Action,
     Failure,
     FailureKind,

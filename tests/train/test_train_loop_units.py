@@ -7,7 +7,7 @@ import logging
 import pytest
 import torch
 
-from orchestrator.train_loop import LiveThroughput, batch_sums, check_num_classes
+from orchestrator.training.train_loop import LiveThroughput, batch_sums, check_num_classes
 from pipelines.loader import LoaderSpec
 from pipelines.loader_factory import make_loader
 from pipelines.presets import IGNORE_INDEX
@@ -63,7 +63,7 @@ def test_fewer_outputs_than_dataset_classes_is_a_config_error() -> None:
 
 
 def test_more_outputs_than_dataset_classes_warns(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="orchestrator.train_loop"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.training.train_loop"):
         check_num_classes(1000, {"a": 0, "b": 1}, "val", "/shards/val")
         check_num_classes(2, {"a": 0, "b": 1}, "val", "/shards/val")
     assert [r.getMessage() for r in caplog.records] == [

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from orchestrator.checkpointing import read_checkpoint
-from orchestrator.config import (
+from orchestrator.stack.ray_head import in_process_ray
+from orchestrator.stack.seaweedfs import SeaweedFS
+from orchestrator.sweep.config import (
     ChaosConfig,
     CheckpointConfig,
     DataConfig,
@@ -23,9 +24,8 @@ from orchestrator.config import (
     ResourcesConfig,
     TrialConfig,
 )
-from orchestrator.ray_head import in_process_ray
-from orchestrator.services import SeaweedFS
-from orchestrator.trial import TrialResult, open_checkpoint, run_trial
+from orchestrator.training.checkpointing import read_checkpoint
+from orchestrator.training.trial import TrialResult, open_checkpoint, run_trial
 
 pytestmark = pytest.mark.timeout(1800)
 
@@ -133,7 +133,7 @@ def independent_val_errors(checkpoint_uri: str, shards: str, image_size: int, re
     import torch
 
     from models import get_model
-    from orchestrator.checkpointing import read_model_state
+    from orchestrator.training.checkpointing import read_model_state
     from pipelines.loader import LoaderSpec
     from pipelines.loader_factory import make_loader
 

@@ -11,7 +11,7 @@ import os
 import signal
 from typing import Literal
 
-from orchestrator.config import ChaosConfig
+from orchestrator.sweep.config import ChaosConfig
 
 logger = logging.getLogger(__name__)
 

@@ -20,19 +20,19 @@ from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
-from orchestrator import metric_names
-from orchestrator.config import ResourcesConfig, SweepConfig, TrialConfig
-from orchestrator.metric_names import BEST_METRIC, RANK_METRIC, VAL_TOP5_ERR
-from orchestrator.ray_head import TRIAL_DRIVER_RESOURCE
-from orchestrator.state import (
+from orchestrator.stack.ray_head import TRIAL_DRIVER_RESOURCE
+from orchestrator.sweep.config import ResourcesConfig, SweepConfig, TrialConfig
+from orchestrator.sweep.layout import SweepPaths, embedded_artifact_root, embedded_tracking_uri, expand, save_progress
+from orchestrator.sweep.state import (
     SweepProgress,
     SweepRecord,
     SweepState,
     TrialState,
     final_sweep_state,
 )
-from orchestrator.sweep import SweepPaths, embedded_artifact_root, embedded_tracking_uri, expand, save_progress
-from orchestrator.tracking import TAG_SWEEP, TAG_TRIAL, Tracker, log_trial_model, numeric_metrics
+from orchestrator.sweep.tracking import TAG_SWEEP, TAG_TRIAL, Tracker, log_trial_model, numeric_metrics
+from orchestrator.training import metric_names
+from orchestrator.training.metric_names import BEST_METRIC, RANK_METRIC, VAL_TOP5_ERR
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ class RestartNotice(UserCallback):
 
 def trial_trainable(config: dict[str, Any]) -> None:
     """One Tune trial: train (Ray Train, restarts inside), then register the final model from this driver."""
-    from orchestrator.checkpointing import read_model_state
-    from orchestrator.trial import open_checkpoint, run_trial
+    from orchestrator.training.checkpointing import read_model_state
+    from orchestrator.training.trial import open_checkpoint, run_trial
 
     config = config[PARAM_KEY]
     trial = TrialConfig.model_validate_json(config["trial"])
@@ -233,7 +233,7 @@ class SweepCallback(tune.Callback):
 
 
 def _load(paths: SweepPaths) -> SweepProgress:
-    from orchestrator.state import load_progress
+    from orchestrator.sweep.state import load_progress
 
     return load_progress(paths.progress)
 

@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator import stack
-from orchestrator.ray_head import is_loopback
+from orchestrator.stack import local_stack as stack
+from orchestrator.stack.ray_head import is_loopback
 
 console = Console()
 err_console = Console(stderr=True)

@@ -20,8 +20,8 @@ import mlflow
 from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
-from orchestrator.config import TrialConfig
-from orchestrator.metric_names import CURVE_METRICS, RANK_METRIC
+from orchestrator.sweep.config import TrialConfig
+from orchestrator.training.metric_names import CURVE_METRICS, RANK_METRIC
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class Tracker:
 
     def log_curves(self, run_id: str, curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], name: str) -> None:
         """Upload a curves PNG (see `plot_curves`) under `curves/` of `run_id`."""
-        from orchestrator.report import plot_curves
+        from orchestrator.sweep.report import plot_curves
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name

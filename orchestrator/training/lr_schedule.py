@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from orchestrator.config import RecipeConfig
+from orchestrator.sweep.config import RecipeConfig
 
 # ReduceLROnPlateau's default threshold: an epoch "improves" when the metric drops by more than 0.01%.
 _PLATEAU_RELATIVE_THRESHOLD = 1e-4

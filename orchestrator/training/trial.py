@@ -24,9 +24,9 @@ from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import UserCallback
 from ray.train.v2.api.exceptions import ControllerError, TrainingFailedError, WorkerGroupError
 
-from orchestrator.checkpointing import count_attempts, latest_complete_checkpoint
-from orchestrator.config import TrialConfig
-from orchestrator.restart_policy import (
+from orchestrator.sweep.config import TrialConfig
+from orchestrator.training.checkpointing import count_attempts, latest_complete_checkpoint
+from orchestrator.training.restart_policy import (
     Action,
     Failure,
     FailureKind,
@@ -34,7 +34,7 @@ from orchestrator.restart_policy import (
     TrainFunctionError,
     classify_message,
 )
-from orchestrator.train_loop import train_func
+from orchestrator.training.train_loop import train_func
 
 logger = logging.getLogger(__name__)
 

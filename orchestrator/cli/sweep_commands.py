@@ -19,10 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.config import ConfigError, ModelConfig, SweepConfig, TrialConfig, load_sweep
-from orchestrator.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S
-from orchestrator.state import SweepProgress, SweepRecord, SweepState, TrialState, save_model
-from orchestrator.sweep import (
+from orchestrator.sweep.config import ConfigError, ModelConfig, SweepConfig, TrialConfig, load_sweep
+from orchestrator.sweep.layout import (
     SweepNotFound,
     create_sweep,
     embedded_artifact_root,
@@ -35,6 +33,8 @@ from orchestrator.sweep import (
     sweep_paths,
     trial_storage,
 )
+from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState, TrialState, save_model
+from orchestrator.training.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S
 
 # Ray reads its auth mode when it is imported: token auth stays on (Ray 2.60's default for clusters, brief).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
@@ -145,8 +145,8 @@ def _started_here(url: str) -> bool:
     """
     from urllib.parse import urlparse
 
-    from orchestrator import stack
-    from orchestrator.ray_head import running_head
+    from orchestrator.stack import local_stack as stack
+    from orchestrator.stack.ray_head import running_head
 
     ours = []
     head = running_head()
@@ -175,8 +175,8 @@ def _cluster(address: str | None) -> tuple[str, bool]:
                     "http://HEAD:8265 or the GCS address HEAD:6379"
                 ) from None
         return address, _started_here(address)
-    from orchestrator import stack
-    from orchestrator.ray_head import RayHeadError, start_head
+    from orchestrator.stack import local_stack as stack
+    from orchestrator.stack.ray_head import RayHeadError, start_head
 
     state, health = stack.status()
     if state is not None and any(h.name == stack.RAY and h.healthy for h in health):
@@ -236,11 +236,11 @@ def _submit_driver(record: SweepRecord, *, resume: bool, address: str, local: bo
     if local:
         # The head runs this venv's Python; the sweep folder is on this machine.
         env["RESNET_ORCH_HOME"] = str(paths.root.parents[1])
-        entrypoint = f"{sys.executable} -m orchestrator.driver {paths.root}"
+        entrypoint = f"{sys.executable} -m orchestrator.sweep.driver {paths.root}"
     else:
         # A remote cluster gets the sweep folder as the job's working dir (its image has the package).
         runtime_env["working_dir"] = str(paths.root)
-        entrypoint = "python -m orchestrator.driver ."
+        entrypoint = "python -m orchestrator.sweep.driver ."
         _warn_unreachable_from_cluster(record)
     if resume:
         entrypoint += " --resume"
@@ -507,7 +507,7 @@ def cancel(sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)"
     if progress.parent_run_id is not None:
         stopped.append(progress.parent_run_id)
     if stopped:
-        from orchestrator.tracking import mark_killed
+        from orchestrator.sweep.tracking import mark_killed
 
         try:
             mark_killed(record.tracking_uri, stopped)
@@ -527,7 +527,7 @@ def pull(
     """Download a registered model as TorchScript (`torch.jit.load(path)`; no MLflow or resnet-orch needed)."""
     from mlflow.exceptions import MlflowException
 
-    from orchestrator.tracking import save_torchscript
+    from orchestrator.sweep.tracking import save_torchscript
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
     try:
@@ -542,7 +542,7 @@ def report(
     output: Path = typer.Option(Path("."), "-o", "--output", help="folder for report.md and report.png"),
 ) -> None:
     """Our top-1/top-5 errors per trial next to the paper's Tables 2-4."""
-    from orchestrator.report import markdown, plot_comparison, rows_from_trials
+    from orchestrator.sweep.report import markdown, plot_comparison, rows_from_trials
 
     sweep_id = _sweep_id(sweep)
     progress = load_sweep_progress(sweep_id)

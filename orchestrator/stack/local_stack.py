@@ -35,9 +35,9 @@ from typing import Any
 
 import psutil
 
-from orchestrator.ray_head import RayHeadError, ensure_auth_token, gcs_healthy, head_launch, short_temp_dir
-from orchestrator.services import SeaweedFS, free_port
-from orchestrator.sweep import orch_home
+from orchestrator.stack.ray_head import RayHeadError, ensure_auth_token, gcs_healthy, head_launch, short_temp_dir
+from orchestrator.stack.seaweedfs import SeaweedFS, free_port
+from orchestrator.sweep.layout import orch_home
 
 logger = logging.getLogger(__name__)
 

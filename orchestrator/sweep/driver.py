@@ -1,6 +1,6 @@
 """The sweep driver: the entrypoint of the Ray Job that `resnet-orch submit` / `resume` starts.
 
-    python -m orchestrator.driver SWEEP_DIR [--resume]
+    python -m orchestrator.sweep.driver SWEEP_DIR [--resume]
 
 It reads the sweep's folder (RESNET_ORCH_HOME/sweeps/<id> when the cluster is local; the job's uploaded working
 dir on a remote cluster), connects to the cluster the job runs on and runs the sweep with Tune. Its log goes to
@@ -16,15 +16,15 @@ import logging
 import sys
 from pathlib import Path
 
-from orchestrator.config import load_sweep
-from orchestrator.state import SweepState, load_progress, load_record
-from orchestrator.sweep import SweepPaths, save_progress
+from orchestrator.sweep.config import load_sweep
+from orchestrator.sweep.layout import SweepPaths, save_progress
+from orchestrator.sweep.state import SweepState, load_progress, load_record
 
-logger = logging.getLogger("orchestrator.driver")
+logger = logging.getLogger("orchestrator.sweep.driver")  # __name__ is "__main__" under `python -m`
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m orchestrator.driver")
+    parser = argparse.ArgumentParser(prog="python -m orchestrator.sweep.driver")
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--resume", action="store_true", help="restore the sweep's Tune state instead of starting")
     args = parser.parse_args(argv)
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from orchestrator.scheduler import SchedulingError, run_sweep
+    from orchestrator.sweep.scheduling import SchedulingError, run_sweep
 
     record = load_record(paths.record)
     config = load_sweep(paths.sweep_file)

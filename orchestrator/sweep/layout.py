@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.config import SweepConfig, TrialConfig, load_sweep
-from orchestrator.state import (
+from orchestrator.sweep.config import SweepConfig, TrialConfig, load_sweep
+from orchestrator.sweep.state import (
     SweepProgress,
     SweepRecord,
     TrialStatus,

@@ -5,7 +5,9 @@ from __future__ import annotations
 import typer
 
 from models import summary as model_summary
-from orchestrator import cli_data, cli_stack, cli_sweep
+from orchestrator.cli import data_commands as cli_data
+from orchestrator.cli import stack_commands as cli_stack
+from orchestrator.cli import sweep_commands as cli_sweep
 
 app = typer.Typer(
     name="resnet-orch",

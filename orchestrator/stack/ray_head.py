@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from orchestrator.services import free_port
-from orchestrator.sweep import orch_home
+from orchestrator.stack.seaweedfs import free_port
+from orchestrator.sweep.layout import orch_home
 
 logger = logging.getLogger(__name__)
 

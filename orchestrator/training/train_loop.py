@@ -25,9 +25,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from models import get_model
-from orchestrator import metric_names as m
-from orchestrator.chaos import Point, maybe_kill, should_kill
-from orchestrator.checkpointing import (
+from orchestrator.sweep.config import TrialConfig
+from orchestrator.training import metric_names as m
+from orchestrator.training.chaos import Point, maybe_kill, should_kill
+from orchestrator.training.checkpointing import (
     RankState,
     TrainState,
     capture_rng,
@@ -39,10 +40,9 @@ from orchestrator.checkpointing import (
     seed_everything,
     write_checkpoint,
 )
-from orchestrator.config import TrialConfig
-from orchestrator.lr_schedule import LRSchedule
-from orchestrator.metrics import TrainMetrics
-from orchestrator.restart_policy import FailureKind, TrainFunctionError, classify_message
+from orchestrator.training.live_metrics import TrainMetrics
+from orchestrator.training.lr_schedule import LRSchedule
+from orchestrator.training.restart_policy import FailureKind, TrainFunctionError, classify_message
 from pipelines.loader import Loader, LoaderSpec
 from pipelines.loader_factory import make_loader
 from pipelines.presets import IGNORE_INDEX

@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # no display on cluster nodes or CI
 import matplotlib.pyplot as plt
 
-from orchestrator.metric_names import TRAIN_TOP1_ERR, VAL_TOP1_ERR, VAL_TOP5_ERR
+from orchestrator.training.metric_names import TRAIN_TOP1_ERR, VAL_TOP1_ERR, VAL_TOP5_ERR
 
 
 @dataclass(frozen=True)
