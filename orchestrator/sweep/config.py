@@ -2,7 +2,8 @@
 
 One frozen class per concern (litgpt's `args.py`, Ray Train's `api/config.py`); every cross-field check
 lives in a validator here, so a bad sweep file is refused at load with the YAML path and the fix, before
-anything is submitted. Nothing in this module touches Ray, S3, MLflow or the environment.
+anything is submitted (the wording of those messages: `config_errors.py`). Nothing in this module touches
+Ray, S3, MLflow or the environment.
 """
 
 from __future__ import annotations
@@ -10,16 +11,13 @@ from __future__ import annotations
 import difflib
 import itertools
 import re
-import types
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
-from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.fields import FieldInfo
-from pydantic_core import ErrorDetails, PydanticUndefined
+
+from orchestrator.sweep.config_errors import PathError, describe_errors, describe_value
 
 # The paper's ImageNet nets (Table 1) and its CIFAR-10 nets of 6n+2 layers (Section 4.2, Table 6).
 IMAGENET_DEPTHS: tuple[int, ...] = (18, 34, 50, 101, 152)
@@ -267,21 +265,21 @@ class SweepConfig(_Strict):
             if axis not in GRID_AXES:
                 close = difflib.get_close_matches(axis, GRID_AXES, n=1)
                 hint = f"did you mean {close[0]}? " if close else ""
-                raise _PathError(("grid", axis), f"unknown axis; {hint}choose among {', '.join(GRID_AXES)}")
+                raise PathError(("grid", axis), f"unknown axis; {hint}choose among {', '.join(GRID_AXES)}")
             if not values:
-                raise _PathError(("grid", axis), "is empty; list at least one value or remove the axis")
+                raise PathError(("grid", axis), "is empty; list at least one value or remove the axis")
             for index, value in enumerate(values):
                 _check_axis_value(self, axis, index, value)
         for trial in self._combinations():
             workers = self.resources.workers
             batch = trial["recipe"].batch_size
             if batch % workers:
-                raise _PathError(
+                raise PathError(
                     ("recipe", "batch_size"),
                     f"{batch} is not divisible by resources.workers={workers}; choose a multiple of {workers}",
                 )
         if self.chaos is not None and self.chaos.kill_rank >= self.resources.workers:
-            raise _PathError(
+            raise PathError(
                 ("chaos", "kill_rank"),
                 f"{self.chaos.kill_rank} is not a rank of a {self.resources.workers}-worker trial; "
                 f"choose 0..{self.resources.workers - 1}",
@@ -343,238 +341,17 @@ def trial_id(index: int, axes: dict[str, Any]) -> str:
     return "-".join(parts)
 
 
-Loc = tuple[str | int, ...]
-
-
-class _PathError(ValueError):
-    """A validation error that knows its own YAML path (grid values are checked one by one)."""
-
-    def __init__(self, loc: Loc, message: str) -> None:
-        super().__init__(message)
-        self.loc = loc
-        self.message = message
-
-
 def _check_axis_value(sweep: SweepConfig, axis: str, index: int, value: Any) -> None:
     loc = ("grid", axis, index)
     if axis == "seed":
         if type(value) is not int:
-            raise _PathError(loc, f"{value!r} is not an integer seed; write whole numbers, e.g. seed: [0, 1, 2]")
+            raise PathError(loc, f"{value!r} is not an integer seed; write whole numbers, e.g. seed: [0, 1, 2]")
         return
     base: BaseModel = sweep.model if axis in _MODEL_AXES else sweep.recipe
     try:
         base.model_validate({**base.model_dump(), axis: value})
     except ValidationError as exc:
-        site, errors = next(iter(_grouped(exc.errors(), type(base)).values()))
-        raise _PathError(loc, _describe(_Site(loc, site.owner, site.field), errors)) from None
-
-
-@dataclass(frozen=True)
-class _Site:
-    """Where an error is: its YAML path, the config class whose keys apply there, and the field (if one)."""
-
-    path: Loc
-    owner: type[BaseModel] | None
-    field: FieldInfo | None
-
-    @property
-    def key(self) -> str | None:
-        """The YAML key of the value; None for a list item (a grid value)."""
-        last = self.path[-1] if self.path else None
-        return last if isinstance(last, str) else None
-
-
-def _members(annotation: Any) -> tuple[Any, ...]:
-    """The types a field accepts, without None (`float | Literal["auto"]` -> float, Literal["auto"])."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        return tuple(a for a in get_args(annotation) if a is not type(None))
-    return (annotation,)
-
-
-def _section(field: FieldInfo | None) -> type[BaseModel] | None:
-    nested = (
-        [m for m in _members(field.annotation) if isinstance(m, type) and issubclass(m, BaseModel)] if field else []
-    )
-    return nested[0] if nested else None
-
-
-def _site(loc: Loc, root: type[BaseModel]) -> _Site:
-    """Walk pydantic's error location through the config classes; drop the union member tags it inserts."""
-    path: list[str | int] = []
-    cls: type[BaseModel] | None = root
-    owner: type[BaseModel] | None = root
-    field: FieldInfo | None = None
-    parts = list(loc)
-    while parts:
-        part = parts.pop(0)
-        path.append(part)
-        owner, field = cls, None
-        if cls is not None and isinstance(part, str) and part in cls.model_fields:
-            field = cls.model_fields[part]
-            cls = _section(field)
-            if cls is None and len(_members(field.annotation)) > 1 and parts and isinstance(parts[0], str):
-                parts.pop(0)  # e.g. ("recipe", "warmup_epochs", "float"): the tag of the union member that failed
-        else:
-            cls = None
-    return _Site(tuple(path), owner, field)
-
-
-def _grouped(errors: list[ErrorDetails], root: type[BaseModel]) -> dict[Loc, tuple[_Site, list[ErrorDetails]]]:
-    """Errors by YAML path, in pydantic's order: each member of a union fails at the same path, reported once."""
-    groups: dict[Loc, tuple[_Site, list[ErrorDetails]]] = {}
-    for error in errors:
-        ctx_error = error.get("ctx", {}).get("error")
-        site = (
-            _Site(ctx_error.loc, None, None) if isinstance(ctx_error, _PathError) else _site(tuple(error["loc"]), root)
-        )
-        groups.setdefault(site.path, (site, []))[1].append(error)
-    return groups
-
-
-def _yaml(key: str | None, value: Any) -> str:
-    """`key: value` (or the bare value of a list item) exactly as it would be written in the sweep file."""
-    text = yaml.safe_dump({key: value} if key is not None else [value], default_flow_style=True, width=1_000_000)
-    return text.strip()[1:-1]
-
-
-def _section_example(cls: type[BaseModel]) -> dict[str, Any]:
-    """A minimal mapping for a config section: its required keys, else its first key."""
-    required = {name: _field_example(f) for name, f in cls.model_fields.items() if f.is_required()}
-    if required:
-        return required
-    for name, field in cls.model_fields.items():
-        if (example := _field_example(field)) is not None:
-            return {name: example}
-    return {}
-
-
-def _field_example(field: FieldInfo | None) -> Any:
-    """A valid value of the field for a "write ..." hint: its documented example, else its default."""
-    if field is None:
-        return None
-    if field.examples:
-        return field.examples[0]
-    section = _section(field)
-    if section is not None:
-        return _section_example(section)
-    default = field.get_default(call_default_factory=True)
-    return None if default is PydanticUndefined or default == {} else default
-
-
-# What a value of each pydantic type error should have been, in the words of a YAML user.
-_EXPECTED = {
-    "float_type": "a number",
-    "int_type": "a whole number",
-    "bool_type": "true or false",
-    "string_type": "text",
-    "list_type": "a list",
-    "tuple_type": "a list",
-    "dict_type": "a mapping of keys",
-    "model_type": "a mapping of keys",
-}
-_BOUNDS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
-# PyYAML (YAML 1.1) reads `1e-4` as the text '1e-4': its float pattern needs a dot (`1.0e-4`).
-_DOTLESS_EXPONENT = re.compile(r"^[-+]?\d+[eE][-+]?\d+$")
-
-
-def _expected(error: ErrorDetails) -> str:
-    """What the value should have been ("a number", "one of 'A', 'B' or 'C'"); "" for an error type not listed."""
-    if error["type"] == "literal_error":
-        allowed = str(error.get("ctx", {}).get("expected"))
-        return f"one of {allowed}" if " or " in allowed else allowed
-    return _EXPECTED.get(error["type"], "")
-
-
-def _given(value: Any) -> str:
-    """The offending value as the user sees it: quoted if text; YAML spelling for booleans and null."""
-    return _yaml(None, value) if value is None or isinstance(value, bool) else repr(value)
-
-
-def _from_text(text: str, kinds: set[str]) -> Any:
-    """The number or boolean a quoted (or dotless-exponent) YAML scalar meant, if it means one of `kinds`."""
-    lowered = text.strip().lower()
-    if "bool_type" in kinds and lowered in ("true", "false", "yes", "no", "on", "off"):
-        return lowered in ("true", "yes", "on")
-    if "int_type" in kinds and re.fullmatch(r"[-+]?\d+", lowered):
-        return int(lowered)
-    if "float_type" in kinds:
-        try:
-            number = float(lowered)
-        except ValueError:
-            return None
-        return int(number) if number.is_integer() and "e" not in lowered and "." not in lowered else number
-    return None
-
-
-def _describe(site: _Site, errors: list[ErrorDetails]) -> str:
-    """The message after `file: path: `, saying what was given and what to write instead."""
-    first = errors[0]
-    kind, given, key = first["type"], first.get("input"), site.key
-    shown = _given(given)
-    ctx_error = first.get("ctx", {}).get("error")
-    if isinstance(ctx_error, _PathError):
-        return ctx_error.message
-    if kind == "value_error":
-        return _clean_message(first["msg"], given)
-    if kind == "extra_forbidden":
-        valid = sorted(site.owner.model_fields) if site.owner else []
-        close = difflib.get_close_matches(str(key), valid, n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        return f"unknown key; {hint}valid keys here: {', '.join(valid)}"
-    example = _field_example(site.field)
-    if kind == "missing":
-        return f"is required; add it, e.g. {_yaml(key, example)}" if example is not None else "is required"
-    if kind in _BOUNDS and site.field is not None:
-        return _out_of_range(site.field, shown, _yaml(key, example) if example is not None else None)
-    kinds = {e["type"] for e in errors}
-    expected = [_expected(e) for e in errors]
-    if not all(expected):
-        return f"{first['msg']} (got {shown})" + (f"; e.g. {_yaml(key, example)}" if example is not None else "")
-    what = " or ".join(expected)
-    if isinstance(given, str) and (meant := _from_text(given, kinds)) is not None:
-        if _DOTLESS_EXPONENT.match(given.strip()):
-            return f"{shown} is text to YAML, not {what} (an exponent needs a dot: 1.0e-4); write {_yaml(key, meant)}"
-        return f"{shown} is text (quoted), not {what}; write it without quotes: {_yaml(key, meant)}"
-    if isinstance(given, list) and key in GRID_AXES and not kinds & {"list_type", "tuple_type"}:
-        return (
-            f"{shown} is a list, but {key} takes one value here; to sweep it, list the values under grid: "
-            f"{_yaml('grid', {key: given})}"
-        )
-    if kinds & {"list_type", "tuple_type"} and not isinstance(given, (dict, list)):
-        return f"{shown} is not a list; write a list, even of one value: {_yaml(key, [given])}"
-    if kind == "string_type" and not isinstance(given, (dict, list)):
-        return f"{shown} is not text; quote it: {_yaml(key, str(given))}"
-    write = "one of them" if what.startswith("one of") else what
-    return f"{shown} is not {what}; write {write}" + (f", e.g. {_yaml(key, example)}" if example is not None else "")
-
-
-def _out_of_range(field: FieldInfo, shown: str, example: str | None) -> str:
-    """`0 is out of range; write a whole number > 0, e.g. epochs: 90`: all bounds of the field, not just the one hit."""
-    symbols = {Gt: (">", "gt"), Ge: (">=", "ge"), Lt: ("<", "lt"), Le: ("<=", "le")}
-    bounds = [
-        f"{symbol} {getattr(limit, attr)}"
-        for limit in field.metadata
-        for cls, (symbol, attr) in symbols.items()
-        if isinstance(limit, cls)
-    ]
-    number = "a whole number" if int in _members(field.annotation) else "a number"
-    hint = f", e.g. {example}" if example is not None else ""
-    return f"{shown} is out of range; write {number} {' and '.join(bounds)}{hint}"
-
-
-def _clean_message(msg: str, value: Any) -> str:
-    """Pydantic's message, led by the offending value unless the message names it (or it is a whole section)."""
-    msg = msg.removeprefix("Value error, ")
-    if isinstance(value, dict) or repr(value) in msg or str(value) in msg:
-        return msg
-    return f"{value!r}: {msg}"
-
-
-def _format_loc(loc: Loc) -> str:
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
+        raise PathError(loc, describe_value(exc, type(base), loc)) from None
 
 
 def parse_sweep(data: Any, source: str = "<sweep>") -> SweepConfig:
@@ -584,11 +361,7 @@ def parse_sweep(data: Any, source: str = "<sweep>") -> SweepConfig:
     try:
         return SweepConfig.model_validate(data)
     except ValidationError as exc:
-        lines = [
-            f"{source}: {_format_loc(path) or '<top>'}: {_describe(site, errors)}"
-            for path, (site, errors) in _grouped(exc.errors(), SweepConfig).items()
-        ]
-        raise ConfigError("\n".join(dict.fromkeys(lines))) from None
+        raise ConfigError(describe_errors(exc, SweepConfig, source, sweepable=GRID_AXES)) from None
 
 
 def load_sweep(path: str | Path) -> SweepConfig:
