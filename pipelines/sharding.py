@@ -181,6 +181,13 @@ def split_folders(src: Path) -> dict[str, Path]:
     return found if "train" in found else {}
 
 
+def split_jobs(src: Path, dest: str, labels: Path | None = None) -> dict[str, tuple[Path, str]]:
+    """What `data shard SRC DEST` writes where: each split folder of a dataset root to `DEST/<split>`, or (a single
+    folder, or a flat one with a labels file) SRC itself to DEST under the name ''."""
+    splits = split_folders(src) if labels is None else {}
+    return {name: (path, f"{dest.rstrip('/')}/{name}") for name, path in splits.items()} or {"": (src, dest)}
+
+
 # ---------------------------------------------------------------------------------------------- plan
 
 

@@ -15,6 +15,7 @@ Everything a user or a test run touches is under one root, so two of them never 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -22,8 +23,9 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from orchestrator.sweep.config import SweepConfig, TrialConfig, load_sweep
+from orchestrator.sweep.config import SweepConfig, TrialConfig
 from orchestrator.sweep.state import (
     SweepProgress,
     SweepRecord,
@@ -31,8 +33,8 @@ from orchestrator.sweep.state import (
     load_progress,
     load_record,
     save_model,
-    write_json_atomic,
 )
+from pipelines.files import write_atomic
 from pipelines.storage import open_store
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,11 @@ def embedded_tracking_uri() -> str:
 
 def embedded_artifact_root() -> Path:
     return orch_home() / "mlflow" / "artifacts"
+
+
+def tracking_uri(configured: str | None = None) -> str:
+    """The MLflow store to use: the one configured (sweep file, option), else MLFLOW_TRACKING_URI, else embedded."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,23 @@ def trial_storage(sweep_id: str, config: SweepConfig) -> str:
     return f"{base.rstrip('/')}/{sweep_id}"
 
 
+def preview(config: SweepConfig) -> list[dict[str, Any]]:
+    """What `validate` shows of each trial: its id, multiply-adds per image, and the config it would run with."""
+    from models import get_model
+    from models.summary import count_macs
+
+    trials = config.expand(storage_root=trial_storage("<sweep id>", config))
+    macs: dict[str, int] = {}  # the same model at the same size is counted once
+    described = []
+    for trial in trials:
+        kwargs = trial.model.model_kwargs()
+        key = json.dumps([trial.model.registry_name, kwargs, trial.recipe.image_size], sort_keys=True)
+        if key not in macs:
+            macs[key] = count_macs(get_model(trial.model.registry_name, **kwargs), trial.recipe.image_size)
+        described.append({"id": trial.trial_id, "macs_per_image": macs[key], "config": trial.model_dump(mode="json")})
+    return described
+
+
 def expand(sweep_id: str, config: SweepConfig) -> list[TrialConfig]:
     """The sweep's trials, each storing under this sweep's own folder (so a resubmit never reuses old state)."""
     storage = trial_storage(sweep_id, config)
@@ -142,7 +166,7 @@ def create_sweep(sweep_file: Path, config: SweepConfig, *, ray_address: str | No
         name=config.name,
         sweep_file=str(sweep_file.resolve()),
         storage=trial_storage(sweep_id, config),
-        tracking_uri=tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri(),
+        tracking_uri=tracking_uri(tracking.uri),
         experiment=tracking.experiment or config.name,
         registered_model=tracking.registered_model or config.name,
         ray_address=ray_address,
@@ -166,7 +190,7 @@ def save_progress(record: SweepRecord, paths: SweepPaths, progress: SweepProgres
     """
     progress.updated_at = time.time()
     payload = progress.model_dump_json(indent=2)
-    write_json_atomic(paths.progress, payload)
+    write_atomic(paths.progress, payload)
     try:
         open_store(record.storage).put_bytes(STORAGE_PROGRESS, payload.encode())
     except Exception as exc:  # storage unreachable for a moment: the next write catches up; the sweep goes on
@@ -196,7 +220,3 @@ def load_sweep_progress(sweep_id: str) -> SweepProgress:
             save_model(paths.progress, remote)
             return remote
     return load_progress(paths.progress)
-
-
-def load_sweep_config(sweep_id: str) -> SweepConfig:
-    return load_sweep(sweep_paths(sweep_id).sweep_file)

@@ -155,6 +155,18 @@ def plot_comparison(rows: Sequence[ReportRow], path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def write_report(trials: Sequence[Mapping[str, Any]], sweep_id: str, output: Path) -> tuple[str, Path, Path]:
+    """`report.md` and `report.png` of a sweep's trials (`status --json` objects) in `output`; returns (the Markdown,
+    its path, the PNG's path)."""
+    rows = rows_from_trials(trials)
+    output.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows, f"Sweep {sweep_id}")
+    md, png = output / "report.md", output / "report.png"
+    md.write_text(text, encoding="utf-8")
+    plot_comparison(rows, png, sweep_id)
+    return text, md, png
+
+
 def plot_curves(curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], path: Path) -> None:
     """Figure 4 of the paper: plain nets left, residual nets right; thin = train error, bold = val error.
 

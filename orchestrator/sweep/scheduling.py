@@ -106,7 +106,7 @@ def trial_trainable(config: dict[str, Any]) -> None:
     monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracker.tracking_uri)
     monitor.start()
     try:
-        result = run_trial(trial, run_config_name=trial.trial_id, callbacks=[RestartNotice()])
+        result = run_trial(trial, callbacks=[RestartNotice()])
     finally:
         monitor.finish()
     if result.error is not None:

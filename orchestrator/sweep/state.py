@@ -8,14 +8,14 @@ applies transitions as Tune reports on trials, the CLI reads the same files afte
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from pipelines.files import write_atomic
 
 
 class TrialState(StrEnum):
@@ -164,21 +164,9 @@ class SweepProgress(BaseModel):
         }
 
 
-def write_json_atomic(path: Path, payload: str) -> None:
-    """Readers never see a half-written file: write a sibling temp file, then rename over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model(path: Path, model: BaseModel) -> None:
-    write_json_atomic(path, model.model_dump_json(indent=2))
+    """Write a record or progress so that a reader (the CLI, while the driver writes) never sees half of it."""
+    write_atomic(path, model.model_dump_json(indent=2))
 
 
 def load_record(path: Path) -> SweepRecord:

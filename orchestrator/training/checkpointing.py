@@ -17,7 +17,6 @@ batch that would have come next (ray-project/ray#37633, #48224 replay or skip da
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -31,6 +30,8 @@ from typing import Any
 import numpy as np
 import pyarrow.fs
 import torch
+
+from pipelines.files import sha256_file
 
 FORMAT_VERSION = 1
 MODEL_FILE = "model.pt"
@@ -115,14 +116,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _save_synced(obj: Any, path: Path) -> None:
     with path.open("wb") as f:
         torch.save(obj, f)
@@ -159,7 +152,7 @@ def write_checkpoint(
             "epoch_step": state.epoch_step,
             "attempt": state.attempt,
             "files": {
-                name: {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+                name: {"bytes": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)}
                 for name in (MODEL_FILE, STATE_FILE)
             },
         }
@@ -184,7 +177,7 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         )
     for name, expected in manifest["files"].items():
         path = directory / name
-        if not path.is_file() or path.stat().st_size != expected["bytes"] or _sha256(path) != expected["sha256"]:
+        if not path.is_file() or path.stat().st_size != expected["bytes"] or sha256_file(path) != expected["sha256"]:
             raise CheckpointError(f"{path} is missing or does not match {MANIFEST_FILE}: the checkpoint is corrupt")
     return manifest
 

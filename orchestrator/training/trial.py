@@ -14,7 +14,6 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlparse
 
 import pyarrow.fs
 import ray.train
@@ -35,6 +34,7 @@ from orchestrator.training.restart_policy import (
     classify_message,
 )
 from orchestrator.training.train_loop import train_func
+from pipelines.storage import S3Settings
 
 logger = logging.getLogger(__name__)
 
@@ -64,24 +64,15 @@ class TrialResult:
 def storage_location(storage: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
     """(storage_path, storage_filesystem) for Ray Train's `RunConfig` from a local path or `s3://bucket/prefix`.
 
-    For S3 the endpoint and keys come from the standard AWS environment variables; `AWS_ENDPOINT_URL` points at
-    a non-AWS server such as SeaweedFS (path-style addressing, plain HTTP when the URL says so).
+    For S3 the endpoint and keys come from the standard AWS environment variables (`S3Settings`); `AWS_ENDPOINT_URL`
+    points at a non-AWS server such as SeaweedFS (path-style addressing, plain HTTP when the URL says so).
     """
     if not storage.startswith("s3://"):
         if "://" in storage:
             raise ValueError(f"storage: {storage!r} is neither a path nor an s3:// URI; use one of those")
         return os.path.abspath(os.path.expanduser(storage)), None
-    kwargs: dict[str, Any] = {
-        "access_key": os.environ.get("AWS_ACCESS_KEY_ID"),
-        "secret_key": os.environ.get("AWS_SECRET_ACCESS_KEY"),
-        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-    }
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    if endpoint:
-        parsed = urlparse(endpoint)
-        kwargs.update(endpoint_override=parsed.netloc or parsed.path, scheme=parsed.scheme or "https")
-        kwargs["force_virtual_addressing"] = False
-    return storage.removeprefix("s3://").rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
+    filesystem: pyarrow.fs.FileSystem = S3Settings.from_env().arrow_filesystem()
+    return storage.removeprefix("s3://").rstrip("/"), filesystem
 
 
 def failure_from_errors(worker_errors: dict[int, Exception], failures_so_far: int) -> Failure:
@@ -139,7 +130,6 @@ class ReporterCallback(UserCallback):
 def build_trainer(
     cfg: TrialConfig,
     *,
-    run_config_name: str | None = None,
     reporter: Reporter | None = None,
     callbacks: Sequence[UserCallback] = (),
 ) -> TorchTrainer:
@@ -167,7 +157,7 @@ def build_trainer(
             num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker
         ),
         run_config=RunConfig(
-            name=run_config_name or cfg.trial_id,
+            name=cfg.trial_id,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
@@ -180,7 +170,6 @@ def build_trainer(
 def run_trial(
     cfg: TrialConfig,
     *,
-    run_config_name: str | None = None,
     reporter: Reporter | None = None,
     callbacks: Sequence[UserCallback] = (),
 ) -> TrialResult:
@@ -190,8 +179,8 @@ def run_trial(
     must pickle. Inside a Ray Tune function trainable the metrics also go to Tune (`TuneReportCallback`).
     Re-running a trial with the same name and storage resumes it from its latest checkpoint.
     """
-    name = run_config_name or cfg.trial_id
-    trainer = build_trainer(cfg, run_config_name=name, reporter=reporter, callbacks=callbacks)
+    name = cfg.trial_id
+    trainer = build_trainer(cfg, reporter=reporter, callbacks=callbacks)
     storage_path, storage_filesystem = storage_location(cfg.storage)
     fs = storage_filesystem or pyarrow.fs.LocalFileSystem()
     trial_path = f"{storage_path}/{name}"
