@@ -1,6 +1,6 @@
 """Parameters and multiply-adds of a model, per stage and block: compare architectures before a sweep.
 
-    python -m models.summary resnet50 --shortcut A --variant v1 --image-size 224
+    resnet-orch summary resnet50 --shortcut A --variant v1 --image-size 224     (prints `summary_table`)
 
 Multiply-adds count the conv and linear layers (what the paper's Table 1 "FLOPs" counts); BN, ReLU, pooling
 and the residual additions are left out. Models are built on the `meta` device: no memory, no weights.
@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import typer
-from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
@@ -119,38 +117,18 @@ def _trace(model: nn.Module, image_size: int) -> tuple[dict[str, int], dict[str,
     return macs, shapes
 
 
-app = typer.Typer(add_completion=False, help=__doc__)
+def summary_table(name: str, overrides: dict[str, object], image_size: int | None = None, blocks: bool = True) -> Table:
+    """A registered model's layers with their output shapes, parameters and multiply-adds, as a table.
 
-
-@app.command()
-def summary(
-    name: str = typer.Argument(..., help="registered model, e.g. resnet50, cifar_resnet56, test_resnet"),
-    shortcut: str | None = typer.Option(None, help="A (zero-pad identity), B (projection when dims grow), C (all)"),
-    plain: bool = typer.Option(False, "--plain", help="the plain net: same layers, no shortcuts"),
-    variant: str | None = typer.Option(
-        None, help="v1 (stride in the bottleneck's 1x1, the paper) or v1.5 (in the 3x3)"
-    ),
-    base_width: int | None = typer.Option(None, help="width of the first stage (64 ImageNet, 16 CIFAR)"),
-    num_classes: int | None = typer.Option(None, help="classifier outputs"),
-    image_size: int | None = typer.Option(None, min=1, help="input resolution (default 224; 32 for the CIFAR nets)"),
-    blocks: bool = typer.Option(True, "--blocks/--stages", help="one row per block, or per stage only"),
-) -> None:
-    """Print a model's layers with their output shapes, parameters and multiply-adds."""
-    given = {"shortcut": shortcut, "variant": variant, "base_width": base_width, "num_classes": num_classes}
-    overrides: dict[str, object] = {k: v for k, v in given.items() if v is not None}
-    if plain:
-        overrides["residual"] = False
-    console = Console()
-    try:
-        with torch.device("meta"):
-            model = get_model(name, **overrides)
-        if image_size is None:
-            image_size = int(getattr(model, "default_image_size", 224))
-        rows = summarize(model, image_size)
-    except ValueError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(code=2) from None
-
+    The model is built on the `meta` device (no memory, no weights). `image_size` defaults to the model's own
+    (`default_image_size`: 32 for the CIFAR nets) else 224; `blocks=False` keeps one row per stage. Raises
+    `ValueError` for an unknown model or option, naming the valid ones.
+    """
+    with torch.device("meta"):
+        model = get_model(name, **overrides)
+    if image_size is None:
+        image_size = int(getattr(model, "default_image_size", 224))
+    rows = summarize(model, image_size)
     options = " ".join(f"{k}={v}" for k, v in {**model_options(name), **overrides}.items())
     table = Table(title=f"{name} at {image_size}x{image_size}", caption=options)
     for column in ("layer", "type", "output (C, H, W)"):
@@ -166,7 +144,7 @@ def summary(
     total_macs = sum(r.macs for r in rows if r.depth == 0)
     table.add_section()
     table.add_row("total", "", "", f"{count_params(model):,}", _format_count(total_macs))
-    console.print(table)
+    return table
 
 
 def _format_count(n: int) -> str:
@@ -174,7 +152,3 @@ def _format_count(n: int) -> str:
         if n >= scale:
             return f"{n / scale:.2f} {unit}"
     return str(n)
-
-
-if __name__ == "__main__":
-    app()

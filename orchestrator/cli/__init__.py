@@ -1,13 +1,15 @@
-"""The `resnet-orch` command: one typer app that mounts each area's commands from its own module."""
+"""The `resnet-orch` command: one typer app that mounts each area's commands from its own module.
+
+Importing this package loads typer, rich and the light parts of the library only; torch, Ray, DALI and MLflow are
+imported inside the commands that use them, so `--help`, `list` and `status` answer at once.
+"""
 
 from __future__ import annotations
 
 import typer
 
-from models import summary as model_summary
-from orchestrator.cli import data_commands as cli_data
-from orchestrator.cli import stack_commands as cli_stack
-from orchestrator.cli import sweep_commands as cli_sweep
+from orchestrator.cli import data_commands, model_commands, stack_commands, sweep_commands
+from orchestrator.sweep.jobs import set_client_defaults
 
 app = typer.Typer(
     name="resnet-orch",
@@ -15,7 +17,14 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-cli_sweep.register(app)  # validate, submit, resume, status, list, logs, cancel, pull, report, ui
-cli_stack.register(app)  # up, down, stack status
-app.add_typer(cli_data.app, name="data")  # data shard, data check
-app.command("summary", help="Layers, parameters and multiply-adds of a registered model.")(model_summary.summary)
+
+
+@app.callback()
+def _client_defaults() -> None:
+    set_client_defaults()
+
+
+sweep_commands.register(app)  # validate, submit, resume, status, list, logs, cancel, pull, report, ui
+stack_commands.register(app)  # up, down, stack status, stack env
+app.add_typer(data_commands.app, name="data")  # data shard, data check
+model_commands.register(app)  # summary

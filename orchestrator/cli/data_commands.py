@@ -2,32 +2,28 @@
 
 Exit codes: 0 done / shard set healthy, 1 `check` found problems, 2 bad input (message, no traceback).
 Endpoint, credentials and region come from the standard AWS variables/profile; none is printed.
+The pipelines (numpy, torch, DALI) are imported by the command that runs, not by `--help`.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from pipelines.check import CheckReport, check_shards
-from pipelines.loader import Backend
-from pipelines.sharding import ShardingError, ShardReport, parse_size, shard_dataset, split_folders
-from pipelines.storage import StorageError
+from orchestrator.cli.errors import FAILED, err, fail, out
+
+if TYPE_CHECKING:
+    from pipelines.check import CheckReport
+    from pipelines.sharding import ShardReport
 
 app = typer.Typer(name="data", help="Shard ImageNet-style folders to WebDataset tars; check shard sets.")
-console = Console()
-err_console = Console(stderr=True)
 
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
+BACKENDS = ("auto", "dali", "torch")
 
 
 def _progress(quiet: bool) -> Progress:
@@ -37,7 +33,7 @@ def _progress(quiet: bool) -> Progress:
         MofNCompleteColumn(),
         TextColumn("images"),
         TimeRemainingColumn(),
-        console=err_console,
+        console=err(),
         disable=quiet,
     )
 
@@ -71,13 +67,14 @@ def shard(
     as_json: bool = typer.Option(False, "--json", help="last line: one JSON object with the report"),
 ) -> None:
     """Write SRC as WebDataset shards + DALI index files + manifest.json at DEST (resumable)."""
+    from pipelines.sharding import ShardingError, parse_size, shard_dataset, split_jobs
+    from pipelines.storage import StorageError
+
     try:
         shard_bytes = parse_size(shard_size)
-        splits = split_folders(src) if labels is None else {}
-        jobs = {name: (path, _join(dest, name)) for name, path in splits.items()} or {"": (src, dest)}
         reports: dict[str, ShardReport] = {}
         with _progress(as_json) as progress:
-            for name, (split_src, split_dest) in jobs.items():
+            for name, (split_src, split_dest) in split_jobs(src, dest, labels).items():
                 task = progress.add_task(f"sharding {name or src.name}", total=None)
 
                 def update(done: int, total: int, task: TaskID = task) -> None:
@@ -93,18 +90,14 @@ def shard(
                     progress=update,
                 )
     except (ShardingError, StorageError) as exc:
-        raise _fail(str(exc)) from None
-    console.print(_shard_table(reports))
+        raise fail(str(exc)) from None
+    out().print(_shard_table(reports))
     for report in reports.values():
         for bad in report.skipped:
-            console.print(f"skipped (undecodable): {bad['file']}: {bad['error']}", highlight=False, soft_wrap=True)
+            out().print(f"skipped (undecodable): {bad['file']}: {bad['error']}", highlight=False, soft_wrap=True)
     if as_json:
         payload = {split: vars(r) for split, r in reports.items()}
         typer.echo(json.dumps(payload))
-
-
-def _join(dest: str, name: str) -> str:
-    return f"{dest.rstrip('/')}/{name}"
 
 
 def _check_table(report: CheckReport) -> Table:
@@ -135,9 +128,12 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="last line: one JSON object (samples, classes, ...)"),
 ) -> None:
     """Read every sample through the training pipeline; report counts, decode errors and images/s."""
-    if backend not in ("auto", "dali", "torch"):
-        raise _fail(f"--backend {backend!r}: choose auto, dali or torch")
-    chosen: Backend = backend  # type: ignore[assignment]  # checked just above
+    if backend not in BACKENDS:
+        raise fail(f"--backend {backend!r}: choose auto, dali or torch")
+    from pipelines.check import check_shards
+    from pipelines.sharding import ShardingError
+    from pipelines.storage import StorageError
+
     try:
         with _progress(as_json) as progress:
             task = progress.add_task(f"checking {uri}", total=None)
@@ -145,20 +141,15 @@ def check(
                 uri,
                 batch_size=batch_size,
                 num_threads=num_threads,
-                backend=chosen,
+                backend=backend,  # type: ignore[arg-type]  # one of BACKENDS, checked above
                 progress=lambda done, total: progress.update(task, completed=done, total=total),
             )
     except (ShardingError, StorageError, ValueError, ImportError) as exc:
-        raise _fail(str(exc)) from None
-    console.print(_check_table(report))
+        raise fail(str(exc)) from None
+    out().print(_check_table(report))
     for name in report.bad_samples:
-        console.print(f"undecodable: {name}", highlight=False)
+        out().print(f"undecodable: {name}", highlight=False)
     if as_json:
         typer.echo(json.dumps(report.as_dict()))
     if not report.ok:
-        raise typer.Exit(1)
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.WARNING)
-    app()
+        raise typer.Exit(FAILED)

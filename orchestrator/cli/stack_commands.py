@@ -1,5 +1,8 @@
 """`resnet-orch up|down` and `resnet-orch stack status|env`: the local stack (Ray, MLflow, S3) on this machine.
 
+The stack's record is the one record of what runs for this home: the Ray head that `submit` starts on the embedded
+default is listed here and stopped by `down` too.
+
 Exit codes: 0 done / all healthy, 1 a service failed or is unhealthy, 2 bad input (no traceback).
 """
 
@@ -8,31 +11,24 @@ from __future__ import annotations
 import shlex
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from orchestrator.cli.errors import FAILED, USAGE_ERROR, fail, out, warn
 from orchestrator.stack import local_stack as stack
 from orchestrator.stack.ray_head import is_loopback
 
-console = Console()
-err_console = Console(stderr=True)
-
-UNHEALTHY = 1
-USAGE_ERROR = 2
-
-stack_app = typer.Typer(name="stack", help="Inspect the local stack started by `resnet-orch up`.", no_args_is_help=True)
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
+stack_app = typer.Typer(
+    name="stack",
+    help="Inspect the local stack started by `resnet-orch up` (or the Ray head started by `submit`).",
+    no_args_is_help=True,
+)
 
 
 def _print_env(state: stack.StackState) -> None:
     for key, value in state.client_env().items():
         if key.startswith("AWS_SECRET"):
             continue  # a secret stays in its 0600 file; `resnet-orch stack env` prints it for `eval`
-        console.print(f"  {key}={value}", highlight=False, soft_wrap=True)
+        out().print(f"  {key}={value}", highlight=False, soft_wrap=True)
 
 
 def _running_stack() -> tuple[stack.StackState, list[stack.Health]]:
@@ -40,9 +36,9 @@ def _running_stack() -> tuple[stack.StackState, list[stack.Health]]:
     try:
         state, health = stack.status()
     except stack.StackError as e:
-        raise _fail(str(e), USAGE_ERROR) from None
+        raise fail(str(e), USAGE_ERROR) from None
     if state is None:
-        raise _fail("no local stack is running; start one with `resnet-orch up`", UNHEALTHY)
+        raise fail("no local stack is running; start one with `resnet-orch up`", FAILED)
     return state, health
 
 
@@ -77,42 +73,43 @@ def up(
 ) -> None:
     """Start Ray (with dashboard), an MLflow server and SeaweedFS S3 here; reuse those already running."""
     if not is_loopback(host):
-        err_console.print(
-            f"[yellow]warning:[/yellow] --host {host} exposes the MLflow server, S3 and the Ray dashboard beyond "
-            "this machine; only Ray checks a token",
-            highlight=False,
+        warn(
+            f"--host {host} exposes the MLflow server, S3 and the Ray dashboard beyond this machine; "
+            "only Ray checks a token"
         )
     try:
         state, started = stack.up(host=host, bucket=bucket, num_cpus=num_cpus, timeout_s=timeout_s)
     except stack.StackError as e:
-        raise _fail(f"{e}\nrun `resnet-orch down` to clean up what did start", UNHEALTHY) from None
-    console.print(_services_table(state, stack.check_health(state), started))
-    console.print(f"Ray dashboard: {state.services[stack.RAY].url}", highlight=False)
-    console.print("client environment (`eval $(resnet-orch stack env)` sets it, secret key included):")
+        raise fail(f"{e}\nrun `resnet-orch down` to clean up what did start", FAILED) from None
+    out().print(_services_table(state, stack.check_health(state), started))
+    out().print(f"Ray dashboard: {state.services[stack.RAY].url}", highlight=False)
+    out().print("client environment (`eval $(resnet-orch stack env)` sets it, secret key included):")
     _print_env(state)
 
 
 def down(
     timeout_s: float = typer.Option(60.0, "--timeout", min=1.0, help="seconds to wait for each service to exit"),
 ) -> None:
-    """Stop the local stack: every process it started exits and every port it opened closes."""
+    """Stop the local stack (and the Ray head `submit` started): every process exits and every port closes."""
     try:
         stopped = stack.down(timeout_s=timeout_s)
     except stack.StackError as e:
-        raise _fail(str(e), UNHEALTHY) from None
+        raise fail(str(e), FAILED) from None
     if not stopped:
-        console.print("no local stack is running")
+        out().print("no local stack is running")
         return
-    console.print(f"stopped: {', '.join(stopped)}", highlight=False)
+    out().print(f"stopped: {', '.join(stopped)}", highlight=False)
 
 
 @stack_app.command("status")
 def status_command() -> None:
     """Health of each service of the local stack; exits 1 unless all are healthy."""
     state, health = _running_stack()
-    console.print(_services_table(state, health))
+    out().print(_services_table(state, health))
+    if any(item.detail == stack.NOT_STARTED for item in health):
+        out().print("`resnet-orch up` starts the services not started; `resnet-orch down` stops them all")
     if not all(item.healthy for item in health):
-        raise typer.Exit(UNHEALTHY)
+        raise typer.Exit(FAILED)
 
 
 @stack_app.command("env")

@@ -1,10 +1,11 @@
-"""The local Ray head: start or reuse one per RESNET_ORCH_HOME, with its dashboard on 127.0.0.1.
+"""The local Ray head, the one way this project starts Ray outside a cluster: `ray start --head --block` with its
+dashboard, as a service of the local stack (`local_stack.py` records, checks and stops it, for `up` and for
+`submit` on the embedded default alike).
 
-`start_head` serves `resnet-orch submit` (the embedded default); `head_launch`, the `ray start --head` command line
-with its environment, serves it and the local stack (stack.py). Every port is a free one and the temp dir is
-private, so this head never becomes the machine's "current cluster" that a plain `ray.init()` elsewhere would
-attach to (Ray writes `ray_current_cluster` into the temp dir it was given). `in_process_ray` is the Ray that tests
-and benchmarks start inside their own process to call `run_trial` directly.
+Every port is a free one and the temp dir is private, so this head never becomes the machine's "current cluster"
+that a plain `ray.init()` elsewhere would attach to (Ray writes `ray_current_cluster` into the temp dir it was
+given). `in_process_ray` is the Ray that tests and benchmarks start inside their own process to call `run_trial`
+directly.
 """
 
 from __future__ import annotations
@@ -14,18 +15,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.stack.seaweedfs import free_port
-from orchestrator.sweep.layout import orch_home
+from orchestrator.stack import processes
+from orchestrator.stack.processes import LOOPBACK, ServiceRecord, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +30,6 @@ logger = logging.getLogger(__name__)
 # cluster must declare it on at least one node (docs/cluster.md).
 TRIAL_DRIVER_RESOURCE = "resnet_orch_trial_driver"
 TRIAL_DRIVER_SLOTS = 1000
-LOOPBACK = "127.0.0.1"
 
 # Every port `ray start --head` would otherwise take at a fixed default (10001, 52365, ...), besides the GCS and
 # dashboard ports that clients need to know.
@@ -54,13 +49,6 @@ class RayHeadError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class RayHead:
-    gcs_address: str
-    dashboard_url: str
-    temp_dir: str
-
-
-@dataclass(frozen=True)
 class HeadLaunch:
     """A `ray start --head` command line, the ports it was given and the environment it must run with."""
 
@@ -73,7 +61,7 @@ class HeadLaunch:
 def head_launch(
     ray_exe: str, temp_dir: Path, *, host: str = LOOPBACK, num_cpus: int | None = None, block: bool = False
 ) -> HeadLaunch:
-    """The one way this project starts a Ray head: the embedded one below and the local stack's (stack.py).
+    """The `ray start --head` command line of the local head (see `start`), every port free.
 
     `host` is the node IP and the dashboard's interface; `block=True` keeps `ray start` in the foreground as the
     parent of every Ray process, so signalling it tears the whole head down.
@@ -124,43 +112,23 @@ def short_temp_dir(owner: Path) -> Path:
 
 
 def ensure_auth_token(ray_exe: str) -> None:
-    """Token auth stays on (brief): make sure a token exists for `ray start` and its clients to use."""
+    """Make sure a token exists for `ray start` and its clients: the head runs with token auth on (Ray 2.60's
+    default for clusters), so a dashboard or job API reachable from elsewhere is never open."""
     if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
         return
     # Creates ~/.ray/auth_token only when there is none, the same file every local Ray client reads.
+    env = processes.child_env()
+    env.setdefault("RAY_AUTH_MODE", "token")
     done = subprocess.run(
-        [ray_exe, "get-auth-token", "--generate"], env=ray_env(), capture_output=True, text=True, check=False
+        [ray_exe, "get-auth-token", "--generate"], env=env, capture_output=True, text=True, check=False
     )
     if done.returncode != 0:
         raise RayHeadError(f"`ray get-auth-token --generate` failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
 
 
-def _head_file() -> Path:
-    return orch_home() / "ray" / "head.json"
-
-
 def gcs_healthy(dashboard_url: str) -> bool:
-    try:
-        # /api/gcs_healthz is exempt from token auth and answers 200 only while the GCS is up.
-        with urllib.request.urlopen(f"{dashboard_url}/api/gcs_healthz", timeout=3) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-def running_head() -> RayHead | None:
-    path = _head_file()
-    if not path.is_file():
-        return None
-    head = RayHead(**json.loads(path.read_text(encoding="utf-8")))
-    return head if gcs_healthy(head.dashboard_url) else None
-
-
-def ray_env() -> dict[str, str]:
-    env = dict(os.environ)
-    # Ray 2.60's token auth stays on (brief); clients and the head agree through this variable.
-    env.setdefault("RAY_AUTH_MODE", "token")
-    return env
+    # /api/gcs_healthz is exempt from token auth and answers 200 only while the GCS is up.
+    return processes.http_ok(f"{dashboard_url}/api/gcs_healthz")
 
 
 @contextlib.contextmanager
@@ -182,61 +150,22 @@ def in_process_ray(num_cpus: int) -> Iterator[None]:
         ray.shutdown()
 
 
-def start_head(num_cpus: int | None = None, timeout_s: float = 120.0) -> RayHead:
-    """Start a head for this home (or return the running one)."""
-    head = running_head()
-    if head is not None:
-        return head
-    ray_exe = shutil.which("ray", path=str(Path(sys.executable).parent)) or shutil.which("ray")
-    if ray_exe is None:
-        raise RayHeadError("the `ray` executable is not on PATH; install the package (pip install -e .)")
-    temp_dir = short_temp_dir(orch_home())
+def start(
+    temp_dir: Path, log: Path, *, host: str = LOOPBACK, num_cpus: int | None = None, timeout_s: float = 180.0
+) -> ServiceRecord:
+    """Start a Ray head (with dashboard) that outlives this process; returns it once its GCS answers.
+
+    `--block` keeps `ray start` as the parent of every Ray process: stopping it (`processes.stop`) tears them all
+    down. On loopback the head stays a one-node cluster by design; multi-node Ray is infra/k8s or infra/aws.
+    """
+    ray_exe = processes.executable("ray")
+    temp_dir.mkdir(parents=True, exist_ok=True)
     ensure_auth_token(ray_exe)
-    launch = head_launch(ray_exe, temp_dir, num_cpus=num_cpus)
+    launch = head_launch(ray_exe, temp_dir, host=host, num_cpus=num_cpus, block=True)
+    env = processes.child_env(RAY_AUTH_MODE="token", **launch.env)
+    url = f"http://{processes.connect_host(host)}:{launch.dashboard_port}"
+    ports = (launch.gcs_port, launch.dashboard_port)
     logger.info("starting a local Ray head: %s", " ".join(launch.cmd))
-    done = subprocess.run(
-        launch.cmd, env={**ray_env(), **launch.env}, capture_output=True, text=True, timeout=timeout_s, check=False
+    return processes.start(
+        "ray", launch.cmd, env, log=log, url=url, ports=ports, probe=lambda: gcs_healthy(url), timeout_s=timeout_s
     )
-    if done.returncode != 0:
-        raise RayHeadError(f"`ray start --head` failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
-    head = RayHead(
-        gcs_address=f"{LOOPBACK}:{launch.gcs_port}",
-        dashboard_url=f"http://{LOOPBACK}:{launch.dashboard_port}",
-        temp_dir=str(temp_dir),
-    )
-    deadline = time.monotonic() + timeout_s
-    while not gcs_healthy(head.dashboard_url):
-        if time.monotonic() > deadline:
-            raise RayHeadError(f"the Ray dashboard at {head.dashboard_url} did not answer in {timeout_s:.0f} s")
-        time.sleep(0.5)
-    _head_file().parent.mkdir(parents=True, exist_ok=True)
-    _head_file().write_text(json.dumps(asdict(head)), encoding="utf-8")
-    return head
-
-
-def stop_head() -> bool:
-    """Stop this home's head only: the processes whose command line names its temp dir (never `ray stop`)."""
-    path = _head_file()
-    if not path.is_file():
-        return False
-    head = RayHead(**json.loads(path.read_text(encoding="utf-8")))
-    import psutil
-
-    mine = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(proc.info.get("cmdline") or [])
-        if head.temp_dir in cmdline or head.gcs_address in cmdline:
-            mine.append(proc)
-    for proc in mine:
-        try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            continue
-    _, alive = psutil.wait_procs(mine, timeout=10)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            continue
-    path.unlink(missing_ok=True)
-    return True

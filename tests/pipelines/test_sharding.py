@@ -11,10 +11,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 from wds2idx import IndexCreator  # DALI's own index writer: the reference for our index files
 
-from orchestrator.cli.data_commands import app
 from pipelines.loader import LoaderSpec
 from pipelines.loader_factory import make_loader
 from pipelines.sharding import MANIFEST_NAME, ShardingError, parse_size, read_manifest, shard_dataset
@@ -130,56 +128,3 @@ def test_labels_file_naming_a_missing_image_is_a_clear_error(tmp_path: Path) -> 
     (tmp_path / "labels.tsv").write_text("file\twnid\nmissing.JPEG\tn000\n")
     with pytest.raises(ShardingError, match=r"lists 'missing.JPEG', which is not in"):
         shard_dataset(tmp_path, str(tmp_path / "out"))
-
-
-def test_cli_bad_input_exits_2_without_traceback(tmp_path: Path) -> None:
-    result = CliRunner().invoke(app, ["shard", str(tmp_path / "nope"), str(tmp_path / "out")])
-    assert result.exit_code == 2
-    assert "is not a folder" in result.output and "Traceback" not in result.output
-    assert "sharding" not in result.output  # refused before any progress is shown
-    result = CliRunner().invoke(app, ["shard", str(tmp_path), str(tmp_path / "out"), "--shard-size", "big"])
-    assert result.exit_code == 2 and "--shard-size 'big'" in result.output
-    result = CliRunner().invoke(app, ["check", str(tmp_path)])
-    assert result.exit_code == 2 and "manifest.json not found" in result.output
-
-
-def test_cli_shard_then_check_json(tiny_images_dir: Path, tmp_path: Path) -> None:
-    dest = str(tmp_path / "out")
-    result = CliRunner().invoke(app, ["shard", str(tiny_images_dir), dest, "--shard-size", "60k", "--json"])
-    assert result.exit_code == 0, result.output
-    assert json.loads(result.output.strip().splitlines()[-1])["-"]["samples"] == 48
-    result = CliRunner().invoke(app, ["check", dest, "--json", "--num-threads", "2", "--batch-size", "16"])
-    assert result.exit_code == 0, result.output
-    report = json.loads(result.output.strip().splitlines()[-1])
-    assert (report["samples"], report["classes"], report["decode_errors"]) == (48, 8, 0)
-    assert set(report["per_class"].values()) == {6}
-
-
-def test_cli_shards_train_and_val_class_folders(tiny_images_dir: Path, tmp_path: Path) -> None:
-    root = tmp_path / "imagenet"
-    with open(tiny_images_dir / "labels.tsv") as f:
-        for i, row in enumerate(csv.DictReader(f, dialect="excel-tab")):
-            split = "val" if i % 6 == 0 else "train"
-            (root / split / row["wnid"]).mkdir(parents=True, exist_ok=True)
-            shutil.copy(tiny_images_dir / row["file"], root / split / row["wnid"] / row["file"])
-    dest = tmp_path / "out"
-    result = CliRunner().invoke(app, ["shard", str(root), str(dest), "--shard-size", "100k"])
-    assert result.exit_code == 0, result.output
-    train, val = read_manifest(str(dest / "train")), read_manifest(str(dest / "val"))
-    assert (train["num_samples"], val["num_samples"]) == (40, 8)
-    assert train["classes"] == val["classes"] == {f"n{c:08d}": c for c in range(8)}
-
-
-def test_check_names_a_corrupt_sample_and_exits_1(tiny_shards_local: str, tmp_path: Path) -> None:
-    shards = tmp_path / "shards"
-    shutil.copytree(tiny_shards_local, shards)
-    index_line = (shards / "shard-000001.idx").read_text().splitlines()[1].split()
-    offset, key = int(index_line[1]), index_line[3].removesuffix(".jpg")
-    tar = bytearray((shards / "shard-000001.tar").read_bytes())
-    tar[offset : offset + 64] = b"\0" * 64  # wipe the JPEG header: same size, undecodable
-    (shards / "shard-000001.tar").write_bytes(bytes(tar))
-    result = CliRunner().invoke(app, ["check", str(shards), "--json", "--num-threads", "2", "--batch-size", "16"])
-    assert result.exit_code == 1, result.output
-    report = json.loads(result.output.strip().splitlines()[-1])
-    assert (report["samples"], report["decode_errors"]) == (47, 1)
-    assert report["bad_samples"] == [f"shard-000001.tar:{key}"]

@@ -1,11 +1,10 @@
-"""Fixtures of the sweep tests: a private RESNET_ORCH_HOME (its local Ray head stopped afterwards) and a real
-`mlflow server` subprocess with a sqlite backend and its artifacts in SeaweedFS S3."""
+"""Fixtures of the sweep tests: a private RESNET_ORCH_HOME (whatever runs for it stopped afterwards: the Ray head
+`submit` started) and a real `mlflow server` subprocess with a sqlite backend and its artifacts in SeaweedFS S3."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -14,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.stack.seaweedfs import SeaweedFS, free_port
+from orchestrator.stack.mlflow_server import server_command
+from orchestrator.stack.processes import free_port
+from orchestrator.stack.seaweedfs import SeaweedFS
 
 
 @pytest.fixture
 def orch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    from orchestrator.stack.ray_head import stop_head
+    from orchestrator.stack import local_stack
 
     home = tmp_path / "home"
     monkeypatch.setenv("RESNET_ORCH_HOME", str(home))
@@ -29,7 +30,7 @@ def orch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]
     try:
         yield home
     finally:
-        stop_head()
+        local_stack.down(home)
 
 
 @pytest.fixture
@@ -39,20 +40,12 @@ def mlflow_server(s3_server: SeaweedFS, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = (tmp_path / "mlflow-server.log").open("w")
     env = {**os.environ, **s3_server.aws_env(), "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint_url}
-    cmd = [
-        str(Path(sys.executable).with_name("mlflow")),
-        "server",
-        "--backend-store-uri",
-        f"sqlite:///{tmp_path / 'mlflow-server.db'}",
-        "--artifacts-destination",
-        f"s3://{bucket}/mlflow",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
+    cmd = server_command(
+        host="127.0.0.1",
+        port=port,
+        backend_store_uri=f"sqlite:///{tmp_path / 'mlflow-server.db'}",
+        artifacts_destination=f"s3://{bucket}/mlflow",
+    )
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:

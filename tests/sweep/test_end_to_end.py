@@ -222,7 +222,7 @@ def test_cancel_stops_the_job_and_frees_the_cluster(orch_home: Path, sample_shar
     assert run.info.status == "KILLED"
 
     # The trial's actors went with the job: no Train controller or worker is left holding the head's CPUs.
-    temp_dir = json.loads((orch_home / "ray" / "head.json").read_text())["temp_dir"]
+    temp_dir = json.loads((orch_home / "stack" / "state.json").read_text())["ray_temp_dir"]
     deadline = time.monotonic() + 60
     while _train_actors(temp_dir):
         assert time.monotonic() < deadline, _train_actors(temp_dir)

@@ -1,4 +1,4 @@
-"""The one `ray start --head` command line (ray_head.head_launch) that the embedded head and the local stack share."""
+"""The one `ray start --head` command line (ray_head.head_launch) of the local head, for `up` and `submit` alike."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fast checks of the local stack's bookkeeping: state file, paths, stopping stubborn processes, CLI errors."""
+"""Fast checks of the local stack's bookkeeping: state file, paths, stopping stubborn processes and never a stranger."""
 
 from __future__ import annotations
 
@@ -10,21 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-import typer
-from typer.testing import CliRunner
 
-from orchestrator.cli import stack_commands as cli_stack
 from orchestrator.stack import local_stack as stack
-
-
-def _app() -> typer.Typer:
-    app = typer.Typer()
-    cli_stack.register(app)
-    return app
+from orchestrator.stack import processes
+from orchestrator.stack.processes import ServiceRecord
 
 
 def test_state_file_round_trips() -> None:
-    record = stack.ServiceRecord("s3", 123, "http://127.0.0.1:9", (9,), "/x.log", "1.00")
+    record = ServiceRecord("s3", 123, "http://127.0.0.1:9", (9,), "/x.log", "1.00")
     state = stack.StackState("127.0.0.1", "b", "127.0.0.1:1", "/tmp/r", "/c.json", {"s3": record})
     assert stack.StackState.from_json(json.loads(json.dumps(state.to_json()))) == state
 
@@ -42,32 +35,10 @@ def test_home_comes_from_resnet_orch_home(tmp_path: Path, monkeypatch: pytest.Mo
     assert stack.StackPaths.from_env().state_file == tmp_path / "h" / "stack" / "state.json"
 
 
-def test_status_without_a_stack_exits_1(tmp_path: Path) -> None:
-    result = CliRunner().invoke(_app(), ["stack", "status"], env={"RESNET_ORCH_HOME": str(tmp_path)})
-    assert result.exit_code == 1
-    assert "no local stack is running" in result.output
-
-
-def test_down_without_a_stack_is_a_no_op(tmp_path: Path) -> None:
-    result = CliRunner().invoke(_app(), ["down"], env={"RESNET_ORCH_HOME": str(tmp_path)})
-    assert result.exit_code == 0
-    assert "no local stack is running" in result.output
-
-
-def test_unreadable_state_file_is_a_usage_error_naming_the_file(tmp_path: Path) -> None:
-    state_file = stack.StackPaths.from_env(tmp_path).state_file
-    state_file.parent.mkdir(parents=True)
-    state_file.write_text("{not json")
-    result = CliRunner().invoke(_app(), ["stack", "status"], env={"RESNET_ORCH_HOME": str(tmp_path)})
-    assert result.exit_code == 2
-    assert "state.json" in result.output and "delete the file" in result.output
-    assert "Traceback" not in result.output
-
-
 def test_dead_service_is_reported_unhealthy(tmp_path: Path) -> None:
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    record = stack.ServiceRecord("mlflow", gone.pid, "http://127.0.0.1:1", (1,), "/x.log", "1.00")
+    record = ServiceRecord("mlflow", gone.pid, "http://127.0.0.1:1", (1,), "/x.log", "1.00")
     state = stack.StackState("127.0.0.1", "b", "", "/tmp/r", "/c.json", {"mlflow": record})
     health = {h.name: h for h in stack.check_health(state)}
     assert not health["mlflow"].healthy and f"process {gone.pid} is gone" in health["mlflow"].detail
@@ -89,7 +60,7 @@ def test_down_kills_a_group_that_ignores_sigterm_and_its_detached_child(tmp_path
     time.sleep(0.5)  # let the leader install its SIGTERM handler
     paths = stack.StackPaths.from_env(tmp_path)
     paths.root.mkdir(parents=True)
-    record = stack.ServiceRecord("mlflow", leader.pid, "http://127.0.0.1:1", (), "/x.log", stack._identity(leader.pid))
+    record = ServiceRecord("mlflow", leader.pid, "http://127.0.0.1:1", (), "/x.log", processes.identity(leader.pid))
     state = stack.StackState("127.0.0.1", "b", "", "/tmp/r", str(paths.credentials_file), {"mlflow": record})
     paths.state_file.write_text(json.dumps(state.to_json()))
 
@@ -109,14 +80,14 @@ def test_down_never_signals_a_process_that_reused_a_recorded_pid(tmp_path: Path)
     # as after the service died and the pid was handed out again.
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
     try:
-        started_at = float(stack._identity(stranger.pid))
+        started_at = float(processes.identity(stranger.pid))
         paths = stack.StackPaths.from_env(tmp_path)
         paths.root.mkdir(parents=True)
         records = {
-            "mlflow": stack.ServiceRecord(
+            "mlflow": ServiceRecord(
                 "mlflow", stranger.pid, "http://127.0.0.1:1", (), "/x.log", f"{started_at - 1:.2f}"
             ),
-            "s3": stack.ServiceRecord("s3", stranger.pid, "http://127.0.0.1:1", (), "/x.log", "0.00"),
+            "s3": ServiceRecord("s3", stranger.pid, "http://127.0.0.1:1", (), "/x.log", "0.00"),
         }
         state = stack.StackState("127.0.0.1", "b", "", "/tmp/r", str(paths.credentials_file), records)
         paths.state_file.write_text(json.dumps(state.to_json()))

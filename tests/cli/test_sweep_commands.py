@@ -1,0 +1,116 @@
+"""The sweep commands without a cluster: status/list/report/cancel of a local sweep and of a remote driver's (read
+from the sweep's storage), and `validate` on every shipped example's depth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from orchestrator.sweep.config import load_sweep
+from orchestrator.sweep.layout import (
+    SweepPaths,
+    create_sweep,
+    fetch_progress,
+    load_sweep_progress,
+    load_sweep_record,
+    save_progress,
+    sweep_paths,
+)
+from orchestrator.sweep.state import SweepState, TrialState, save_model
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RESNET_ORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"
+
+
+def test_status_list_report_cancel_without_a_cluster(home: Path, tmp_path: Path) -> None:
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    runner = CliRunner()
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert status["sweep"] == record.sweep_id
+    assert status["state"] == "PENDING"
+    assert [(t["id"], t["state"], t["attempts"]) for t in status["trials"]] == [
+        ("000-residual", "PENDING", 0),
+        ("001-plain", "PENDING", 0),
+    ]
+    table = runner.invoke(app, ["status", record.sweep_id], env={"COLUMNS": "200"}).stdout
+    assert "000-residual │ resnet18 │ yes" in table and "001-plain    │ resnet18 │ no" in table
+    listed = runner.invoke(app, ["list"], env={"COLUMNS": "200"})
+    assert record.sweep_id in listed.stdout and "0/2" in listed.stdout
+
+    progress = load_sweep_progress(record.sweep_id)
+    progress.move("000-residual", TrialState.RUNNING)
+    progress.move("000-residual", TrialState.SUCCEEDED)
+    progress.trial("000-residual").metrics = {"val_top1_err": 0.3, "val_top5_err": 0.1}
+    progress.state = SweepState.RUNNING
+    save_model(sweep_paths(record.sweep_id).progress, progress)
+    # The driver is gone (it never had a job here) while the record says RUNNING: the sweep is resumable.
+    assert json.loads(runner.invoke(app, ["status", record.sweep_id[:-2], "--json"]).stdout)["state"] == "INTERRUPTED"
+
+    reported = runner.invoke(app, ["report", record.sweep_id, "-o", str(tmp_path / "r")])
+    assert reported.exit_code == 0, reported.output
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "| 000-residual | ResNet-18 (B) | SUCCEEDED | 30.00 | 10.00 | - | - | - |" in text
+    assert "| 001-plain | plain-18 | PENDING | - | - | 27.94 | - | Table 2 (10-crop) |" in text
+    assert (tmp_path / "r" / "report.png").stat().st_size > 0
+
+    cancelled = runner.invoke(app, ["cancel", record.sweep_id])
+    assert cancelled.exit_code == 0, cancelled.output
+    status = json.loads(runner.invoke(app, ["status", record.sweep_id, "--json"]).stdout)
+    assert status["state"] == "CANCELLED"
+    assert [t["state"] for t in status["trials"]] == ["SUCCEEDED", "CANCELLED"]
+
+
+def test_a_remote_drivers_progress_is_read_from_the_sweep_storage(home: Path, tmp_path: Path) -> None:
+    source = tmp_path / "sweep.yaml"
+    source.write_text((EXAMPLES / "quickstart.yaml").read_text() + f"storage: {tmp_path / 'bucket'}\n")
+    record = create_sweep(source, load_sweep(source)).model_copy(update={"local": False})
+    save_model(sweep_paths(record.sweep_id).record, record)
+    # The driver, in the job's working dir on the cluster: a copy of the sweep folder.
+    on_cluster = SweepPaths(tmp_path / "cluster" / record.sweep_id)
+    progress = load_sweep_progress(record.sweep_id)
+    progress.state = SweepState.RUNNING
+    progress.move("000-residual", TrialState.RUNNING)
+    progress.trial("000-residual").metrics = {"epoch": 1.0, "val_top1_err": 0.5}
+    progress.move("000-residual", TrialState.SUCCEEDED)
+    progress.move("001-plain", TrialState.RUNNING)
+    save_progress(record, on_cluster, progress)
+
+    runner = CliRunner()
+    status = json.loads(runner.invoke(app, ["status", record.sweep_id, "--json"]).stdout)
+    assert [(t["id"], t["state"], t["metrics"]) for t in status["trials"]] == [
+        ("000-residual", "SUCCEEDED", {"epoch": 1.0, "val_top1_err": 0.5}),
+        ("001-plain", "RUNNING", {}),
+    ]
+    # The client's copy follows the driver's, for `report` and for a `resume` that uploads the folder again.
+    assert load_sweep_record(record.sweep_id).local is False
+    assert sweep_paths(record.sweep_id).progress.read_text() == on_cluster.progress.read_text()
+
+    cancelled = runner.invoke(app, ["cancel", record.sweep_id])
+    assert cancelled.exit_code == 0, cancelled.output
+    stored = fetch_progress(record.storage)
+    assert stored is not None
+    assert stored.state == SweepState.CANCELLED
+    assert [t.state for t in stored.trials] == [TrialState.SUCCEEDED, TrialState.CANCELLED]
+
+
+def test_validate_prints_trials_and_macs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RESNET_ORCH_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(app, ["validate", str(EXAMPLES / "deep_bottleneck.yaml"), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout)
+    assert [t["id"] for t in payload["trials"]] == ["000-depth50", "001-depth101", "002-depth152"]
+    # He et al. 2015, Table 1: 3.8, 7.6 and 11.3 x 10^9 FLOPs (multiply-adds) at 224 px.
+    gmacs = [round(t["macs_per_image"] / 1e9, 1) for t in payload["trials"]]
+    assert gmacs == [3.9, 7.6, 11.3]
+    assert payload["trials"][2]["config"]["model"]["depth"] == 152
+    assert not (tmp_path / "home").exists()  # validate submits nothing

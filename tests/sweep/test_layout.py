@@ -1,0 +1,45 @@
+"""The sweep's folder under RESNET_ORCH_HOME: ids, the files `submit` writes, the embedded defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.sweep.config import load_sweep
+from orchestrator.sweep.layout import create_sweep, load_sweep_progress, new_sweep_id, sweep_paths
+from orchestrator.sweep.state import TrialState
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RESNET_ORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"
+
+
+def test_sweep_folder(home: Path) -> None:
+    source = EXAMPLES / "table2_plain_vs_residual.yaml"
+    record = create_sweep(source, load_sweep(source))
+    paths = sweep_paths(record.sweep_id)
+    assert paths.root == home / "sweeps" / record.sweep_id
+    assert paths.sweep_file.read_text() == source.read_text()
+    assert record.storage == f"s3://resnet-orch/sweeps/{record.sweep_id}"
+    assert (record.experiment, record.registered_model) == ("resnet-table2", "resnet-table2")
+    progress = load_sweep_progress(record.sweep_id)
+    assert [t.state for t in progress.trials] == [TrialState.PENDING] * 4
+    assert {t.config["storage"] for t in progress.trials} == {record.storage}
+
+
+def test_sweep_ids_are_unique_and_readable() -> None:
+    first, second = new_sweep_id("quickstart", now=0), new_sweep_id("quickstart", now=0)
+    assert first.startswith("quickstart-19700101-000000-")
+    assert first != second
+
+
+def test_embedded_defaults(home: Path) -> None:
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    assert record.tracking_uri == f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+    assert record.storage == f"{home / 'storage'}/{record.sweep_id}"
