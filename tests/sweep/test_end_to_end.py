@@ -54,7 +54,7 @@ def _status(sweep_id: str) -> dict[str, Any]:
 
 def _top1_err(model: torch.nn.Module, shards: str, image_size: int, resize_size: int) -> float:
     """Top-1 error over the val shards on one rank, with the training loop's own counting (padding ignored)."""
-    from orchestrator.training.train_loop import batch_sums
+    from orchestrator.training.accounting import batch_sums
     from pipelines.loader import LoaderSpec
     from pipelines.loader_factory import make_loader
 

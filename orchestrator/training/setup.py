@@ -1,0 +1,149 @@
+"""The pieces one rank sets up before its first step: where it runs and at what precision, its loaders, the model
+and the checks that a trial config can train on its shards at all.
+
+Each is a function of the trial config and this rank's place; `train_loop._Trainer` calls them in a fixed order
+(seeding, model creation and loader creation consume random numbers in that order on every attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from models import get_model
+from orchestrator.sweep.config import TrialConfig
+from pipelines.loader import Loader, LoaderSpec
+from pipelines.loader_factory import make_loader
+from pipelines.sharding import read_manifest
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """This rank's place in the trial and how it computes there."""
+
+    rank: int
+    world: int
+    device: torch.device
+    # bf16 autocast needs no loss scaling (same exponent range as fp32), so there is no GradScaler.
+    bf16: bool
+    channels_last: bool
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def place(cfg: TrialConfig) -> Placement:
+    """This rank's placement from the Ray Train context and the recipe; pins its GPU and its CPU thread count."""
+    context = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.cuda.set_device(device)
+    recipe = cfg.recipe
+    placement = Placement(
+        rank=context.get_world_rank(),
+        world=context.get_world_size(),
+        device=device,
+        bf16=recipe.precision == "bf16" or (recipe.precision == "auto" and on_gpu),
+        channels_last=recipe.channels_last if recipe.channels_last is not None else on_gpu,
+    )
+    # A fixed thread count per worker: the same math in the same order on every run of the same seed.
+    torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    return placement
+
+
+def broadcast(value: Any, device: torch.device) -> Any:
+    """Rank 0's `value`, on every rank."""
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=device)
+    return box[0]
+
+
+def build_model(cfg: TrialConfig, at: Placement) -> nn.Module:
+    """The trial's model on this rank's device (channels_last where asked); seed the RNGs first for identical
+    initial weights on every rank."""
+    model: nn.Module = get_model(cfg.model.registry_name, **cfg.model.model_kwargs())
+    model.to(at.device)
+    if at.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return model
+
+
+def loader_spec(cfg: TrialConfig, split: str, uri: str, at: Placement) -> LoaderSpec:
+    recipe = cfg.recipe
+    return LoaderSpec(
+        uri=uri,
+        split=split,  # type: ignore[arg-type]
+        batch_size=cfg.per_worker_batch,
+        preset=recipe.preset,
+        image_size=recipe.image_size,
+        resize_size=recipe.resize_size,
+        dtype="bfloat16" if at.bf16 else "float32",
+        channels_last=at.channels_last,
+        backend=cfg.data.backend,
+        num_threads=cfg.data.num_threads,
+        seed=cfg.seed,
+    )
+
+
+def build_loaders(cfg: TrialConfig, at: Placement) -> tuple[Loader, Loader | None]:
+    """(train loader, val loader or None) of this rank, after checking the model can output every class of each."""
+    train = make_loader(loader_spec(cfg, "train", cfg.data.train, at), at.rank, at.world, at.device)
+    val = (
+        make_loader(loader_spec(cfg, "val", cfg.data.val, at), at.rank, at.world, at.device)
+        if cfg.data.val is not None
+        else None
+    )
+    for split, uri in (("train", cfg.data.train), ("val", cfg.data.val)):
+        if uri is not None:
+            check_num_classes(cfg.model.resolved_num_classes, read_manifest(uri)["classes"], split, uri)
+    return train, val
+
+
+def check_num_classes(num_classes: int, dataset_classes: dict[str, int], split: str, uri: str) -> None:
+    """Refuse a classifier that cannot output every class index of the shards at `uri` (`data.<split>`).
+
+    `dataset_classes` is the manifest's wnid -> class index map. Fewer outputs than classes would fail inside the
+    loss on the first out-of-range label (a device-side assert on GPU); more outputs than classes only train logits
+    no label ever asks for, which is legitimate (a subset, the CI sample) but worth a warning.
+    """
+    classes = max(dataset_classes.values(), default=-1) + 1
+    if classes > num_classes:
+        raise ValueError(
+            f"model.num_classes is {num_classes} but data.{split} ({uri}) has {classes} classes; "
+            f"set model.num_classes: {classes} in the sweep file"
+        )
+    if classes < num_classes:
+        logger.warning(
+            "model.num_classes is %d but data.%s (%s) has %d classes: %d outputs never see a label; "
+            "set model.num_classes: %d unless that is intended",
+            num_classes,
+            split,
+            uri,
+            classes,
+            num_classes - classes,
+            classes,
+        )
+
+
+def steps_per_epoch(cfg: TrialConfig, train: Loader) -> int:
+    """Optimizer steps per epoch: the train loader's batches per rank, capped by `recipe.steps_per_epoch`."""
+    steps = len(train)
+    if cfg.recipe.steps_per_epoch is not None:
+        steps = min(steps, cfg.recipe.steps_per_epoch)
+    if steps == 0:
+        raise ValueError(
+            f"data.train {cfg.data.train}: no full batch of {cfg.per_worker_batch} per worker; "
+            "lower recipe.batch_size or add data"
+        )
+    return steps
