@@ -67,7 +67,8 @@ def shard(
     as_json: bool = typer.Option(False, "--json", help="last line: one JSON object with the report"),
 ) -> None:
     """Write SRC as WebDataset shards + DALI index files + manifest.json at DEST (resumable)."""
-    from pipelines.sharding import ShardingError, parse_size, shard_dataset, split_jobs
+    from pipelines.sharding import parse_size, shard_dataset
+    from pipelines.sources import ShardingError, split_jobs
     from pipelines.storage import StorageError
 
     try:
@@ -131,7 +132,7 @@ def check(
     if backend not in BACKENDS:
         raise fail(f"--backend {backend!r}: choose auto, dali or torch")
     from pipelines.check import check_shards
-    from pipelines.sharding import ShardingError
+    from pipelines.sources import ShardingError
     from pipelines.storage import StorageError
 
     try:

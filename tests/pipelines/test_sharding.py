@@ -15,7 +15,8 @@ from wds2idx import IndexCreator  # DALI's own index writer: the reference for o
 
 from pipelines.loader import LoaderSpec
 from pipelines.loader_factory import make_loader
-from pipelines.sharding import MANIFEST_NAME, ShardingError, parse_size, read_manifest, shard_dataset
+from pipelines.sharding import MANIFEST_NAME, parse_size, read_manifest, shard_dataset
+from pipelines.sources import ShardingError
 
 
 def _tar_labels(shard_dir: Path) -> dict[str, int]:
