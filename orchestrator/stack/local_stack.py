@@ -2,7 +2,7 @@
 
 It mirrors the cluster layout of docs/cluster.md on one machine: Ray for compute, MLflow for tracking
 with its artifacts in S3. Each service is a long-lived process that leads its own session (`processes`),
-recorded (pid, ports, URL) in one state file under RESNET_ORCH_HOME (default ~/.resnet-orch): the one record
+recorded (pid, ports, URL) in one state file under RESNET_ORCH_HOME (`records`; default ~/.resnet-orch): the one record
 of what runs for this home. `up` starts all three and waits until each answers its health check; `submit` on
 the embedded default starts only the Ray head (`ensure_ray`), recorded the same way. A second `up` reuses every
 service that still answers; `down` stops whatever is recorded. Everything listens on 127.0.0.1 unless told
@@ -15,137 +15,57 @@ otherwise.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import fcntl
 import json
 import logging
 import os
 import secrets
-from collections.abc import Collection, Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Collection, Mapping
 
 from orchestrator.stack import mlflow_server, processes, ray_head
 from orchestrator.stack.processes import ProcessError, ServiceRecord
-from orchestrator.stack.ray_head import RayHeadError, short_temp_dir
+from orchestrator.stack.ray_head import RayHeadError
+from orchestrator.stack.records import (
+    MLFLOW,
+    RAY,
+    S3,
+    Health,
+    StackError,
+    StackPaths,
+    StackState,
+    load_state,
+    locked,
+    save_state,
+)
 from orchestrator.stack.seaweedfs import SeaweedFS
-from orchestrator.sweep.layout import orch_home
-from pipelines.files import write_atomic
 from pipelines.storage import S3Settings
+
+__all__ = [
+    "DEFAULT_BUCKET",
+    "DEFAULT_HOST",
+    "MLFLOW",
+    "NOT_STARTED",
+    "RAY",
+    "S3",
+    "Health",
+    "StackError",
+    "StackPaths",
+    "StackState",
+    "check_health",
+    "down",
+    "ensure_ray",
+    "recorded",
+    "status",
+    "up",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_HOST = processes.LOOPBACK
 DEFAULT_BUCKET = "resnet-orch"
-S3, MLFLOW, RAY = "s3", "mlflow", "ray"
 # MLflow's artifacts live in S3 and its server is told the S3 endpoint at start, so S3 comes first.
 START_ORDER = (S3, MLFLOW, RAY)
-_STATE_VERSION = 1
-# Ray puts Unix sockets under <temp-dir>/session_<timestamp>_<pid>/sockets/; Linux caps a socket path at
-# 107 bytes, and the session suffix takes about 60 of them.
-_MAX_RAY_TEMP_DIR_LEN = 40
 # The health detail of a service this home has no record of (e.g. S3 and MLflow when only `submit` started Ray).
 NOT_STARTED = "not started"
-
-
-class StackError(RuntimeError):
-    """A stack service could not be started, checked or stopped; the message says which and why."""
-
-
-@dataclass(frozen=True)
-class StackState:
-    """What the state file records about the services running for this home."""
-
-    host: str
-    bucket: str
-    ray_address: str  # GCS address, for `ray.init(address=...)` and `ray start --address=...`
-    ray_temp_dir: str
-    credentials_file: str
-    services: dict[str, ServiceRecord]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"version": _STATE_VERSION, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> StackState:
-        services = {
-            name: ServiceRecord(**{**record, "ports": tuple(record["ports"])})
-            for name, record in data["services"].items()
-        }
-        fields = {f.name for f in dataclasses.fields(cls)} - {"services"}
-        return cls(services=services, **{k: data[k] for k in fields})
-
-    def s3_settings(self) -> S3Settings:
-        """The stack's S3 endpoint and keys (from the credentials file `up` wrote)."""
-        creds = json.loads(Path(self.credentials_file).read_text())
-        return S3Settings(self.services[S3].url, creds["access_key"], creds["secret_key"], creds["region"])
-
-    def client_env(self) -> dict[str, str]:
-        """Environment that points Ray, MLflow, boto3 and DALI clients at the services of this stack that run."""
-        env: dict[str, str] = {}
-        if RAY in self.services:
-            env.update(
-                RAY_ADDRESS=self.ray_address,
-                RAY_API_SERVER_ADDRESS=self.services[RAY].url,
-                RAY_AUTH_MODE="token",
-            )
-        if MLFLOW in self.services:
-            env["MLFLOW_TRACKING_URI"] = self.services[MLFLOW].url
-        if S3 in self.services:
-            settings = self.s3_settings()
-            env["MLFLOW_S3_ENDPOINT_URL"] = self.services[S3].url
-            env.update(settings.env())
-        return env
-
-
-@dataclass(frozen=True)
-class Health:
-    name: str
-    healthy: bool
-    detail: str
-
-
-@dataclass(frozen=True)
-class StackPaths:
-    """Where the stack keeps its state, logs and data under RESNET_ORCH_HOME."""
-
-    root: Path
-
-    @classmethod
-    def from_env(cls, home: str | os.PathLike[str] | None = None) -> StackPaths:
-        base = Path(home).expanduser().resolve() if home else orch_home()
-        return cls(base / "stack")
-
-    @property
-    def state_file(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def lock_file(self) -> Path:
-        return self.root / "stack.lock"
-
-    @property
-    def credentials_file(self) -> Path:
-        return self.root / "s3-credentials.json"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def s3_data(self) -> Path:
-        return self.root / "s3"
-
-    @property
-    def mlflow_db(self) -> Path:
-        return self.root / "mlflow.db"
-
-    @property
-    def ray_temp_dir(self) -> Path:
-        candidate = self.root / "ray"
-        return candidate if len(str(candidate)) <= _MAX_RAY_TEMP_DIR_LEN else short_temp_dir(self.root)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -162,8 +82,8 @@ def up(
 ) -> tuple[StackState, list[str]]:
     """Start the stack, or reuse what already runs; returns the state and the services (re)started."""
     paths = _prepared(home)
-    with _locked(paths):
-        previous = _load_state(paths)
+    with locked(paths):
+        previous = load_state(paths)
         return _bring_up(paths, previous, START_ORDER, host=host, bucket=bucket, num_cpus=num_cpus, timeout_s=timeout_s)
 
 
@@ -174,8 +94,8 @@ def ensure_ray(home: str | os.PathLike[str] | None = None, *, timeout_s: float =
     `up` and stopped by `down`, like every other service of the stack.
     """
     paths = _prepared(home)
-    with _locked(paths):
-        previous = _load_state(paths)
+    with locked(paths):
+        previous = load_state(paths)
         host, bucket = (previous.host, previous.bucket) if previous else (DEFAULT_HOST, DEFAULT_BUCKET)
         state, _ = _bring_up(paths, previous, (RAY,), host=host, bucket=bucket, num_cpus=None, timeout_s=timeout_s)
         return state.services[RAY]
@@ -183,7 +103,7 @@ def ensure_ray(home: str | os.PathLike[str] | None = None, *, timeout_s: float =
 
 def recorded(home: str | os.PathLike[str] | None = None) -> StackState | None:
     """The recorded state (None when nothing was started), without checking any service."""
-    return _load_state(StackPaths.from_env(home))
+    return load_state(StackPaths.from_env(home))
 
 
 def status(home: str | os.PathLike[str] | None = None) -> tuple[StackState | None, list[Health]]:
@@ -197,8 +117,8 @@ def down(home: str | os.PathLike[str] | None = None, *, timeout_s: float = 60.0)
     paths = StackPaths.from_env(home)
     if not paths.root.exists():
         return []
-    with _locked(paths):
-        state = _load_state(paths)
+    with locked(paths):
+        state = load_state(paths)
         if state is None:
             return []
         stopped = []
@@ -269,12 +189,12 @@ def _bring_up(
             continue
         if old is not None:
             _stop(old)
-            _save_state(paths, _state(paths, host, bucket, {**pending, **records}))
+            save_state(paths, _state(paths, host, bucket, {**pending, **records}))
         records[name] = _start(name, paths, records, host=host, bucket=bucket, num_cpus=num_cpus, timeout_s=timeout_s)
         started.append(name)
-        _save_state(paths, _state(paths, host, bucket, {**pending, **records}))
+        save_state(paths, _state(paths, host, bucket, {**pending, **records}))
     state = _state(paths, host, bucket, records)
-    _save_state(paths, state)
+    save_state(paths, state)
     return state, started
 
 
@@ -379,7 +299,7 @@ def _ray_healthy(state: StackState, record: ServiceRecord) -> tuple[bool, str]:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Stopping and the state file
+# Stopping
 
 
 def _stop(record: ServiceRecord, timeout_s: float = 60.0) -> None:
@@ -387,33 +307,3 @@ def _stop(record: ServiceRecord, timeout_s: float = 60.0) -> None:
         processes.stop(record, timeout_s)
     except ProcessError as e:
         raise StackError(str(e)) from None
-
-
-def _load_state(paths: StackPaths) -> StackState | None:
-    if not paths.state_file.exists():
-        return None
-    try:
-        data = json.loads(paths.state_file.read_text())
-        if data.get("version") != _STATE_VERSION:
-            raise KeyError("version")
-        return StackState.from_json(data)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise StackError(
-            f"{paths.state_file} is not a stack state this version understands ({e}); stop the processes it "
-            "lists by hand, then delete the file"
-        ) from e
-
-
-def _save_state(paths: StackPaths, state: StackState) -> None:
-    write_atomic(paths.state_file, json.dumps(state.to_json(), indent=2))
-
-
-@contextlib.contextmanager
-def _locked(paths: StackPaths) -> Iterator[None]:
-    """One `up`/`down`/`ensure_ray` at a time per RESNET_ORCH_HOME."""
-    with open(paths.lock_file, "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
