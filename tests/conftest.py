@@ -16,8 +16,9 @@ Session-scoped (started once, cleaned up at the end):
 * `tiny_images_dir` -> Path: always generated, `TINY_CLASSES` classes x `TINY_PER_CLASS` small JPEGs +
   labels.tsv (seconds to decode on any backend); `tiny_shards_local` -> str: it sharded, 3+ shards.
 
-Function-scoped, autouse: `_restore_rng` puts the `random`, numpy and torch global RNG states back
-after every test. Tests marked `gpu` are skipped where CUDA is absent.
+Function-scoped: `home` -> Path: a private, empty RESNET_ORCH_HOME (and no MLFLOW_TRACKING_URI from the
+environment), so sweeps land in the embedded store under it. Autouse: `_restore_rng` puts the `random`, numpy and
+torch global RNG states back after every test. Tests marked `gpu` are skipped where CUDA is absent.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("gpu"):
             item.add_marker(skip)
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("RESNET_ORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path / "home"
 
 
 @pytest.fixture(autouse=True)

@@ -25,13 +25,6 @@ from orchestrator.sweep.state import SweepState, TrialState, save_model
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RESNET_ORCH_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path / "home"
-
-
 def test_status_list_report_cancel_without_a_cluster(home: Path, tmp_path: Path) -> None:
     record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
     runner = CliRunner()

@@ -1,4 +1,5 @@
-"""`resnet-orch up` -> `stack status` -> `resnet-orch submit` of a sweep against the stack -> `down`.
+"""`resnet-orch up` -> `stack status` -> `resnet-orch submit` of a sweep against the stack -> `down`; and the README's
+quick start (`submit --wait` on the embedded default) -> `stack status` -> `down`.
 
 Real processes throughout (Ray head with dashboard, `mlflow server`, SeaweedFS), driven through the CLI in
 subprocesses as a user would. The sweep's shards are read from the stack's S3, its trial runs on the stack's
@@ -25,14 +26,17 @@ pytestmark = pytest.mark.slow
 # `resnet-orch ...`, run with this interpreter (the console script may not be on PATH in a test run).
 _CLI = "from orchestrator.cli import app; app()"
 
-# A CPU-sized sweep: the tiny CI model on 32 px crops of the generated images, one epoch of two steps.
-_SWEEP = """
-name: stack-e2e
+# A CPU-sized sweep: the tiny CI model on 32 px crops of the generated images, one epoch of two steps. As is, it is
+# the quick start's shape (embedded MLflow and storage under the home, Ray started by `submit` itself); the stack's
+# sweep adds its storage and tracking server.
+_TINY_SWEEP = """
+name: {name}
 model: {{arch: test_resnet, num_classes: {classes}}}
 recipe: {{image_size: 32, resize_size: 36, batch_size: 4, epochs: 1, steps_per_epoch: 2, precision: fp32}}
 data: {{train: {shards}, val: {shards}, num_threads: 1}}
 resources: {{workers: 1, cpus_per_worker: 1}}
-storage: {storage}
+"""
+_ON_THE_STACK = """storage: {storage}
 tracking: {{uri: {tracking_uri}, experiment: stack-e2e, registered_model: stack-e2e}}
 """
 
@@ -189,12 +193,8 @@ def test_up_status_sweep_down(tmp_path: Path, tiny_images_dir: Path, monkeypatch
         shard_dataset(tiny_images_dir, shards, shard_bytes=60_000)
         sweep_file = tmp_path / "sweep.yaml"
         sweep_file.write_text(
-            _SWEEP.format(
-                classes=_classes(tiny_images_dir),
-                shards=shards,
-                storage=tmp_path / "storage",
-                tracking_uri=client_env["MLFLOW_TRACKING_URI"],
-            )
+            _TINY_SWEEP.format(name="stack-e2e", classes=_classes(tiny_images_dir), shards=shards)
+            + _ON_THE_STACK.format(storage=tmp_path / "storage", tracking_uri=client_env["MLFLOW_TRACKING_URI"])
         )
         submitted = _cli("submit", str(sweep_file), env={**env, **client_env})
         assert submitted.returncode == 0, submitted.stdout + submitted.stderr
@@ -248,6 +248,66 @@ def test_up_status_sweep_down(tmp_path: Path, tiny_images_dir: Path, monkeypatch
     assert "no local stack is running" in after.stderr
     again = _cli("down", env=env)
     assert again.returncode == 0 and "no local stack is running" in again.stdout
+
+
+def test_the_head_a_local_submit_starts_is_listed_and_stopped_by_down(
+    tmp_path: Path, tiny_images_dir: Path, tiny_shards_local: str
+) -> None:
+    home = tmp_path / "home"
+    env = {**os.environ, "RESNET_ORCH_HOME": str(home), "RAY_AUTH_MODE": "token", "COLUMNS": "200"}
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):
+        env.pop(key, None)
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(
+        _TINY_SWEEP.format(name="quickstart-head", classes=_classes(tiny_images_dir), shards=tiny_shards_local)
+    )
+    pids: set[int] = set()
+    ports: set[int] = set()
+    temp_dir = ""
+    try:
+        submitted = _cli("submit", str(sweep_file), "--wait", env=env, timeout=900)
+        assert submitted.returncode == 0, submitted.stdout[-3000:] + submitted.stderr[-3000:]
+
+        # One record of what runs for this home: the Ray head `submit` started is the stack's Ray.
+        state, health = stack.status(home)
+        assert state is not None and list(state.services) == [stack.RAY]
+        assert [(h.name, h.healthy) for h in health] == [("s3", False), ("mlflow", False), ("ray", True)]
+        head = state.services[stack.RAY]
+        assert f"dashboard: {head.url}" in submitted.stdout
+        listed = _cli("stack", "status", env=env)
+        assert listed.returncode == 1  # S3 and MLflow were never started
+        assert head.url in listed.stdout and "healthy" in listed.stdout and "not started" in listed.stdout
+
+        pids = _descendants_and_group(head.pid)
+        ports = set(head.ports) | {port for _, port in _listening_sockets(pids)}
+        temp_dir = state.ray_temp_dir
+        assert len(pids) > 1 and ports >= set(head.ports)
+        stopped = _cli("down", env=env)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert "stopped: ray" in stopped.stdout
+    finally:
+        stack.down(home)  # what an assertion above left running
+
+    assert [pid for pid in pids if _alive(pid)] == []
+    assert _listening_sockets_anywhere(ports) == set()
+    assert _processes_naming(temp_dir) == [] and _processes_naming(str(home)) == []
+    again = _cli("down", env=env)
+    assert again.returncode == 0 and "no local stack is running" in again.stdout
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of live processes that mention `text` (a home, a Ray temp dir)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or not _alive(int(entry)):
+            continue
+        try:
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(cmdline)
+    return found
 
 
 def _alive(pid: int) -> bool:

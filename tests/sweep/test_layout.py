@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from orchestrator.sweep.config import load_sweep
 from orchestrator.sweep.layout import create_sweep, load_sweep_progress, new_sweep_id, sweep_paths
 from orchestrator.sweep.state import TrialState
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-
-
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("RESNET_ORCH_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path / "home"
 
 
 def test_sweep_folder(home: Path) -> None:
