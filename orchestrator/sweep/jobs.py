@@ -94,8 +94,8 @@ def started_here(url: str) -> bool:
 
     Only such a head runs this venv's Python and shares this home's sweep folder with the driver. Any other address
     is a cluster with files of its own, even one answering on 127.0.0.1: a `kubectl port-forward` or `ray dashboard`
-    tunnel (docs/cluster.md), another home's stack. Judging by the host alone sent such sweeps a driver command line
-    that does not exist on the cluster: the job failed at once and the sweep read INTERRUPTED.
+    tunnel (docs/cluster.md), another home's stack. Judged by the host alone, such a sweep would get a driver command
+    line that does not exist on the cluster: its job would fail at once and the sweep read INTERRUPTED.
     """
     from urllib.parse import urlparse
 

@@ -1,6 +1,6 @@
 """The Tune driver: one Tune trial per sweep trial, each a function that runs a Ray Train job (`run_trial`).
 
-Ray Train v2 refuses `Tuner(TorchTrainer)`; a Tune trial is a function that calls `trainer.fit()` (brief). The trial
+Ray Train v2 refuses `Tuner(TorchTrainer)`; under Tune, a trial is a function that calls `trainer.fit()`. The trial
 function holds one unit of a custom resource and no CPU, so trial drivers never take the CPUs their own worker
 groups wait for; how many trials run at once is decided here from the cluster's CPUs/GPUs and
 `max_concurrent_trials`, so the trials that do not fit wait in Tune's queue instead of in Train's startup loop.
