@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.sweep.config_errors import PathError, describe_errors, describe_value
+from orchestrator.sweep.job_env import has_password
 from pipelines.names import unsafe_name
 
 # The paper's ImageNet nets (Table 1) and its CIFAR-10 nets of 6n+2 layers (Section 4.2, Table 6).
@@ -198,8 +199,8 @@ class TrackingConfig(_Strict):
     def _no_password(cls, uri: str | None) -> str | None:
         # The URI is stored with the sweep and printed by `submit`; a sweep file is shared and committed. The message
         # (a PathError: printed as is) names the URI without its credentials.
-        parts = urlsplit(uri) if uri is not None else None
-        if parts is not None and parts.password is not None:
+        if uri is not None and has_password(uri):
+            parts = urlsplit(uri)
             shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
             raise PathError(
                 ("tracking", "uri"),

@@ -71,15 +71,18 @@ TUNE_COPIED_AWS = {
 DRIVER_PROFILE = "resnet-orch-driver"
 
 
-def is_secret(name: str, value: str = "") -> bool:
-    """Whether variable `name` (with `value`) is a secret: by its name, or a URL that holds a password."""
-    upper = name.upper()
-    if any(word in upper for word in _SECRET_WORDS) or upper.endswith("_KEY"):
-        return True
+def has_password(value: str) -> bool:
+    """Whether `value` is a URL with a password in it (`https://user:password@host`)."""
     try:
         return "@" in value and urlsplit(value).password is not None
     except ValueError:  # not a URL at all
         return False
+
+
+def is_secret(name: str, value: str = "") -> bool:
+    """Whether variable `name` (with `value`) is a secret: by its name, or a URL that holds a password."""
+    upper = name.upper()
+    return any(word in upper for word in _SECRET_WORDS) or upper.endswith("_KEY") or has_password(value)
 
 
 def _candidates(environ: Mapping[str, str]) -> dict[str, str]:
