@@ -18,7 +18,8 @@ settings only:
     (`RESNET_ORCH_HOME/job-secrets/<sweep id>.json`, 0600 in a 0700 folder). The runtime env carries its path;
     the driver (`driver.main`) and every worker process of the job (Ray's `worker_process_setup_hook`) load it at
     start (`load_job_secrets`), so the values reach the job's processes without entering Ray's job table or logs.
-    The driver removes the file when it ends, `cancel` when it stops the job.
+    The driver removes the file when it ends, `cancel` when it stops the job; a driver killed outright leaves it
+    (still 0600) until the sweep is resumed and ends, or is cancelled.
 
 One more copy to prevent: Ray Tune copies the driver's AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and session token
 into every trial actor's runtime env (ray/tune/execution/class_cache.py), which the cluster stores and its
