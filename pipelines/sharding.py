@@ -33,6 +33,7 @@ import numpy as np
 
 from pipelines.dali_index import IndexedSample, format_index
 from pipelines.files import sha256_file
+from pipelines.names import unsafe_name
 from pipelines.sources import ShardingError, SourceSample, discover_source
 from pipelines.storage import Store, open_store
 
@@ -314,4 +315,24 @@ def read_manifest(uri: str) -> dict[str, Any]:
     manifest: dict[str, Any] = json.loads(store.read_bytes(MANIFEST_NAME))
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ShardingError(f"{store.location.join(MANIFEST_NAME)} is not a resnet-orch shard manifest")
+    _check_shard_names(manifest, store.location.join(MANIFEST_NAME))
     return manifest
+
+
+def _check_shard_names(manifest: dict[str, Any], where: str) -> None:
+    """Every shard entry names a `.tar` and an `.idx` file of the set's own folder (the flat layout above): a manifest
+    written elsewhere must not point a reader at `../../etc/passwd` or `/etc/passwd`."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(entry, dict) for entry in shards):
+        raise ShardingError(f"{where}: `shards` is not a list of shard entries; re-shard with `resnet-orch data shard`")
+    for i, entry in enumerate(shards):
+        for field_name, suffix in (("name", ".tar"), ("index", ".idx")):
+            name = entry.get(field_name)
+            reason = unsafe_name(name)
+            if reason is None and not str(name).endswith(suffix):
+                reason = f"does not end in {suffix}"
+            if reason is not None:
+                raise ShardingError(
+                    f"{where}: shards[{i}].{field_name} {name!r} {reason}; a manifest names files of its own folder "
+                    "(shard-NNNNNN.tar, .idx), so this one is damaged or hostile: refusing it, re-shard the source"
+                )

@@ -9,6 +9,7 @@ so (epoch, batch) alone determines the next batch and the caller's RNG is untouc
 
 from __future__ import annotations
 
+import io
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from torchvision.transforms import v2
 from pipelines import presets
 from pipelines.dali_index import parse_index
 from pipelines.loader import EpochLoader, EpochPlan, LoaderSpec, ShardSet, derive_seed
+from pipelines.names import check_tar_members
 from pipelines.storage import open_store
 
 logger = logging.getLogger(__name__)
@@ -101,7 +103,10 @@ class TorchLoader(EpochLoader):
 
     def _sample_refs(self) -> list[list[SampleRef]]:
         if self._refs is None:
-            indexes = [parse_index(self._store.read_bytes(name).decode()) for name in self.shards.index_names]
+            indexes = [
+                parse_index(self._store.read_bytes(name).decode(), self._store.location.join(name))
+                for name in self.shards.index_names
+            ]
             self._refs = [
                 [SampleRef(shard, s.members["jpg"], s.members["cls"]) for s in samples]
                 for shard, samples in enumerate(indexes)
@@ -126,7 +131,12 @@ class TorchLoader(EpochLoader):
 
     def _shard_bytes(self, shard: int) -> bytes:
         if shard not in self._cache:
-            self._cache[shard] = self._store.read_bytes(self.shards.tar_names[shard])
+            name = self.shards.tar_names[shard]
+            data = self._store.read_bytes(name)
+            # Read through the index, never extracted; a tar with members named to escape a folder is refused all
+            # the same: it was not written by `data shard` (headers only, cheap next to decoding its images).
+            check_tar_members(io.BytesIO(data), self._store.location.join(name))
+            self._cache[shard] = data
             while len(self._cache) > _CACHED_SHARDS:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(shard)

@@ -100,7 +100,10 @@ def submit(
     """Queue a sweep's trials on a Ray cluster; prints the sweep id."""
     config = _load(sweep_file)
     url, local = _cluster(address)
-    record = create_sweep(sweep_file, config, ray_address=url)
+    try:
+        record = create_sweep(sweep_file, config, ray_address=url)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     _submit(record, resume=False, address=url, local=local)
     if wait:
         raise typer.Exit(_follow(record.sweep_id))

@@ -13,11 +13,14 @@ import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.sweep.config_errors import PathError, describe_errors, describe_value
+from orchestrator.sweep.job_env import has_password
+from pipelines.names import unsafe_name
 
 # The paper's ImageNet nets (Table 1) and its CIFAR-10 nets of 6n+2 layers (Section 4.2, Table 6).
 IMAGENET_DEPTHS: tuple[int, ...] = (18, 34, 50, 101, 152)
@@ -190,6 +193,40 @@ class TrackingConfig(_Strict):
     uri: str | None = Field(default=None, examples=["http://127.0.0.1:5000"])
     experiment: str | None = None
     registered_model: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _no_password(cls, uri: str | None) -> str | None:
+        # The URI is stored with the sweep and printed by `submit`; a sweep file is shared and committed. The message
+        # (a PathError: printed as is) names the URI without its credentials.
+        if uri is not None and has_password(uri):
+            parts = urlsplit(uri)
+            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+            raise PathError(
+                ("tracking", "uri"),
+                f"{shown} is given with a password; write the URI without it and set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment",
+            )
+        return uri
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_name(cls, name: str | None) -> str | None:
+        # The embedded store keeps an experiment's artifacts in a folder of that name (`Tracker`).
+        reason = None if name is None else unsafe_name(name)
+        if reason is not None:
+            raise ValueError(f"{name!r} {reason}; an experiment name is one folder name (spaces and quotes are fine)")
+        return name
+
+    @field_validator("registered_model")
+    @classmethod
+    def _model_name(cls, name: str | None) -> str | None:
+        # `pull NAME@champion` and `models:/NAME/3` split on '@' and '/'; MLflow itself refuses '/' and ':'.
+        if name is not None and not _NAME_PATTERN.match(name):
+            raise ValueError(
+                f"{name!r} is not a valid model name; use letters, digits, '-', '_' or '.' (at most 63 characters)"
+            )
+        return name
 
 
 class ChaosConfig(_Strict):

@@ -46,6 +46,19 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def filter_literal(value: str) -> str:
+    """`value` as a string literal of an MLflow search filter (`name = {literal}`), never as filter syntax.
+
+    MLflow's filter parser (sqlparse) takes a literal in single or double quotes and strips them without unescaping
+    anything, so a value is quoted with a quote character it does not contain. One that contains both, or that ends
+    in a backslash (which would escape the closing quote), cannot be written as a literal and is refused.
+    """
+    for quote in ("'", '"'):
+        if quote not in value and not value.endswith("\\"):
+            return f"{quote}{value}{quote}"
+    raise ValueError(f"{value!r} cannot be searched for in MLflow: it holds both quote characters or ends in '\\'")
+
+
 def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The finite numbers of a Ray report (Tune adds strings, bools and paths that MLflow must not see)."""
     out = {}
@@ -72,7 +85,7 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
 
     def _find(self, **tags: str) -> str | None:
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        query = " and ".join(f"tags.`{k}` = {filter_literal(v)}" for k, v in tags.items())
         runs = sorted(
             self.client.search_runs([self.experiment_id], filter_string=query, max_results=2),
             key=lambda r: r.info.start_time,
@@ -142,13 +155,14 @@ class Tracker:
     # ---- registry ---------------------------------------------------------------------------------------------
 
     def version_of_run(self, model_name: str, run_id: str) -> str | None:
-        versions = self.client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+        query = f"name = {filter_literal(model_name)} and run_id = {filter_literal(run_id)}"
+        versions = self.client.search_model_versions(query)
         return str(versions[0].version) if versions else None
 
     def crown_champion(self, model_name: str, sweep_id: str) -> tuple[str, float] | None:
         """Give the `champion` alias to this sweep's registered version with the lowest top-1 error."""
         best: tuple[str, float] | None = None
-        for version in self.client.search_model_versions(f"name = '{model_name}'"):
+        for version in self.client.search_model_versions(f"name = {filter_literal(model_name)}"):
             if version.tags.get(TAG_SWEEP) != sweep_id or RANK_METRIC not in version.tags:
                 continue
             err = float(version.tags[RANK_METRIC])

@@ -1,4 +1,4 @@
-"""The driver job's side of a sweep: which cluster is this machine, and what a driver gets from this machine."""
+"""The driver job's side of a sweep: which cluster is this machine (what a driver gets from it: test_job_env.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sweep.jobs import driver_env, is_this_machine, started_here
+from orchestrator.sweep.jobs import is_this_machine, started_here
 
 
 @pytest.mark.parametrize(
@@ -22,21 +22,3 @@ def test_an_address_this_home_did_not_start_is_another_cluster(home: Path) -> No
     # A port-forward to a cluster elsewhere answers on 127.0.0.1 too: its driver cannot run this machine's venv
     # on this machine's sweep folder (that sent the job a command line the cluster lacks: INTERRUPTED at once).
     assert started_here("http://127.0.0.1:8265") is False
-
-
-def test_a_remote_driver_gets_no_machine_local_aws_profile_or_home() -> None:
-    environ = {
-        "AWS_ENDPOINT_URL": "http://10.0.0.5:8333",
-        "AWS_PROFILE": "laptop",
-        "AWS_SHARED_CREDENTIALS_FILE": "/home/me/.aws/credentials",
-        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-        "RESNET_ORCH_HOME": "/home/me/.resnet-orch",
-        "RAY_AUTH_MODE": "token",
-        "HOME": "/home/me",
-    }
-    assert driver_env(environ, local=False) == {
-        "AWS_ENDPOINT_URL": "http://10.0.0.5:8333",
-        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-        "RAY_AUTH_MODE": "token",
-    }
-    assert driver_env(environ, local=True) == {k: v for k, v in environ.items() if k != "HOME"}
