@@ -23,7 +23,8 @@ from typing import IO, Any
 import numpy as np
 
 from pipelines import presets
-from pipelines.sharding import CheckedImage, ShardJob
+from pipelines.codecs import CheckedImage
+from pipelines.sharding import ShardJob
 from pipelines.sources import ShardingError
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -34,12 +35,14 @@ TRAIN_IMAGES = 50_000
 # The paper's held-out split (Section 4.2): 45k training images, 5k validation images.
 PAPER_VAL_IMAGES = 5_000
 _PIXELS = presets.CIFAR_SIZE * presets.CIFAR_SIZE * 3
-# What the archive's pickles may construct: numpy arrays (and their dtypes). Anything else in a pickle could run code.
+# What the archive's pickles may construct: numpy arrays (and their dtypes), and bytes as a Python 3 protocol-2 pickle
+# writes them (`_codecs.encode`). Anything else in a pickle could run code.
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
+    ("_codecs", "encode"),
 }
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from pipelines import presets
 from pipelines.cifar import cifar_jobs, is_cifar_source
-from pipelines.sharding import FileCodec, ShardJob
+from pipelines.codecs import FileCodec
+from pipelines.sharding import ShardJob
 from pipelines.sources import ShardingError, discover_source, split_jobs
 
 

@@ -32,15 +32,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from pipelines import presets
+from pipelines.codecs import CheckedImage, Codec, FileCodec
 from pipelines.dali_index import IndexedSample, format_index
 from pipelines.files import sha256_file
-from pipelines.mean_image import PixelSums, warp, write_mean_image
-from pipelines.sources import ShardingError, SourceSample, discover_source
+from pipelines.mean_image import PixelSums, write_mean_image
+from pipelines.sources import ShardingError, discover_source
 from pipelines.storage import Store, open_store
 
 logger = logging.getLogger(__name__)
@@ -50,38 +51,6 @@ MANIFEST_FORMAT = "resnet-orch-webdataset"
 MANIFEST_VERSION = 1
 # A tar member costs a 512-byte header plus padding to 512: two members per sample.
 _TAR_OVERHEAD_PER_SAMPLE = 3 * 512
-# Quality for images we must re-encode (grayscale/CMYK/PNG): high enough not to add visible artefacts.
-_REENCODE_QUALITY = 95
-
-
-@dataclass(frozen=True)
-class CheckedImage:
-    """One sample ready for a tar: its image bytes (None: undecodable, skipped) and, when the mean image is being
-    computed, the image warped to the mean's size (`pipelines.mean_image.warp`)."""
-
-    key: str  # the tar member stem wanted (made unique within its shard)
-    label: int
-    source: str  # where it came from, named in the report
-    data: bytes | None
-    reencoded: bool = False
-    error: str = ""
-    pixels: np.ndarray | None = None
-
-
-class Codec(Protocol):
-    """How the samples of one kind of source go into shards."""
-
-    image_ext: str  # the tar member extension of the image ("jpg", "png")
-
-    def identity(self, sample: Any) -> str:
-        """One line that changes whenever what the sample writes changes (its share of the shard's plan hash)."""
-        ...
-
-    def size_hint(self, sample: Any) -> int:
-        """About the bytes the sample adds to a shard, to size shards before encoding."""
-        ...
-
-    def encode(self, sample: Any, mean_size: int | None) -> CheckedImage: ...
 
 
 @dataclass(frozen=True)
@@ -162,46 +131,6 @@ def parse_size(text: str) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- images
-
-
-def check_image(sample: SourceSample, mean_size: int | None = None) -> CheckedImage:
-    """Decode fully; keep RGB JPEGs byte-for-byte, re-encode anything else (grayscale, CMYK, PNG...) to
-    RGB JPEG; report an undecodable file instead of raising. With `mean_size`, also warp the decoded image for the
-    mean image."""
-    from PIL import Image
-
-    def checked(data: bytes, rgb: Any, reencoded: bool = False) -> CheckedImage:
-        pixels = None if mean_size is None else warp(np.asarray(rgb.convert("RGB")), mean_size)
-        return CheckedImage(sample.path.stem, sample.label, str(sample.path), data, reencoded, pixels=pixels)
-
-    try:
-        data = sample.path.read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # full decode: catches truncated files that Image.open alone accepts
-            if img.format == "JPEG" and img.mode == "RGB":
-                return checked(data, img)
-            rgb = img.convert("RGB")
-        out = io.BytesIO()
-        rgb.save(out, format="JPEG", quality=_REENCODE_QUALITY)
-        return checked(out.getvalue(), rgb, reencoded=True)
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad files
-        error = f"{type(exc).__name__}: {exc}"
-        return CheckedImage(sample.path.stem, sample.label, str(sample.path), None, error=error)
-
-
-class FileCodec:
-    """Image files of an ImageNet-style folder (`pipelines.sources`), kept as RGB JPEG."""
-
-    image_ext = "jpg"
-
-    def identity(self, sample: SourceSample) -> str:
-        return f"{sample.path.name}\t{sample.path.stat().st_size}\t{sample.label}"
-
-    def size_hint(self, sample: SourceSample) -> int:
-        return sample.path.stat().st_size
-
-    def encode(self, sample: SourceSample, mean_size: int | None) -> CheckedImage:
-        return check_image(sample, mean_size)
 
 
 def _sample_key(image: CheckedImage, used: set[str]) -> str:
