@@ -127,13 +127,19 @@ class Tracker:
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
         return metric_history(self.client, run_id, metric)
 
-    def log_curves(self, run_id: str, curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], name: str) -> None:
-        """Upload a curves PNG (see `plot_curves`) under `curves/` of `run_id`."""
+    def log_curves(
+        self,
+        run_id: str,
+        curves: Mapping[str, Mapping[str, list[tuple[int, float]]]],
+        name: str,
+        models: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Upload a curves PNG (see `plot_curves`; `models`: trial id -> model config) under `curves/` of `run_id`."""
         from orchestrator.sweep.report import plot_curves
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
-            plot_curves(curves, path)
+            plot_curves(curves, path, models)
             self.client.log_artifact(run_id, str(path), artifact_path="curves")
 
     def trial_curves(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
