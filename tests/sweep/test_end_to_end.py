@@ -120,6 +120,9 @@ def test_quickstart_end_to_end(orch_home: Path, mlflow_server: str, sample_shard
     killed = next(c for c in children if c.data.tags["resnet_orch.trial_id"] == "001-steps_per_epoch6")
     assert killed.data.params["model.depth"] == "18"
     assert "system/cpu_utilization_percentage" in killed.data.metrics
+    # The final 10-crop numbers went to MLflow with the last epoch's report, as `status` shows them.
+    final = trials["001-steps_per_epoch6"]["metrics"]["final_ten_crop_top1_err"]
+    assert killed.data.metrics["final_ten_crop_top1_err"] == pytest.approx(final, abs=1e-12)
     assert [a.path for a in client.list_artifacts(killed.info.run_id, "curves")] == ["curves/curves.png"]
     assert "checkpoint/model.pt" in [a.path for a in client.list_artifacts(killed.info.run_id, "checkpoint")]
     assert [a.path for a in client.list_artifacts(parents[0].info.run_id, "curves")] == ["curves/figure4.png"]
