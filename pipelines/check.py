@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.io import ImageReadMode, decode_image
 
 from pipelines.dali_index import parse_index
 from pipelines.loader import Backend, LoaderSpec, ShardSet
@@ -124,8 +124,8 @@ def _scan_samples(shards: ShardSet) -> tuple[Counter[int], list[str]]:
         data = store.read_bytes(tar_name)
         for sample in parse_index(store.read_bytes(index_name).decode(), store.location.join(index_name)):
             try:
-                jpeg = torch.frombuffer(bytearray(sample.slice(data, "jpg")), dtype=torch.uint8)
-                decode_jpeg(jpeg, mode=ImageReadMode.RGB)
+                encoded = torch.frombuffer(bytearray(sample.slice(data, shards.image_ext)), dtype=torch.uint8)
+                decode_image(encoded, mode=ImageReadMode.RGB)
                 counts[int(sample.slice(data, "cls"))] += 1
             except (RuntimeError, ValueError) as exc:
                 logger.warning("undecodable sample %s:%s (%s)", tar_name, sample.key, exc)

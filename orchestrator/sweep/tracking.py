@@ -138,19 +138,25 @@ class Tracker:
         self.client.set_terminated(run_id, status=RunStatus.to_string(status))
 
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
-        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, metric))
+        return metric_history(self.client, run_id, metric)
 
-    def log_curves(self, run_id: str, curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], name: str) -> None:
-        """Upload a curves PNG (see `plot_curves`) under `curves/` of `run_id`."""
+    def log_curves(
+        self,
+        run_id: str,
+        curves: Mapping[str, Mapping[str, list[tuple[int, float]]]],
+        name: str,
+        models: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Upload a curves PNG (see `plot_curves`; `models`: trial id -> model config) under `curves/` of `run_id`."""
         from orchestrator.sweep.report import plot_curves
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
-            plot_curves(curves, path)
+            plot_curves(curves, path, models)
             self.client.log_artifact(run_id, str(path), artifact_path="curves")
 
     def trial_curves(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
-        return {metric: self.history(run_id, metric) for metric in CURVE_METRICS}
+        return run_curves(self.client, run_id)
 
     # ---- registry ---------------------------------------------------------------------------------------------
 
@@ -173,6 +179,24 @@ class Tracker:
             self.client.set_registered_model_alias(model_name, CHAMPION, best[0])
             logger.info("%s version %s is the champion (%s=%.4f)", model_name, best[0], RANK_METRIC, best[1])
         return best
+
+
+def metric_history(client: MlflowClient, run_id: str, metric: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of `metric` in `run_id`, by step."""
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
+
+
+def run_curves(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """The Figure 4 curves of one trial's run: each of `CURVE_METRICS` against iterations."""
+    return {metric: metric_history(client, run_id, metric) for metric in CURVE_METRICS}
+
+
+def sweep_curves(tracking_uri: str, run_ids: Mapping[str, str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """trial id -> its curves (`run_curves`), read from the MLflow store at `tracking_uri` (`run_ids`: trial -> run)."""
+    if not run_ids:
+        return {}
+    client = MlflowClient(tracking_uri=tracking_uri)
+    return {trial_id: run_curves(client, run_id) for trial_id, run_id in run_ids.items()}
 
 
 def log_trial_model(
