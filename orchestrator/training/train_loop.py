@@ -191,10 +191,11 @@ class _Trainer:
 
     def run(self) -> None:
         for epoch in range(self.state.epoch, self.epochs):
-            self.train_loader.set_epoch(epoch)
             if self.resume_loader is not None:
+                # Restored first, then moved to `epoch`: a state saved at an epoch's end stands before this epoch.
                 self.train_loader.load_state_dict(self.resume_loader)
                 self.resume_loader = None
+            self.train_loader.set_epoch(epoch)
             self.state.epoch = epoch
             self._end_epoch(self._train_epoch())
 
@@ -339,7 +340,7 @@ class _Trainer:
             train_loss=metrics[m.TRAIN_LOSS],
             data_wait_frac=metrics[m.DATA_WAIT_FRAC],
         )
-        self._capture_state(epoch_end)
+        self._capture_state()
         self._publish(metrics)
 
     def _position(self, epoch_end: bool) -> Position:
@@ -357,7 +358,7 @@ class _Trainer:
             first_step_unix_s=self.first_step_unix_s,
         )
 
-    def _capture_state(self, epoch_end: bool) -> None:
+    def _capture_state(self) -> None:
         """Bring `self.state` up to now: losses, optimizer, schedule, epoch totals and every rank's loader and RNGs."""
         state = self.state
         if self.pending_losses:
@@ -367,7 +368,8 @@ class _Trainer:
         state.schedule = self.schedule.state_dict()
         state.epoch_totals = dict(self.epoch_totals)
         state.attempt = self.attempt
-        mine = RankState(loader=None if epoch_end else self.train_loader.state_dict(), rng=capture_rng())
+        # At an epoch's end too: the DALI pipeline runs on into the next epoch, its state is part of what comes next.
+        mine = RankState(loader=self.train_loader.state_dict(), rng=capture_rng())
         gathered: list[Any] = [None] * self.world
         dist.all_gather_object(gathered, mine)
         state.ranks = gathered
