@@ -31,7 +31,7 @@ def test_cli_shard_then_check_json(tiny_images_dir: Path, tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["shard", str(tiny_images_dir), dest, "--shard-size", "60k", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["-"]["samples"] == 48
-    result = CliRunner().invoke(app, ["check", dest, "--json", "--num-threads", "2", "--batch-size", "16"])
+    result = CliRunner().invoke(app, ["check", dest, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert (report["samples"], report["classes"], report["decode_errors"]) == (48, 8, 0)
@@ -61,7 +61,7 @@ def test_check_names_a_corrupt_sample_and_exits_1(tiny_shards_local: str, tmp_pa
     tar = bytearray((shards / "shard-000001.tar").read_bytes())
     tar[offset : offset + 64] = b"\0" * 64  # wipe the JPEG header: same size, undecodable
     (shards / "shard-000001.tar").write_bytes(bytes(tar))
-    result = CliRunner().invoke(app, ["check", str(shards), "--json", "--num-threads", "2", "--batch-size", "16"])
+    result = CliRunner().invoke(app, ["check", str(shards), "--json"])
     assert result.exit_code == 1, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert (report["samples"], report["decode_errors"]) == (47, 1)
@@ -72,7 +72,7 @@ def test_shard_and_check_cli_over_s3(tiny_images_dir: Path, s3_bucket: str) -> N
     uri = f"s3://{s3_bucket}/tiny-cli"
     result = CliRunner().invoke(app, ["shard", str(tiny_images_dir), uri, "--shard-size", "60k"])
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(app, ["check", uri, "--json", "--num-threads", "2", "--batch-size", "16"])
+    result = CliRunner().invoke(app, ["check", uri, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert (report["samples"], report["classes"], report["decode_errors"]) == (48, 8, 0)
