@@ -9,8 +9,8 @@ as is every batch after a restore: `enable_checkpointing=True` makes `Pipeline.c
 position, the shuffle buffer and every random operator's state after the last returned batch, at an epoch's end too,
 and building with `checkpoint=` continues exactly there (no decoding to fast-forward).
 
-The standard train preset leaves DALI as uint8 pixels and is normalized and cast on the loader's device
-(`normalize_pixels`); labels are decoded from their `.cls` text inside the graph (`dali.decode_labels`).
+On a GPU the standard train preset leaves DALI as uint8 pixels, normalized and cast on the GPU (`normalize_pixels`);
+labels are decoded from their `.cls` text inside the graph (`dali.decode_labels`).
 """
 
 from __future__ import annotations
@@ -46,7 +46,10 @@ class DaliLoader(EpochLoader):
         # The epoch whose seed and file order the pipeline was built with: a checkpoint only fits that graph.
         self._built_epoch: int | None = None
         self._norm = preset_normalization(spec.preset, spec.mean_source)
-        self._uint8 = dali.raw_output(spec.split, spec.preset)
+        # uint8 out of DALI only for a GPU: a quarter of the bytes over PCIe, normalized there for free. On the CPU
+        # DALI's own crop_mirror_normalize in its worker threads plus one copy costs ~0.2 ms per 224px image, the
+        # same normalization in torch ~1.5 ms (measured on the 2-core dev box, docs/performance.md).
+        self._uint8 = dali.raw_output(spec.split, spec.preset) and device.type == "cuda"
         # Validation reads the same samples in the same order with no randomness in any epoch: its pipeline's
         # history does not matter, any epoch start will do.
         self._any_epoch = spec.split == "val" and not spec.shuffled
@@ -137,9 +140,6 @@ class DaliLoader(EpochLoader):
             dtype = torch.uint8 if self._uint8 else torch.float16 if self.spec.dtype == "float16" else torch.float32
             out = torch.empty(dense.shape(), dtype=dtype, device=self.device)
             feed_ndarray(dense, out, cuda_stream=torch.cuda.current_stream(self.device))
-        elif self._uint8:
-            # A view of DALI's buffer: `normalize_pixels` below writes a new tensor before the next `run` reuses it.
-            out = torch.from_numpy(np.asarray(dense))
         else:
             # DALI reuses its output buffers: copy. numpy's copy is ~7x faster here than feed_ndarray into
             # a fresh torch tensor (measured on the 2-core dev box: 24 ms vs 186 ms per 128x3x224x224 fp32).

@@ -261,36 +261,36 @@ def test_dali_labels_decoded_in_the_graph_match_the_cls_text(tiny_shards_local: 
     assert _epoch_labels(make_loader(spec, 0, 1, CPU), epoch=0) == expected
 
 
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_dali_uint8_output_normalized_like_dalis_own_normalize(channels_last: bool, tiny_shards_local: str) -> None:
-    # The standard train preset leaves DALI as uint8 and is normalized by the loader; DALI's crop_mirror_normalize
-    # in float on the same seed (the graph before this loader) is the independent reference.
+@pytest.mark.parametrize("layout", ["CHW", "HWC"])
+def test_uint8_pixels_normalized_like_dalis_own_normalize(layout: str, tiny_shards_local: str) -> None:
+    # On a GPU the standard train preset leaves DALI as uint8 and the loader normalizes (`normalize_pixels`); DALI's
+    # crop_mirror_normalize in float on the same seed is the independent reference (run here on the CPU graph).
     import numpy as np
 
     from pipelines import dali
-    from pipelines.loader import ShardSet, derive_seed, file_order
+    from pipelines.loader import ShardSet
+    from pipelines.normalization import channel_normalization, normalize_pixels
 
-    spec = LoaderSpec(
-        uri=tiny_shards_local, batch_size=6, backend="dali", num_threads=1, seed=4, image_size=48, resize_size=56
-    )
-    spec = spec.model_copy(update={"channels_last": channels_last})
-    loader = make_loader(spec, 0, 1, CPU)
-    loader.set_epoch(0)
-    got = next(iter(loader)).images
     shards = ShardSet.open(tiny_shards_local)
-    order = file_order(len(shards.tars), 4, 0, True)
-    reader = dali.ReaderArgs(
-        paths=tuple(shards.tars[i] for i in order),
-        index_paths=tuple(shards.indexes[i] for i in order),
-        shard_id=0,
-        num_shards=1,
-        shuffle=True,
-    )
-    pipe = dali.build(
-        "train", reader, batch_size=6, num_threads=1, device_id=None, seed=derive_seed(4, 0, 0), image_size=48
-    )
-    expected = torch.from_numpy(np.array(pipe.run()[0].as_tensor()))
-    assert got.dtype == torch.float32 and got.is_contiguous(
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format
-    )
+    reader = dali.ReaderArgs(paths=shards.tars, index_paths=shards.indexes, shard_id=0, num_shards=1, shuffle=True)
+
+    def first_batch(uint8: bool) -> torch.Tensor:
+        pipe = dali.build(
+            "train",
+            reader,
+            batch_size=6,
+            num_threads=1,
+            device_id=None,
+            seed=4,
+            image_size=48,
+            uint8=uint8,
+            layout=layout,  # type: ignore[arg-type]
+        )
+        out = torch.from_numpy(np.array(pipe.run()[0].as_tensor()))
+        return out.permute(0, 3, 1, 2) if layout == "HWC" else out
+
+    raw, expected = first_batch(uint8=True), first_batch(uint8=False)
+    assert raw.dtype == torch.uint8
+    got = normalize_pixels(raw, channel_normalization(), torch.float32)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last if layout == "HWC" else torch.contiguous_format)

@@ -110,6 +110,21 @@ def test_kill_rank1_mid_epoch_resumes_exactly(
     assert sizes == ref_sizes
 
 
+def test_kill_after_an_epoch_end_resumes_exactly_from_it(
+    reference: tuple[TrialResult, list[float], list[int]], sample_shards_s3: str, storage: str
+) -> None:
+    # Step 18: two steps after epoch 0's end (step 16), whose checkpoint holds the DALI pipeline's state there (the
+    # pipeline runs on into epoch 1 rather than being rebuilt): epoch 1 must continue exactly as the reference's.
+    _, ref_losses, ref_sizes = reference
+    cfg = trial("kill-after-epoch", sample_shards_s3, storage, chaos=ChaosConfig(kill_rank=1, at_step=18))
+    result = run_trial(cfg)
+    assert result.ok, result.error
+    assert result.metrics["resumed_from_step"] == STEPS_PER_EPOCH
+    losses, sizes = final_state_of(result)
+    assert losses == pytest.approx(ref_losses, abs=1e-4)
+    assert sizes == ref_sizes
+
+
 @pytest.mark.slow
 def test_kill_during_checkpoint_write_uses_the_previous_one(
     reference: tuple[TrialResult, list[float], list[int]], sample_shards_s3: str, storage: str
