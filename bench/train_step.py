@@ -30,7 +30,7 @@ def variant(name: str, depth: int, width: int) -> tuple[nn.Module, Callable[[tor
     channels_last = name == "channels_last"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if name == "compile" else model  # type: ignore[assignment]
+    forward: Callable[[torch.Tensor], torch.Tensor] = torch.compile(model) if name == "compile" else model
     return model, forward, channels_last
 
 
