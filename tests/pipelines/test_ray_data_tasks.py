@@ -21,8 +21,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _client_env() -> dict[str, str]:
-    """A Ray client's environment for the token-auth cluster: set before Ray is imported, in a process of its own."""
-    return processes.child_env(RAY_AUTH_MODE="token")
+    """A Ray client's environment for the token-auth cluster: set before Ray is imported, in a process of its own.
+    The loopback switch makes the driver take 127.0.0.1 as its node IP, where its local raylet (the head's) is."""
+    return processes.child_env(RAY_AUTH_MODE="token", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
 
 
 def _alive_nodes(address: str) -> int:
