@@ -18,12 +18,13 @@ from orchestrator.stack.processes import LOOPBACK, ServiceRecord
 from pipelines.sharding import MANIFEST_NAME, shard_dataset
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+# A shared 2-core machine under load registers a raylet in more than Ray's default 30 s.
+_SLOW_MACHINE = {"RAY_raylet_start_wait_time_s": "180"}
 
 
 def _client_env() -> dict[str, str]:
-    """A Ray client's environment for the token-auth cluster: set before Ray is imported, in a process of its own.
-    The loopback switch makes the driver take 127.0.0.1 as its node IP, where its local raylet (the head's) is."""
-    return processes.child_env(RAY_AUTH_MODE="token", RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    """A Ray client's environment for the token-auth cluster: set before Ray is imported, in a process of its own."""
+    return processes.child_env(RAY_AUTH_MODE="token", **_SLOW_MACHINE)
 
 
 def _alive_nodes(address: str) -> int:
@@ -44,12 +45,31 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def two_node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("ray-cluster")
-    head = ray_head.start(ray_head.short_temp_dir(tmp), tmp / "head.log", num_cpus=1)
-    address = f"{LOOPBACK}:{head.ports[0]}"
-    # A joining node must not carry the head's RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (Ray refuses to join then).
-    env = processes.child_env(RAY_AUTH_MODE="token")
+    # The project's head keeps every server on loopback (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`), which Ray allows for
+    # one node only; this test head goes without that switch (its GCS then listens on every interface, token auth on)
+    # so that a second node can join it.
+    ray_exe = processes.executable("ray")
+    ray_head.ensure_auth_token(ray_exe)
+    launch = ray_head.head_launch(ray_exe, ray_head.short_temp_dir(tmp), num_cpus=1, block=True)
+    env = processes.child_env(
+        RAY_AUTH_MODE="token",
+        **_SLOW_MACHINE,
+        **{k: v for k, v in launch.env.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"},
+    )
+    url = f"http://{LOOPBACK}:{launch.dashboard_port}"
+    head = processes.start(
+        "ray",
+        launch.cmd,
+        env,
+        log=tmp / "head.log",
+        url=url,
+        ports=(launch.gcs_port, launch.dashboard_port),
+        probe=lambda: ray_head.gcs_healthy(url),
+        timeout_s=300,
+    )
+    address = f"{LOOPBACK}:{launch.gcs_port}"
     cmd = [
-        processes.executable("ray"),
+        ray_exe,
         "start",
         "--block",
         f"--address={address}",
@@ -57,16 +77,20 @@ def two_node_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         "--num-cpus=1",
         "--disable-usage-stats",
     ]
-    node_proc = processes.spawn(cmd, env, tmp / "node.log")
-    node = ServiceRecord("ray-node", node_proc.pid, "", (), str(tmp / "node.log"), processes.identity(node_proc.pid))
+    node: ServiceRecord | None = None
     try:
+        node_proc = processes.spawn(cmd, _client_env(), tmp / "node.log")
+        node = ServiceRecord(
+            "ray-node", node_proc.pid, "", (), str(tmp / "node.log"), processes.identity(node_proc.pid)
+        )
         deadline = time.monotonic() + 180
         while _alive_nodes(address) < 2:
             assert time.monotonic() < deadline, processes.tail(tmp / "node.log")
             time.sleep(2)
         yield address
     finally:
-        processes.stop(node)
+        if node is not None:
+            processes.stop(node)
         processes.stop(head)
 
 
