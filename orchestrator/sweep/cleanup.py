@@ -77,10 +77,11 @@ def remove_orphan_placement_groups(sweep_id: str) -> int:
     """Remove this sweep's orphaned placement groups (a killed driver's can hold the cluster); returns how many."""
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.state.exception import RayStateApiException
 
     try:
         orphans = orphan_placement_groups(sweep_id)
-    except IncompleteListing as exc:
+    except (IncompleteListing, RayStateApiException) as exc:
         logger.warning("not looking for placement groups left by sweep %s: %s", sweep_id, exc)
         return 0
     for pg_id, job_id in orphans:
