@@ -177,6 +177,18 @@ def _artifact_root(tracking_uri: str) -> Path | None:
     return embedded_artifact_root() if tracking_uri == embedded_tracking_uri() else None
 
 
+# The sweep this driver process runs. Tune restores the SweepCallback it pickled in the driver that started the sweep;
+# a resumed sweep's driver on a remote cluster runs from a working dir of its own (the Jobs API unpacks each job's
+# anew), so the restored callback is pointed at this driver's record and sweep dir rather than at the first one's.
+_driver_sweep: tuple[SweepRecord, SweepPaths] | None = None
+
+
+def set_driver_sweep(record: SweepRecord, paths: SweepPaths) -> None:
+    """Name the sweep this process drives (before a Tune restore unpickles its callbacks)."""
+    global _driver_sweep
+    _driver_sweep = (record, paths)
+
+
 class SweepCallback(tune.Callback):
     """Moves trial states in the sweep record and logs every report to the trial's MLflow run (driver side)."""
 
@@ -191,6 +203,11 @@ class SweepCallback(tune.Callback):
         state = dict(self.__dict__)
         state["_tracker"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if _driver_sweep is not None and _driver_sweep[0].sweep_id == self.record.sweep_id:
+            self.record, self.paths = _driver_sweep
 
     @property
     def tracker(self) -> Tracker:
@@ -312,6 +329,7 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
 
     Raises `SchedulingError`, before any trial starts, when the cluster can never run it as configured.
     """
+    set_driver_sweep(record, paths)
     trials = expand(record.sweep_id, config)
     shape = read_shape()
     decided = plan(config.resources, shape, max_concurrent=config.max_concurrent_trials, trials=len(trials))
@@ -342,7 +360,8 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
         tuner = tune.Tuner.restore(
             experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=True
         )
-        # Tune restores the SweepCallback it pickled: the same record, paths and (tag-stable) MLflow run ids.
+        # Tune restores the SweepCallback it pickled: the same (tag-stable) MLflow run ids; this driver's record and
+        # sweep dir (`_driver_sweep`).
     else:
         common = {
             "tracking_uri": record.tracking_uri,

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -48,3 +49,29 @@ def test_a_started_trial_waits_for_nodes_then_runs(home: Path) -> None:
     progress = load_sweep_progress(record.sweep_id)
     assert progress.trial("000-residual").state == TrialState.RUNNING
     assert progress.trial("000-residual").attempts == 0  # a notice is not a report of the training loop
+
+
+def test_a_restored_callback_writes_into_the_resuming_drivers_sweep_dir(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+    import shutil
+
+    from orchestrator.sweep import scheduling
+    from orchestrator.sweep.layout import SweepPaths
+    from orchestrator.sweep.state import load_progress
+
+    monkeypatch.setattr(scheduling, "_driver_sweep", None)
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    first = sweep_paths(record.sweep_id)
+    pickled = pickle.dumps(SweepCallback(record, first, run_ids={}))  # Tune's experiment state, first driver
+    # The resumed driver runs from another working dir (the Jobs API unpacks each job's upload anew).
+    second = SweepPaths(tmp_path / "resumed-working-dir")
+    shutil.copytree(first.root, second.root)
+    scheduling.set_driver_sweep(record, second)
+    restored = pickle.loads(pickled)
+    tune_trial = SimpleNamespace(config={PARAM_KEY: {"trial_id": "000-residual"}})
+    restored.on_trial_result(0, [], tune_trial, {WAITING_KEY: 0, "training_iteration": 1})
+
+    assert load_progress(second.progress).trial("000-residual").state == TrialState.RUNNING
+    assert load_progress(first.progress).trial("000-residual").state == TrialState.PENDING
