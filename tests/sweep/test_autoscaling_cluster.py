@@ -40,15 +40,6 @@ def cluster(s3_server: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> I
         yield started
 
 
-@pytest.fixture(scope="module")
-def shards(tiny_images_dir: Path, s3_bucket: str) -> str:
-    from pipelines.sharding import shard_dataset
-
-    uri = f"s3://{s3_bucket}/fake-cluster/tiny"
-    shard_dataset(tiny_images_dir, uri, shard_bytes=60_000)
-    return uri
-
-
 def _worker_groups(cluster: LocalCluster, *, alive: bool = False) -> dict[str, list[str]]:
     """placement group -> node ids of the Ray Train workers placed in it (every attempt of every trial so far, or
     the workers alive now)."""
@@ -66,7 +57,7 @@ def _worker_groups(cluster: LocalCluster, *, alive: bool = False) -> dict[str, l
 
 def test_a_sweep_scales_the_cluster_up_from_zero_and_back_down(
     cluster: LocalCluster,
-    shards: str,
+    tiny_shards_s3: str,
     s3_bucket: str,
     mlflow_server: str,
     remote_client: dict[str, str],
@@ -83,7 +74,7 @@ def test_a_sweep_scales_the_cluster_up_from_zero_and_back_down(
         epochs=2,
         steps=3,
         every=3,
-        shards=shards,
+        shards=tiny_shards_s3,
         bucket=s3_bucket,
         mlflow=mlflow_server,
     )
@@ -126,7 +117,7 @@ def test_a_sweep_scales_the_cluster_up_from_zero_and_back_down(
 
 def test_a_killed_node_restarts_the_trial_from_its_s3_checkpoint(
     cluster: LocalCluster,
-    shards: str,
+    tiny_shards_s3: str,
     s3_bucket: str,
     mlflow_server: str,
     remote_client: dict[str, str],
@@ -145,7 +136,7 @@ def test_a_killed_node_restarts_the_trial_from_its_s3_checkpoint(
         epochs=4,
         steps=8,
         every=4,
-        shards=shards,
+        shards=tiny_shards_s3,
         bucket=s3_bucket,
         mlflow=mlflow_server,
     )

@@ -60,15 +60,6 @@ def cluster(s3_server: SeaweedFS, tmp_path_factory: pytest.TempPathFactory) -> I
         yield started
 
 
-@pytest.fixture(scope="module")
-def shards(tiny_images_dir: Path, s3_bucket: str) -> str:
-    from pipelines.sharding import shard_dataset
-
-    uri = f"s3://{s3_bucket}/shared-cluster/tiny"
-    shard_dataset(tiny_images_dir, uri, shard_bytes=60_000)
-    return uri
-
-
 def _placement_groups(cluster: LocalCluster) -> dict[str, str]:
     """name -> state of every named placement group on the cluster (all pages: far fewer than the limit)."""
     from ray.util.state import list_placement_groups
@@ -104,7 +95,7 @@ def _scrape(port: int) -> dict[str, list[tuple[dict[str, str], float]]]:
 
 def test_foreign_placement_groups_survive_and_live_metrics_reach_prometheus(
     cluster: LocalCluster,
-    shards: str,
+    tiny_shards_s3: str,
     s3_bucket: str,
     mlflow_server: str,
     remote_client: dict[str, str],
@@ -128,7 +119,7 @@ def test_foreign_placement_groups_survive_and_live_metrics_reach_prometheus(
         epochs=6,
         steps=8,
         every=4,
-        shards=shards,
+        shards=tiny_shards_s3,
         bucket=s3_bucket,
         mlflow=mlflow_server,
     )
