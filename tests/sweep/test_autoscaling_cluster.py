@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.fs
 import pytest
 
 from orchestrator.stack.seaweedfs import SeaweedFS
@@ -124,6 +123,7 @@ def test_a_killed_node_restarts_the_trial_from_its_s3_checkpoint(
     tmp_path: Path,
 ) -> None:
     from orchestrator.training.checkpointing import latest_complete_checkpoint, read_checkpoint
+    from orchestrator.training.trial import open_checkpoint
     from pipelines.storage import S3Settings
 
     # Two identical trials (same seed, data and world size), one after the other: the second loses a node.
@@ -169,9 +169,8 @@ def test_a_killed_node_restarts_the_trial_from_its_s3_checkpoint(
     for trial_id in ("000-seed7", second):
         latest = latest_complete_checkpoint(fs, f"{storage}/{sweep_id}.{trial_id}")
         assert latest is not None
-        local = tmp_path / trial_id
-        pyarrow.fs.copy_files(latest, str(local), source_filesystem=fs)
-        _, state = read_checkpoint(local)
+        local = open_checkpoint(f"s3://{latest}").to_directory(str(tmp_path / trial_id))
+        _, state = read_checkpoint(Path(local))
         losses[trial_id] = state.step_losses
     assert len(losses["000-seed7"]) == len(losses[second]) == 32
     assert max(abs(a - b) for a, b in zip(losses["000-seed7"], losses[second], strict=True)) <= 1e-4
