@@ -24,7 +24,8 @@ from orchestrator.sweep.state import SweepProgress
 from tests.ray_clusters import FakeAutoscaling, FakeNodeType, LocalCluster
 from tests.sweep.remote_sweeps import dashboard_get, follow, resnet_orch, submit
 
-pytestmark = pytest.mark.slow
+# A shared 2-core machine under load starts and stops a multi-node cluster slowly; 900 s cut one off in teardown.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 CPU_NODES = FakeNodeType("cpu", cpus=1, max_workers=3)
 # Dead nodes are noticed in seconds rather than the default ~30 s (the GCS's health checks of each raylet).

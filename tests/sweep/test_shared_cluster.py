@@ -29,7 +29,8 @@ from orchestrator.training import metric_names as m
 from tests.ray_clusters import LocalCluster
 from tests.sweep.remote_sweeps import follow, resnet_orch, submit
 
-pytestmark = pytest.mark.slow
+# A shared 2-core machine under load starts and stops a multi-node cluster slowly; 900 s cut one off in teardown.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # Workers hand their metrics to the node every second rather than every 10 s (Ray's default).
 FAST_METRICS = {"RAY_metrics_report_interval_ms": "1000"}
