@@ -21,6 +21,7 @@ from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
 from orchestrator.stack.ray_head import TRIAL_DRIVER_RESOURCE
+from orchestrator.sweep.budget import BudgetStopper, exhausted_by
 from orchestrator.sweep.config import ResourcesConfig, SweepConfig, TrialConfig
 from orchestrator.sweep.layout import SweepPaths, embedded_artifact_root, embedded_tracking_uri, expand, save_progress
 from orchestrator.sweep.state import (
@@ -31,6 +32,7 @@ from orchestrator.sweep.state import (
     final_sweep_state,
 )
 from orchestrator.sweep.tracking import TAG_SWEEP, TAG_TRIAL, Tracker, log_trial_model, numeric_metrics
+from orchestrator.sweep.trial_schedulers import build_scheduler
 from orchestrator.training import metric_names
 from orchestrator.training.metric_names import BEST_METRIC, RANK_METRIC, VAL_TOP5_ERR
 
@@ -145,17 +147,36 @@ def _artifact_root(tracking_uri: str) -> Path | None:
 class SweepCallback(tune.Callback):
     """Moves trial states in the sweep record and logs every report to the trial's MLflow run (driver side)."""
 
-    def __init__(self, record: SweepRecord, paths: SweepPaths, run_ids: dict[str, str]) -> None:
+    def __init__(self, record: SweepRecord, paths: SweepPaths, run_ids: dict[str, str], budget: BudgetStopper) -> None:
         self.record = record
         self.paths = paths
         self.run_ids = run_ids
+        # The same object is Tune's stopper: charged here on every step, it ends the run when the budget is spent.
+        self.budget = budget
         self._tracker: Tracker | None = None
+        self._charging = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks into its experiment state; the MLflow client is rebuilt after a restore.
         state = dict(self.__dict__)
         state["_tracker"] = None
+        state["_charging"] = False
         return state
+
+    def _save(self, progress: SweepProgress) -> None:
+        progress.budget_used = self.budget.used.model_copy()
+        save_progress(self.record, self.paths, progress)
+
+    def on_step(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if not self._charging:
+            # A new driver (or a restored one): what earlier runs spent is in the progress.
+            self.budget.resume_from(_load(self.paths))
+            self._charging = True
+        was_exhausted = self.budget.exhausted
+        self.budget.charge(sum(t.status == "RUNNING" for t in trials))
+        if self.budget.exhausted and not was_exhausted:
+            logger.warning("%s: stopping the running trials; pending ones will not start", self.budget.exhausted)
+            self._save(_load(self.paths))
 
     @property
     def tracker(self) -> Tracker:
@@ -174,7 +195,7 @@ class SweepCallback(tune.Callback):
             return trial_id
         if new is not None and status.state != new:
             progress.move(trial_id, new, error=error)
-        save_progress(self.record, self.paths, progress)
+        self._save(progress)
         return trial_id
 
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -196,7 +217,7 @@ class SweepCallback(tune.Callback):
                 "trial %s: restarting (a worker failed; Ray Train restarts from the last checkpoint)", trial_id
             )
             progress.move(trial_id, TrialState.RESTARTING)
-            save_progress(self.record, self.paths, progress)
+            self._save(progress)
             return
         attempts = int(result.get(metric_names.ATTEMPT, 0)) + 1  # the training loop reports a 0-based attempt
         run_id = self.run_ids[trial_id]
@@ -217,13 +238,21 @@ class SweepCallback(tune.Callback):
             status.metrics[BEST_METRIC] = min(best, reported[RANK_METRIC])
         tracked = {k: v for k, v in result.items() if k in metric_names.TRACKED}
         self.tracker.log_metrics(run_id, tracked, int(result.get(metric_names.STEP, 0)))
-        save_progress(self.record, self.paths, progress)
+        self._save(progress)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        trial_id = self._update(trial, TrialState.SUCCEEDED)
-        run_id = self.run_ids[trial_id]
+        # Tune calls this when the trial function returned, and when its trial scheduler stopped it. Registering the
+        # model is the function's last act (`trial_trainable`): without a registered model, the scheduler stopped it.
+        run_id = self.run_ids[_trial_id(trial)]
+        finished = self.tracker.version_of_run(self.record.registered_model, run_id) is not None
+        state = TrialState.SUCCEEDED if finished else TrialState.STOPPED
+        trial_id = self._update(trial, state)
         self.tracker.log_curves(run_id, {trial_id: self.tracker.trial_curves(run_id)}, "curves.png")
-        self.tracker.finish(run_id, TrialState.SUCCEEDED.value, succeeded=True)
+        if finished:
+            self.tracker.finish(run_id, TrialState.SUCCEEDED.value, succeeded=True)
+        else:
+            logger.info("trial %s: stopped early by the trial scheduler; its checkpoints stay", trial_id)
+            self.tracker.stopped(run_id, TrialState.STOPPED.value, early=True)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         error_file = getattr(trial, "error_file", None)
@@ -294,10 +323,18 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
     tracker = Tracker(record.tracking_uri, record.experiment, _artifact_root(record.tracking_uri))
     progress = _load(paths)
     parent_run_id = progress.parent_run_id = tracker.parent_run(record.sweep_id, paths.sweep_file)
+    budget = BudgetStopper(config.budget, _gpus_per_trial(config), progress.budget_used)
     run_ids = {}
     for trial in trials:
         status = progress.trial(trial.trial_id)
-        status.mlflow_run_id = run_ids[trial.trial_id] = tracker.child_run(parent_run_id, record.sweep_id, trial)
+        reopen = not status.state.is_final and budget.exhausted is None
+        status.mlflow_run_id = run_ids[trial.trial_id] = tracker.child_run(
+            parent_run_id, record.sweep_id, trial, reopen=reopen
+        )
+    if resume and budget.exhausted:
+        # Spent already: start nothing, not even the trials that never ran.
+        logger.warning("sweep %s: %s; not resuming", record.sweep_id, budget.exhausted)
+        return _end_on_budget(record, paths, tracker, progress, budget.exhausted)
     if resume:
         requeued = progress.requeue_unfinished()
         finished = settle_registered(tracker, record.registered_model, progress)
@@ -327,16 +364,19 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
         values = [
             {"trial": t.model_dump_json(), "trial_id": t.trial_id, "mlflow_run_id": run_ids[t.trial_id], **common}
             for t in trials
-            if not (resume and progress.trial(t.trial_id).state == TrialState.SUCCEEDED)
+            if not (resume and progress.trial(t.trial_id).state.is_final)
         ]
         tuner = tune.Tuner(
             trainable,
             param_space={PARAM_KEY: tune.grid_search(values)},
-            tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=False),
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=max_concurrent, reuse_actors=False, scheduler=build_scheduler(config)
+            ),
             run_config=tune.RunConfig(
                 name=TUNE_RUN_NAME,
                 storage_path=storage,
-                callbacks=[SweepCallback(record, paths, run_ids)],
+                callbacks=[SweepCallback(record, paths, run_ids, budget)],
+                stop=budget,
                 # Restarts happen inside each trial (Ray Train's FailureConfig from `max_failures`); a second
                 # retry layer here would multiply them.
                 failure_config=tune.FailureConfig(max_failures=0),
@@ -346,6 +386,9 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
     logger.info("sweep %s: %d trials, at most %d at once", record.sweep_id, len(trials), max_concurrent)
     tuner.fit()
     progress = _load(paths)
+    spent = exhausted_by(config.budget, progress.budget_used)
+    if spent is not None and any(not t.state.is_terminal for t in progress.trials):
+        return _end_on_budget(record, paths, tracker, progress, spent)
     _log_sweep_curves(tracker, progress, parent_run_id)
     best = tracker.crown_champion(record.registered_model, record.sweep_id)
     if best is not None:
@@ -353,6 +396,32 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
     progress.state = final_sweep_state([t.state for t in progress.trials])
     save_progress(record, paths, progress)
     tracker.finish(parent_run_id, progress.state.value, succeeded=progress.state == SweepState.SUCCEEDED)
+    return progress.state
+
+
+def _gpus_per_trial(config: SweepConfig) -> float:
+    return config.resources.workers * config.resources.gpus_per_worker
+
+
+def _end_on_budget(
+    record: SweepRecord, paths: SweepPaths, tracker: Tracker, progress: SweepProgress, why: str
+) -> SweepState:
+    """The budget is spent: every unfinished trial ends BUDGET_EXHAUSTED (a running one was stopped by Tune, its
+    checkpoints kept; a pending one never started), and so does the sweep, with `why` for `status`."""
+    for status in progress.trials:
+        if status.state.is_terminal:
+            continue
+        if status.state == TrialState.PENDING and status.attempts == 0:
+            progress.move(status.id, TrialState.BUDGET_EXHAUSTED, error="not started: " + why)
+        else:
+            progress.move(status.id, TrialState.BUDGET_EXHAUSTED, error="stopped: " + why)
+        if status.mlflow_run_id is not None:
+            tracker.stopped(status.mlflow_run_id, TrialState.BUDGET_EXHAUSTED.value, early=False)
+    progress.state = SweepState.BUDGET_EXHAUSTED
+    progress.error = why
+    save_progress(record, paths, progress)
+    if progress.parent_run_id is not None:
+        tracker.stopped(progress.parent_run_id, SweepState.BUDGET_EXHAUSTED.value, early=False)
     return progress.state
 
 

@@ -92,7 +92,7 @@ class SearchDomain(Strict):
     def kind(self) -> SearchKind:
         for kind in ("uniform", "loguniform", "randint", "choice"):
             if getattr(self, kind) is not None:
-                return kind  # type: ignore[return-value]
+                return kind
         raise AssertionError("unreachable: _one_kind guarantees a kind")
 
     def extremes(self) -> list[Any]:
