@@ -24,6 +24,7 @@ from orchestrator.sweep.layout import (
     list_sweep_ids,
     load_sweep_progress,
     load_sweep_record,
+    orch_home,
     preview,
     resolve_sweep_id,
 )
@@ -53,14 +54,18 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="print the trials as one JSON object"),
 ) -> None:
     """Check a sweep file and print its expanded trials (nothing is submitted)."""
+    from orchestrator.sweep.estimate import add_estimates
+
     config = _load(sweep_file)
-    described = preview(config)
+    described = add_estimates(config, preview(config), orch_home())
     if as_json:
         out().print_json(json.dumps({"sweep": config.name, "trials": described}))
         return
     out().print(f"{sweep_file}: valid; sweep [bold]{config.name}[/bold]: {len(described)} trials")
     for item in described:
         out().print(f"\n[bold]{item['id']}[/bold]  {item['macs_per_image'] / 1e9:.3f} GMACs per image")
+        for line in item["estimate"]:
+            out().print(line, highlight=False, soft_wrap=True)
         out().print_json(json.dumps(item["config"]))
 
 
