@@ -72,7 +72,8 @@ def test_allowed(current: TrialState, new: TrialState) -> None:
         (
             TrialState.PENDING,
             TrialState.SUCCEEDED,
-            "trial state PENDING -> SUCCEEDED is not allowed; from PENDING: BUDGET_EXHAUSTED, CANCELLED, FAILED, RUNNING",
+            "trial state PENDING -> SUCCEEDED is not allowed; "
+            "from PENDING: BUDGET_EXHAUSTED, CANCELLED, FAILED, RUNNING",
         ),
         (
             TrialState.STOPPED,

@@ -164,3 +164,52 @@ def test_asha_stops_the_worse_trial_and_resume_leaves_it(
     fs = pyarrow.fs.LocalFileSystem()
     assert count_attempts(fs, f"{storage}/{bad.id}") == 1
     assert client.get_run(bad.mlflow_run_id or "").info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_budget_stops_the_running_trial_keeps_its_checkpoints_and_resume_starts_nothing(
+    home: Path, tune_ray: None, tiny_shards_local: str, tmp_path: Path
+) -> None:
+    from orchestrator.training.checkpointing import count_attempts, latest_complete_checkpoint
+
+    # Two long trials, one at a time, and 72 s of wall budget: the first is stopped mid-run, the second never starts.
+    recipe = {"batch_size": 16, "epochs": 500, "steps_per_epoch": 3, "image_size": 32, "resize_size": 40}
+    path = _sweep(
+        tmp_path,
+        tiny_shards_local,
+        grid={"seed": [1, 2]},
+        recipe={**recipe, "precision": "fp32"},
+        budget={"max_wall_hours": 0.02},
+    )
+    sweep_id, state = _run(path)
+    progress = load_progress(sweep_paths(sweep_id).progress)
+    assert state == SweepState.BUDGET_EXHAUSTED, progress.model_dump_json()
+    assert progress.error is not None and progress.error.startswith("budget exhausted: ")
+    assert progress.error.endswith("of budget.max_wall_hours=0.02 spent")
+    assert progress.budget_used.wall_s >= 0.02 * 3600
+    ran, waiting = progress.trials
+    assert (ran.state, waiting.state) == (TrialState.BUDGET_EXHAUSTED, TrialState.BUDGET_EXHAUSTED)
+    assert ran.attempts == 1 and 0 < ran.metrics["step"] < 3 * 500
+    assert waiting.attempts == 0 and waiting.error is not None and waiting.error.startswith("not started: budget")
+
+    storage = f"{home}/storage/{sweep_id}"
+    fs = pyarrow.fs.LocalFileSystem()
+    kept = _checkpoints(storage, ran.id)
+    assert kept, "the stopped trial wrote no checkpoint before the budget ran out"
+    latest = latest_complete_checkpoint(fs, f"{storage}/{ran.id}")
+    assert latest is not None and latest.endswith(kept[-1])
+    assert _checkpoints(storage, waiting.id) == []
+    assert _live_train_parts() == ([], [])
+
+    client = MlflowClient(tracking_uri=embedded_tracking_uri())
+    run = client.get_run(ran.mlflow_run_id or "")
+    assert (run.info.status, run.data.tags["resnet_orch.state"]) == ("KILLED", "BUDGET_EXHAUSTED")
+
+    # The budget is spent: a resume starts no trial, neither the stopped one nor the one that never ran.
+    _, state = _run(path, resume=True, sweep_id=sweep_id)
+    assert state == SweepState.BUDGET_EXHAUSTED
+    after = load_progress(sweep_paths(sweep_id).progress)
+    assert [t.state for t in after.trials] == [TrialState.BUDGET_EXHAUSTED, TrialState.BUDGET_EXHAUSTED]
+    assert count_attempts(fs, f"{storage}/{ran.id}") == 1
+    assert count_attempts(fs, f"{storage}/{waiting.id}") == 0
+    assert _checkpoints(storage, ran.id) == kept
