@@ -28,7 +28,7 @@ from orchestrator.sweep.layout import (
     preview,
     resolve_sweep_id,
 )
-from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState, TrialState
+from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState
 from orchestrator.training.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S
 
 
@@ -191,7 +191,10 @@ def status(
         typer.echo(json.dumps(payload))
         return
     out().print(_status_table(sweep_id, state, progress))
-    if progress.error:
+    if state == SweepState.BUDGET_EXHAUSTED:
+        # Not an error: the sweep did what its `budget:` allowed (the line names the limit and what was spent).
+        out().print(Text(f"{progress.error}; unfinished trials stopped or never started", style="yellow"))
+    elif progress.error:
         err().print(Text(f"sweep error: {progress.error}", style="red"), soft_wrap=True)
 
 
@@ -204,7 +207,7 @@ def list_sweeps() -> None:
     for sweep_id in list_sweep_ids():
         record = load_sweep_record(sweep_id)
         state, progress, _ = jobs.current_state(record)
-        done = sum(t.state == TrialState.SUCCEEDED for t in progress.trials)
+        done = sum(t.state.is_final for t in progress.trials)  # finished, or stopped early by the scheduler
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at))
         table.add_row(sweep_id, state.value, f"{done}/{len(progress.trials)}", created)
     out().print(table)
