@@ -105,6 +105,10 @@ def trial_trainable(config: dict[str, Any]) -> None:
         # Its model is registered: the trial finished before the driver died (Tune's saved state can lag behind).
         logger.info("trial %s already finished; not re-running it", trial.trial_id)
         return
+    if tracker.was_stopped_early(run_id):
+        # Its trial scheduler stopped it: a restored Tune whose saved state lagged behind must not train it again.
+        logger.info("trial %s was stopped early by the trial scheduler; not re-running it", trial.trial_id)
+        return
     # CPU, memory, network (and GPU where there is one) of this trial's driver node, into the trial's run.
     monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracker.tracking_uri)
     monitor.start()
@@ -190,9 +194,9 @@ class SweepCallback(tune.Callback):
         trial_id = _trial_id(trial)
         progress = _load(self.paths)
         status = progress.trial(trial_id)
-        if status.state == TrialState.SUCCEEDED:
-            # A finished trial that Tune's restored state had not yet recorded as finished: it stays finished (the
-            # trainable returns at once, see `trial_trainable`).
+        if status.state.is_final:
+            # A finished (or early-stopped) trial that Tune's restored state had not yet recorded as such: it stays
+            # so (the trainable returns at once, see `trial_trainable`).
             return trial_id
         if new is not None and status.state != new:
             progress.move(trial_id, new, error=error)
@@ -245,6 +249,8 @@ class SweepCallback(tune.Callback):
         # Tune calls this when the trial function returned, and when its trial scheduler stopped it. Registering the
         # model is the function's last act (`trial_trainable`): without a registered model, the scheduler stopped it.
         run_id = self.run_ids[_trial_id(trial)]
+        if _load(self.paths).trial(_trial_id(trial)).state.is_final:
+            return  # ended in an earlier run of the driver; a restored Tune ran it again for nothing
         finished = self.tracker.version_of_run(self.record.registered_model, run_id) is not None
         state = TrialState.SUCCEEDED if finished else TrialState.STOPPED
         trial_id = self._update(trial, state)

@@ -151,6 +151,9 @@ class Tracker:
         status = RunStatus.FINISHED if early else RunStatus.KILLED
         self.client.set_terminated(run_id, status=RunStatus.to_string(status))
 
+    def was_stopped_early(self, run_id: str) -> bool:
+        return self.client.get_run(run_id).data.tags.get(TAG_STOPPED_EARLY) == "true"
+
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
         return metric_history(self.client, run_id, metric)
 
