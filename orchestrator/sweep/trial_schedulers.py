@@ -55,7 +55,10 @@ class EpochEnds(TrialScheduler):
         shown = self._epoch_end(trial, result)
         if shown is None:
             return TrialScheduler.CONTINUE
-        return str(self.inner.on_trial_result(tune_controller, trial, shown))
+        decision = str(self.inner.on_trial_result(tune_controller, trial, shown))
+        # The median rule yields to pending trials with PAUSE; a Ray Train run is not a pausable Tune trainable (a
+        # paused trial would start over as a new function call), so it keeps its resources and goes on.
+        return TrialScheduler.CONTINUE if decision == TrialScheduler.PAUSE else decision
 
     def on_trial_complete(self, tune_controller: Any, trial: Trial, result: dict[str, Any]) -> None:
         last = self._epoch_end(trial, result) or self._last.get(trial.trial_id)
