@@ -35,6 +35,10 @@ from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState, sav
 # How long `watch` keeps following a sweep whose cluster does not answer (a dashboard slow on a busy head, a
 # dropped tunnel) before it calls the sweep interrupted.
 UNREACHABLE_GRACE_S = 60.0
+# How long `submit` waits for a head's job agent: a head just started (or busy) answers the Jobs API before the
+# agent that runs jobs has registered, and Ray says so with "No available agent" (HTTP 500) until it has.
+AGENT_WAIT_S = 60.0
+_NO_AGENT = "No available agent"
 _JOB_TO_SWEEP = {
     "PENDING": SweepState.PENDING,
     "RUNNING": SweepState.RUNNING,
@@ -184,14 +188,30 @@ def submit_driver(record: SweepRecord, *, resume: bool, address: str, local: boo
         save_progress(record, paths, progress)
     suffix = f"-resume-{int(time.time())}" if resume else ""
     # The Jobs API runs the entrypoint through a shell: every word is quoted (a home folder may hold spaces or ';').
-    job_id: str = _job_client(address).submit_job(
-        entrypoint=shlex.join(argv), runtime_env=runtime_env, submission_id=f"{record.sweep_id}{suffix}"
+    job_id = _submit_when_agent_ready(
+        address, entrypoint=shlex.join(argv), runtime_env=runtime_env, submission_id=f"{record.sweep_id}{suffix}"
     )
     updated = record.model_copy(
         update={"job_id": job_id, "dashboard_url": address, "ray_address": address, "local": local}
     )
     save_model(paths.record, updated)
     return job_id
+
+
+def _submit_when_agent_ready(address: str, **job: Any) -> str:
+    """`submit_job`, retried while the head has no job agent yet (up to AGENT_WAIT_S); any other error at once."""
+    client = _job_client(address)
+    deadline = time.monotonic() + AGENT_WAIT_S
+    delay = 0.5
+    while True:
+        try:
+            job_id: str = client.submit_job(**job)
+            return job_id
+        except RuntimeError as exc:
+            if _NO_AGENT not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def check_resumable(record: SweepRecord) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.sweep import jobs
 from orchestrator.sweep.jobs import is_this_machine, started_here
 
 
@@ -22,3 +23,32 @@ def test_an_address_this_home_did_not_start_is_another_cluster(home: Path) -> No
     # A port-forward to a cluster elsewhere answers on 127.0.0.1 too: its driver cannot run this machine's venv
     # on this machine's sweep folder (that sent the job a command line the cluster lacks: INTERRUPTED at once).
     assert started_here("http://127.0.0.1:8265") is False
+
+
+class _AgentlessHead:
+    """A Jobs API that answers as Ray's does while the head's job agent has not registered, `busy` times."""
+
+    def __init__(
+        self, busy: int, error: str = "Request failed with status code 500: No available agent to submit job"
+    ) -> None:
+        self.busy, self.error, self.calls = busy, error, 0
+
+    def submit_job(self, **job: object) -> str:
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise RuntimeError(self.error)
+        return str(job["submission_id"])
+
+
+def test_submit_waits_for_the_head_job_agent_and_gives_up_on_other_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = _AgentlessHead(busy=2)
+    monkeypatch.setattr(jobs, "_job_client", lambda address: head)
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    assert jobs._submit_when_agent_ready("http://127.0.0.1:1", submission_id="s1", entrypoint="x") == "s1"
+    assert head.calls == 3
+
+    other = _AgentlessHead(busy=1, error="Request failed with status code 400: bad runtime_env")
+    monkeypatch.setattr(jobs, "_job_client", lambda address: other)
+    with pytest.raises(RuntimeError, match="bad runtime_env"):
+        jobs._submit_when_agent_ready("http://127.0.0.1:1", submission_id="s2", entrypoint="x")
+    assert other.calls == 1
