@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,8 @@ TUNE_RUN_NAME = "tune"
 RESTART_KEY = "resnet_orch_restarting"
 # One grid-search axis whose values are whole trials (the sweep's own grid is expanded by `SweepConfig.expand`).
 PARAM_KEY = "sweep_trial"
+# How often the driver writes what the sweep has spent of its budget when no trial event does.
+BUDGET_SAVE_S = 30.0
 
 
 class SchedulingError(RuntimeError):
@@ -160,6 +163,7 @@ class SweepCallback(tune.Callback):
         self.budget = budget
         self._tracker: Tracker | None = None
         self._charging = False
+        self._saved_at = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks into its experiment state; the MLflow client is rebuilt after a restore.
@@ -169,6 +173,7 @@ class SweepCallback(tune.Callback):
         return state
 
     def _save(self, progress: SweepProgress) -> None:
+        self._saved_at = time.monotonic()
         progress.budget_used = self.budget.used.model_copy()
         save_progress(self.record, self.paths, progress)
 
@@ -181,6 +186,9 @@ class SweepCallback(tune.Callback):
         self.budget.charge(sum(t.status == "RUNNING" for t in trials))
         if self.budget.exhausted and not was_exhausted:
             logger.warning("%s: stopping the running trials; pending ones will not start", self.budget.exhausted)
+            self._save(_load(self.paths))
+        elif time.monotonic() - self._saved_at > BUDGET_SAVE_S:
+            # Between trial events too, so a driver that dies loses at most this much of what was spent.
             self._save(_load(self.paths))
 
     @property
@@ -299,7 +307,7 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
     if resume and budget.exhausted:
         # Spent already: start nothing, not even the trials that never ran.
         logger.warning("sweep %s: %s; not resuming", record.sweep_id, budget.exhausted)
-        return _end_on_budget(record, paths, tracker, progress, budget.exhausted)
+        return _finish(record, paths, tracker, progress, config)
     if resume:
         requeued = progress.requeue_unfinished()
         finished = settle_registered(tracker, record.registered_model, progress)
@@ -350,17 +358,31 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
         )
     logger.info("sweep %s: %d trials, at most %d at once", record.sweep_id, len(trials), max_concurrent)
     tuner.fit()
-    progress = _load(paths)
+    return _finish(record, paths, tracker, _load(paths), config)
+
+
+def _finish(
+    record: SweepRecord, paths: SweepPaths, tracker: Tracker, progress: SweepProgress, config: SweepConfig
+) -> SweepState:
+    """After Tune: the budget's verdict on unfinished trials, Figure 4, the champion, the sweep's final state."""
+    parent_run_id = progress.parent_run_id
+    if parent_run_id is None:
+        raise RuntimeError(f"sweep {record.sweep_id}: its progress lost the parent run id written before Tune ran")
     spent = exhausted_by(config.budget, progress.budget_used)
-    if spent is not None and any(not t.state.is_terminal for t in progress.trials):
-        return _end_on_budget(record, paths, tracker, progress, spent)
+    if spent is not None:
+        _stop_on_budget(tracker, progress, spent)
     _log_sweep_curves(tracker, progress, parent_run_id)
     best = tracker.crown_champion(record.registered_model, record.sweep_id)
     if best is not None:
         logger.info("champion: %s version %s (%s=%.4f)", record.registered_model, best[0], RANK_METRIC, best[1])
     progress.state = final_sweep_state([t.state for t in progress.trials])
+    if progress.state == SweepState.BUDGET_EXHAUSTED:
+        progress.error = spent
     save_progress(record, paths, progress)
-    tracker.finish(parent_run_id, progress.state.value, succeeded=progress.state == SweepState.SUCCEEDED)
+    if progress.state == SweepState.BUDGET_EXHAUSTED:
+        tracker.stopped(parent_run_id, progress.state.value, early=False)
+    else:
+        tracker.finish(parent_run_id, progress.state.value, succeeded=progress.state == SweepState.SUCCEEDED)
     return progress.state
 
 
@@ -368,26 +390,16 @@ def _gpus_per_trial(config: SweepConfig) -> float:
     return config.resources.workers * config.resources.gpus_per_worker
 
 
-def _end_on_budget(
-    record: SweepRecord, paths: SweepPaths, tracker: Tracker, progress: SweepProgress, why: str
-) -> SweepState:
+def _stop_on_budget(tracker: Tracker, progress: SweepProgress, why: str) -> None:
     """The budget is spent: every unfinished trial ends BUDGET_EXHAUSTED (a running one was stopped by Tune, its
-    checkpoints kept; a pending one never started), and so does the sweep, with `why` for `status`."""
+    checkpoints kept; a pending one never started) and its MLflow run KILLED."""
     for status in progress.trials:
         if status.state.is_terminal:
             continue
-        if status.state == TrialState.PENDING and status.attempts == 0:
-            progress.move(status.id, TrialState.BUDGET_EXHAUSTED, error="not started: " + why)
-        else:
-            progress.move(status.id, TrialState.BUDGET_EXHAUSTED, error="stopped: " + why)
+        started = status.state != TrialState.PENDING or status.attempts > 0
+        progress.move(status.id, TrialState.BUDGET_EXHAUSTED, error=("stopped: " if started else "not started: ") + why)
         if status.mlflow_run_id is not None:
             tracker.stopped(status.mlflow_run_id, TrialState.BUDGET_EXHAUSTED.value, early=False)
-    progress.state = SweepState.BUDGET_EXHAUSTED
-    progress.error = why
-    save_progress(record, paths, progress)
-    if progress.parent_run_id is not None:
-        tracker.stopped(progress.parent_run_id, SweepState.BUDGET_EXHAUSTED.value, early=False)
-    return progress.state
 
 
 def _log_sweep_curves(tracker: Tracker, progress: SweepProgress, parent_run_id: str) -> None:

@@ -22,7 +22,7 @@ from orchestrator.sweep.config import load_sweep
 from orchestrator.sweep.layout import create_sweep, embedded_tracking_uri, sweep_paths
 from orchestrator.sweep.state import SweepState, TrialState, load_progress
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(1500)
 
 
 @pytest.fixture
