@@ -14,7 +14,9 @@ from typing import Any
 
 from ray import tune
 
-from orchestrator.sweep.state import BudgetUse, SweepProgress
+from orchestrator.sweep.config import SweepConfig
+from orchestrator.sweep.state import BudgetUse, SweepProgress, TrialState
+from orchestrator.sweep.tracking import Tracker
 from orchestrator.sweep.tuning_config import BudgetConfig
 
 HOUR_S = 3600.0
@@ -39,6 +41,11 @@ class BudgetStopper(tune.Stopper):
         self.gpus_per_trial = gpus_per_trial
         self.used = used.model_copy()
         self._last: float | None = None
+
+    @classmethod
+    def for_sweep(cls, config: SweepConfig, used: BudgetUse) -> BudgetStopper:
+        """The stopper of `config.budget`; every trial holds `workers x gpus_per_worker` GPUs while it runs."""
+        return cls(config.budget, config.resources.workers * config.resources.gpus_per_worker, used)
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its stopper; a restored one starts its clock afresh and takes what was spent from the progress.
@@ -68,3 +75,15 @@ class BudgetStopper(tune.Stopper):
 
     def stop_all(self) -> bool:
         return self.exhausted is not None
+
+
+def stop_unfinished(tracker: Tracker, progress: SweepProgress, why: str) -> None:
+    """The budget is spent: every unfinished trial ends BUDGET_EXHAUSTED (a running one was stopped by Tune, its
+    checkpoints kept; a pending one never started) and its MLflow run KILLED."""
+    for status in progress.trials:
+        if status.state.is_terminal:
+            continue
+        started = status.state != TrialState.PENDING or status.attempts > 0
+        progress.move(status.id, TrialState.BUDGET_EXHAUSTED, error=("stopped: " if started else "not started: ") + why)
+        if status.mlflow_run_id is not None:
+            tracker.stopped(status.mlflow_run_id, TrialState.BUDGET_EXHAUSTED.value, early=False)

@@ -22,7 +22,7 @@ from ray import tune
 from ray.train.v2.api.callback import UserCallback
 
 from orchestrator.stack.ray_head import TRIAL_DRIVER_RESOURCE
-from orchestrator.sweep.budget import BudgetStopper, exhausted_by
+from orchestrator.sweep.budget import BudgetStopper, exhausted_by, stop_unfinished
 from orchestrator.sweep.config import ResourcesConfig, SweepConfig, TrialConfig
 from orchestrator.sweep.layout import SweepPaths, embedded_artifact_root, embedded_tracking_uri, expand, save_progress
 from orchestrator.sweep.recovery import remove_orphan_placement_groups, settle_registered
@@ -296,7 +296,7 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
     tracker = Tracker(record.tracking_uri, record.experiment, _artifact_root(record.tracking_uri))
     progress = _load(paths)
     parent_run_id = progress.parent_run_id = tracker.parent_run(record.sweep_id, paths.sweep_file)
-    budget = BudgetStopper(config.budget, _gpus_per_trial(config), progress.budget_used)
+    budget = BudgetStopper.for_sweep(config, progress.budget_used)
     run_ids = {}
     for trial in trials:
         status = progress.trial(trial.trial_id)
@@ -370,7 +370,7 @@ def _finish(
         raise RuntimeError(f"sweep {record.sweep_id}: its progress lost the parent run id written before Tune ran")
     spent = exhausted_by(config.budget, progress.budget_used)
     if spent is not None:
-        _stop_on_budget(tracker, progress, spent)
+        stop_unfinished(tracker, progress, spent)
     _log_sweep_curves(tracker, progress, parent_run_id)
     best = tracker.crown_champion(record.registered_model, record.sweep_id)
     if best is not None:
@@ -384,22 +384,6 @@ def _finish(
     else:
         tracker.finish(parent_run_id, progress.state.value, succeeded=progress.state == SweepState.SUCCEEDED)
     return progress.state
-
-
-def _gpus_per_trial(config: SweepConfig) -> float:
-    return config.resources.workers * config.resources.gpus_per_worker
-
-
-def _stop_on_budget(tracker: Tracker, progress: SweepProgress, why: str) -> None:
-    """The budget is spent: every unfinished trial ends BUDGET_EXHAUSTED (a running one was stopped by Tune, its
-    checkpoints kept; a pending one never started) and its MLflow run KILLED."""
-    for status in progress.trials:
-        if status.state.is_terminal:
-            continue
-        started = status.state != TrialState.PENDING or status.attempts > 0
-        progress.move(status.id, TrialState.BUDGET_EXHAUSTED, error=("stopped: " if started else "not started: ") + why)
-        if status.mlflow_run_id is not None:
-            tracker.stopped(status.mlflow_run_id, TrialState.BUDGET_EXHAUSTED.value, early=False)
 
 
 def _log_sweep_curves(tracker: Tracker, progress: SweepProgress, parent_run_id: str) -> None:

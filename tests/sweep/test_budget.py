@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator.sweep import budget as budget_module
 from orchestrator.sweep.budget import BudgetStopper, exhausted_by
+from orchestrator.sweep.config import parse_sweep
 from orchestrator.sweep.state import BudgetUse, SweepProgress
 from orchestrator.sweep.tuning_config import BudgetConfig
 
@@ -16,7 +17,16 @@ def test_charges_wall_and_gpu_seconds_of_the_running_trials(monkeypatch: pytest.
     clock = iter([100.0, 160.0, 220.0, 400.0])
     monkeypatch.setattr(budget_module.time, "monotonic", lambda: next(clock))
     # 2 workers x 4 GPUs per trial; 30 s and 0.1 GPU-hours spent by an earlier driver of the sweep.
-    stopper = BudgetStopper(BudgetConfig(max_gpu_hours=0.5), 8.0, BudgetUse(wall_s=30.0, gpu_s=360.0))
+    config = parse_sweep(
+        {
+            "name": "b",
+            "data": {"train": "/shards"},
+            "resources": {"workers": 2, "gpus_per_worker": 4},
+            "budget": {"max_gpu_hours": 0.5},
+        }
+    )
+    stopper = BudgetStopper.for_sweep(config, BudgetUse(wall_s=30.0, gpu_s=360.0))
+    assert (stopper.gpus_per_trial, stopper.limits) == (8.0, BudgetConfig(max_gpu_hours=0.5))
     stopper.charge(running_trials=2)  # starts the clock at 100 s
     stopper.charge(running_trials=2)  # 60 s x 2 trials x 8 GPUs
     assert (stopper.used.wall_s, stopper.used.gpu_s) == (90.0, 360.0 + 960.0)
