@@ -33,6 +33,7 @@ from orchestrator.sweep.state import (
     TrialState,
     final_sweep_state,
 )
+from orchestrator.sweep.stopping import TRAIN_RUN, stoppable
 from orchestrator.sweep.tracking import TAG_SWEEP, TAG_TRIAL, Tracker, log_trial_model, numeric_metrics
 from orchestrator.sweep.trial_schedulers import build_scheduler
 from orchestrator.training import metric_names
@@ -116,9 +117,18 @@ def trial_trainable(config: dict[str, Any]) -> None:
     monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracker.tracking_uri)
     monitor.start()
     try:
-        result = run_trial(trial, callbacks=[RestartNotice()])
+        result = run_trial(trial, callbacks=[RestartNotice(), TRAIN_RUN.open_channel()])
+    except Exception:
+        if TRAIN_RUN.stopping.is_set():
+            # Tune stopped this trial and `cleanup()` aborted its Train run under it: not a failure.
+            logger.info("trial %s: stopped by Tune; its Train run aborted", trial.trial_id)
+            return
+        raise
     finally:
+        TRAIN_RUN.channel = None  # the run is over: nothing left to abort
         monitor.finish()
+    if TRAIN_RUN.stopping.is_set():
+        return  # stopped as the run ended: Tune has decided, the model is not registered
     if result.error is not None:
         raise RuntimeError(f"trial {trial.trial_id} failed after {result.attempts} attempt(s): {result.error}")
     if result.checkpoint_path is None:
@@ -318,7 +328,7 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
     progress.state = SweepState.RUNNING
     save_progress(record, paths, progress)
 
-    trainable = tune.with_resources(trial_trainable, {TRIAL_DRIVER_RESOURCE: 1})
+    trainable = tune.with_resources(stoppable(trial_trainable), {TRIAL_DRIVER_RESOURCE: 1})
     storage = record.storage
     experiment_path = f"{storage.rstrip('/')}/{TUNE_RUN_NAME}"
     if resume and tune.Tuner.can_restore(experiment_path):

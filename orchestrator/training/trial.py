@@ -20,6 +20,7 @@ import ray.train
 from ray.exceptions import RayActorError
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.train.v2._internal.execution.callback import RayTrainCallback
 from ray.train.v2.api.callback import UserCallback
 from ray.train.v2.api.exceptions import ControllerError, TrainingFailedError, WorkerGroupError
 
@@ -131,7 +132,7 @@ def build_trainer(
     cfg: TrialConfig,
     *,
     reporter: Reporter | None = None,
-    callbacks: Sequence[UserCallback] = (),
+    callbacks: Sequence[UserCallback | RayTrainCallback] = (),
 ) -> TorchTrainer:
     """The `TorchTrainer` of one trial (not started)."""
     if os.environ.get("RAY_TRAIN_V2_ENABLED", "1") == "0":
@@ -140,7 +141,10 @@ def build_trainer(
         )
     storage_path, storage_filesystem = storage_location(cfg.storage)
     resources = cfg.resources
-    user_callbacks: list[UserCallback] = [FailFastCallback(RestartPolicy(cfg.max_failures)), *callbacks]
+    user_callbacks: list[UserCallback | RayTrainCallback] = [
+        FailFastCallback(RestartPolicy(cfg.max_failures)),
+        *callbacks,
+    ]
     if reporter is not None:
         user_callbacks.append(ReporterCallback(reporter))
     if _in_tune_session():
@@ -171,7 +175,7 @@ def run_trial(
     cfg: TrialConfig,
     *,
     reporter: Reporter | None = None,
-    callbacks: Sequence[UserCallback] = (),
+    callbacks: Sequence[UserCallback | RayTrainCallback] = (),
 ) -> TrialResult:
     """Train one trial on the connected Ray cluster to its end; failures come back in `TrialResult.error`.
 
