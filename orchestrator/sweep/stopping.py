@@ -75,7 +75,10 @@ def stoppable(trial_function: Callable[[dict[str, Any]], None]) -> type:
 
     class StoppableTrial(base):
         def cleanup(self) -> None:
-            TRAIN_RUN.abort()
+            # Through the module: this class is pickled by value, and the run's state must stay in the actor.
+            from orchestrator.sweep import stopping
+
+            stopping.TRAIN_RUN.abort()
             super().cleanup()
 
     return StoppableTrial
