@@ -1,6 +1,6 @@
 """The sweep's `budget:` as a Ray Tune stopper: wall hours and GPU-hours spent over all runs of the sweep.
 
-`SweepCallback.on_step` charges it on every step of Tune's loop (wall seconds, and GPU-seconds of the trials
+`SweepCallback.on_step_end` charges it on every step of Tune's loop (wall seconds, and GPU-seconds of the trials
 running then); what is spent lives in the sweep's progress (`SweepProgress.budget_used`), so a `resume` goes on
 from there. Once a limit is reached, `stop_all` ends the Tune run: running trials stop (their last checkpoint kept
 on storage), pending ones never start, and `run_sweep` ends the sweep BUDGET_EXHAUSTED. A resume of such a sweep

@@ -187,7 +187,7 @@ class SweepCallback(tune.Callback):
         progress.budget_used = self.budget.used.model_copy()
         save_progress(self.record, self.paths, progress)
 
-    def on_step(self, iteration: int, trials: list[Any], **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         if not self._charging:
             # A new driver (or a restored one): what earlier runs spent is in the progress.
             self.budget.resume_from(_load(self.paths))

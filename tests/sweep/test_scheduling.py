@@ -35,3 +35,14 @@ def test_concurrency_honours_max_concurrent_trials_and_refuses_what_never_fits()
         "one trial needs 8 workers x (8.0 CPU, 1.0 GPU) but the cluster has 64.0 CPUs and 4.0 GPUs; "
         "lower `resources:` or add nodes"
     )
+
+
+def test_sweep_callback_hooks_are_tunes() -> None:
+    # A misspelt hook (`on_step` for `on_step_end`) is never called and fails silently: the budget would never run out.
+    from ray import tune
+
+    from orchestrator.sweep.scheduling import SweepCallback
+
+    hooks = [name for name in vars(SweepCallback) if name.startswith("on_")]
+    assert "on_step_end" in hooks
+    assert [name for name in hooks if not hasattr(tune.Callback, name)] == []
