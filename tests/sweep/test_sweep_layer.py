@@ -172,21 +172,22 @@ def test_budget_stops_the_running_trial_keeps_its_checkpoints_and_resume_starts_
 ) -> None:
     from orchestrator.training.checkpointing import count_attempts, latest_complete_checkpoint
 
-    # Two long trials, one at a time, and 72 s of wall budget: the first is stopped mid-run, the second never starts.
+    # Two long trials, one at a time, and 3 minutes of wall budget (a Train run starts in well under that even on a
+    # busy machine): the first is stopped mid-run, after its first checkpoints; the second never starts.
     recipe = {"batch_size": 16, "epochs": 500, "steps_per_epoch": 3, "image_size": 32, "resize_size": 40}
     path = _sweep(
         tmp_path,
         tiny_shards_local,
         grid={"seed": [1, 2]},
         recipe={**recipe, "precision": "fp32"},
-        budget={"max_wall_hours": 0.02},
+        budget={"max_wall_hours": 0.05},
     )
     sweep_id, state = _run(path)
     progress = load_progress(sweep_paths(sweep_id).progress)
     assert state == SweepState.BUDGET_EXHAUSTED, progress.model_dump_json()
     assert progress.error is not None and progress.error.startswith("budget exhausted: ")
-    assert progress.error.endswith("of budget.max_wall_hours=0.02 spent")
-    assert progress.budget_used.wall_s >= 0.02 * 3600
+    assert progress.error.endswith("of budget.max_wall_hours=0.05 spent")
+    assert progress.budget_used.wall_s >= 0.05 * 3600
     ran, waiting = progress.trials
     assert (ran.state, waiting.state) == (TrialState.BUDGET_EXHAUSTED, TrialState.BUDGET_EXHAUSTED)
     assert ran.attempts == 1 and 0 < ran.metrics["step"] < 3 * 500
