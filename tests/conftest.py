@@ -14,7 +14,8 @@ Session-scoped (started once, cleaned up at the end):
 * `sample_shards_local` -> str: `sample_images_dir` sharded to a local folder (several shards).
 * `sample_shards_s3` -> str: the same sharded to `s3://S3_TEST_BUCKET/imagenet-sample`.
 * `tiny_images_dir` -> Path: always generated, `TINY_CLASSES` classes x `TINY_PER_CLASS` small JPEGs +
-  labels.tsv (seconds to decode on any backend); `tiny_shards_local` -> str: it sharded, 3+ shards.
+  labels.tsv (seconds to decode on any backend); `tiny_shards_local` -> str: it sharded, 3+ shards;
+  `tiny_shards_s3` -> str: the same in `s3_bucket`.
 * `cifar_archive` -> Path: a small `cifar-10-python.tar.gz` in the real format (`write_cifar_archive`): five
   training batches of `CIFAR_PER_BATCH` images and a test batch of `CIFAR_TEST`, random pixels and labels.
 
@@ -179,6 +180,15 @@ def tiny_shards_local(tiny_images_dir: Path, tmp_path_factory: pytest.TempPathFa
     dest = tmp_path_factory.mktemp("tiny-shards") / "tiny"
     shard_dataset(tiny_images_dir, str(dest), shard_bytes=60_000)
     return str(dest)
+
+
+@pytest.fixture(scope="session")
+def tiny_shards_s3(tiny_images_dir: Path, s3_bucket: str) -> str:
+    from pipelines.sharding import shard_dataset
+
+    uri = f"s3://{s3_bucket}/tiny"
+    shard_dataset(tiny_images_dir, uri, shard_bytes=60_000)
+    return uri
 
 
 def write_cifar_archive(path: Path, per_batch: int = CIFAR_PER_BATCH, test: int = CIFAR_TEST, seed: int = 0) -> Path:

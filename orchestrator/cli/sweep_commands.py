@@ -95,6 +95,10 @@ def _submit(record: SweepRecord, *, resume: bool, address: str, local: bool) -> 
     out().print(
         f"mlflow: {record.tracking_uri} (experiment {record.experiment}{hint})", highlight=False, soft_wrap=True
     )
+    # The driver decides on the cluster whether the sweep can ever run there (trial shape, storage): wait for it.
+    refused = jobs.wait_admitted(load_sweep_record(record.sweep_id))
+    if refused is not None:
+        raise fail(f"sweep {record.sweep_id} refused by the cluster: {refused}")
 
 
 def submit(
@@ -169,7 +173,7 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
             ModelConfig.model_validate(model).registry_name,
             "yes" if model["residual"] else "no",
             model["shortcut"],
-            trial.state.value,
+            trial.state.value + (f" ({trial.waiting})" if trial.waiting else ""),
             str(trial.attempts),
             _fmt(metrics.get(EPOCH), digits=0),
             _fmt(metrics.get(BEST_METRIC), 100.0),

@@ -312,6 +312,8 @@ class TrialConfig(_Strict):
     storage: str
     max_failures: int = Field(ge=0)
     chaos: ChaosConfig | None = None
+    # The submitted sweep's id (`layout.expand` sets it): the trial's Ray Train run and live metrics are named by it.
+    sweep_id: str | None = None
 
     @field_validator("model")
     @classmethod
@@ -322,6 +324,11 @@ class TrialConfig(_Strict):
     @property
     def per_worker_batch(self) -> int:
         return self.recipe.batch_size // self.resources.workers
+
+    @property
+    def run_name(self) -> str:
+        """The Ray Train run's name, as the dashboard's Train view lists it (sweep id + trial id), and its folder."""
+        return f"{self.sweep_id}.{self.trial_id}" if self.sweep_id else self.trial_id
 
     @property
     def error_warmup(self) -> ErrorWarmupConfig | None:
@@ -352,6 +359,8 @@ class SweepConfig(_Strict):
     checkpoint: CheckpointConfig = CheckpointConfig()
     # None: RESNET_ORCH_HOME/storage on this machine; a multi-node cluster needs s3:// or a shared path.
     storage: str | None = Field(default=None, examples=["s3://bucket/runs"])
+    # True: `storage` is a path every node mounts (NFS, EFS, Lustre), so a multi-node cluster may use it.
+    shared_filesystem: bool = False
     tracking: TrackingConfig = TrackingConfig()
     chaos: ChaosConfig | None = None
     # Stops trials early (Ray Tune's ASHA or median stopping), samples recipe axes, limits what the sweep spends:

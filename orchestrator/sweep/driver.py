@@ -24,6 +24,12 @@ from orchestrator.sweep.state import SweepState, load_progress, load_record
 
 logger = logging.getLogger("orchestrator.sweep.driver")  # __name__ is "__main__" under `python -m`
 
+# The driver's exit code when the cluster can never run the sweep as configured; `submit` reports it as refused.
+REFUSED_EXIT_CODE = 2
+# The log lines of the driver's verdict, for a client that cannot read the sweep's storage (it reads the job's log).
+REFUSED_MARK = "cannot run: "
+ADMITTED_MARK = "admitted: "
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m orchestrator.sweep.driver")
@@ -56,12 +62,12 @@ def _run(sweep_dir: Path, *, resume: bool) -> int:
         state = run_sweep(record, config, paths, resume=resume)
     except SchedulingError as exc:
         # The cluster can never run this sweep as configured: a final answer, not an interruption to resume.
-        logger.error("sweep %s cannot run: %s", record.sweep_id, exc)
+        logger.error("sweep %s %s%s", record.sweep_id, REFUSED_MARK, exc)
         progress = load_progress(paths.progress)
         progress.state = SweepState.FAILED
         progress.error = str(exc)
         save_progress(record, paths, progress)
-        return 2
+        return REFUSED_EXIT_CODE
     logger.info("sweep %s finished: %s", record.sweep_id, state)
     return 0 if state == SweepState.SUCCEEDED else 1
 

@@ -24,6 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 from orchestrator.sweep import job_env
+from orchestrator.sweep.cleanup import JOB_METADATA_SWEEP
+from orchestrator.sweep.driver import ADMITTED_MARK, REFUSED_EXIT_CODE, REFUSED_MARK
 from orchestrator.sweep.layout import (
     load_sweep_progress,
     load_sweep_record,
@@ -35,6 +37,9 @@ from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState, sav
 # How long `watch` keeps following a sweep whose cluster does not answer (a dashboard slow on a busy head, a
 # dropped tunnel) before it calls the sweep interrupted.
 UNREACHABLE_GRACE_S = 60.0
+# How long `submit` waits for the driver's verdict (start-up, reading the cluster's shape) before it leaves the sweep
+# to `status`.
+ADMISSION_TIMEOUT_S = 180.0
 # How long `submit` waits for a head's job agent: a head just started (or busy) answers the Jobs API before the
 # agent that runs jobs has registered, and Ray says so with "No available agent" (HTTP 500) until it has.
 AGENT_WAIT_S = 60.0
@@ -188,8 +193,14 @@ def submit_driver(record: SweepRecord, *, resume: bool, address: str, local: boo
         save_progress(record, paths, progress)
     suffix = f"-resume-{int(time.time())}" if resume else ""
     # The Jobs API runs the entrypoint through a shell: every word is quoted (a home folder may hold spaces or ';').
+    # The metadata names the sweep in the dashboard's Jobs view and marks the placement groups this job creates as
+    # the sweep's own (`cleanup`).
     job_id = _submit_when_agent_ready(
-        address, entrypoint=shlex.join(argv), runtime_env=runtime_env, submission_id=f"{record.sweep_id}{suffix}"
+        address,
+        entrypoint=shlex.join(argv),
+        runtime_env=runtime_env,
+        submission_id=f"{record.sweep_id}{suffix}",
+        metadata={JOB_METADATA_SWEEP: record.sweep_id},
     )
     updated = record.model_copy(
         update={"job_id": job_id, "dashboard_url": address, "ray_address": address, "local": local}
@@ -198,18 +209,61 @@ def submit_driver(record: SweepRecord, *, resume: bool, address: str, local: boo
     return job_id
 
 
+def wait_admitted(record: SweepRecord, timeout_s: float = ADMISSION_TIMEOUT_S, poll_s: float = 1.0) -> str | None:
+    """Wait until the sweep's driver has admitted the sweep (it runs, or already ended); returns why the driver
+    refused it instead, None otherwise (also when the driver has not decided within `timeout_s`).
+
+    The driver decides on the cluster, where what the cluster can grow to and where its nodes are is known: a trial
+    shape that no node can ever hold, a local-path storage on a multi-node cluster.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state, progress, job = current_state(record)
+        if progress.state == SweepState.RUNNING or (state.is_terminal and not progress.error):
+            return None
+        if job not in ("PENDING", "RUNNING", None) or (state.is_terminal and progress.error):
+            return _refusal(record, progress)
+        if not record.local and ADMITTED_MARK in (driver_log(record) or ""):
+            return None  # a remote driver whose progress this client cannot read
+        time.sleep(poll_s)
+    return None
+
+
+def _refusal(record: SweepRecord, progress: SweepProgress) -> str | None:
+    """Why the ended driver refused the sweep; None when it ended otherwise."""
+    if record.job_id is None or record.dashboard_url is None:
+        return None
+    try:
+        exit_code = _job_client(record.dashboard_url).get_job_info(record.job_id).driver_exit_code
+    except Exception:  # the cluster went away: nothing to say about a refusal
+        return None
+    if exit_code != REFUSED_EXIT_CODE:
+        return None
+    if progress.error:
+        return progress.error
+    # A remote driver whose storage this client cannot read: its log says why.
+    lines = [line for line in (driver_log(record) or "").splitlines() if REFUSED_MARK in line]
+    return lines[-1].split(REFUSED_MARK, 1)[1] if lines else "see `resnet-orch logs`"
+
+
 def _submit_when_agent_ready(address: str, **job: Any) -> str:
-    """`submit_job`, retried while the head has no job agent yet (up to AGENT_WAIT_S); any other error at once."""
-    client = _job_client(address)
+    """`submit_job`, retried (up to AGENT_WAIT_S) while the head has no job agent yet or drops the connection, as a
+    busy head's dashboard does; any other error at once. The submission id is fixed, so a request that reached the
+    head before its connection dropped is found on the retry ("already exists") instead of running twice."""
     deadline = time.monotonic() + AGENT_WAIT_S
     delay = 0.5
+    dropped = False
     while True:
         try:
-            job_id: str = client.submit_job(**job)
+            job_id: str = _job_client(address).submit_job(**job)
             return job_id
-        except RuntimeError as exc:
-            if _NO_AGENT not in str(exc) or time.monotonic() + delay > deadline:
+        except (RuntimeError, OSError) as exc:  # requests' errors are OSErrors
+            if dropped and "already exists" in str(exc):
+                return str(job["submission_id"])
+            retry = isinstance(exc, OSError) or _NO_AGENT in str(exc)
+            if not retry or time.monotonic() + delay > deadline:
                 raise
+            dropped = dropped or isinstance(exc, OSError)
         time.sleep(delay)
         delay = min(delay * 2, 5.0)
 

@@ -152,7 +152,8 @@ def preview(config: SweepConfig) -> list[dict[str, Any]]:
 def expand(sweep_id: str, config: SweepConfig) -> list[TrialConfig]:
     """The sweep's trials, each storing under this sweep's own folder (so a resubmit never reuses old state)."""
     storage = trial_storage(sweep_id, config)
-    return [t.model_copy(update={"storage": storage}) for t in config.expand(storage_root=storage)]
+    ours = {"storage": storage, "sweep_id": sweep_id}
+    return [t.model_copy(update=ours) for t in config.expand(storage_root=storage)]
 
 
 def create_sweep(sweep_file: Path, config: SweepConfig, *, ray_address: str | None = None) -> SweepRecord:

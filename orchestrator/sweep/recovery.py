@@ -1,5 +1,5 @@
-"""What a sweep driver finds left by an earlier one: placement groups of a dead driver, and trials that finished
-(their model registered) after the last progress it wrote."""
+"""What a sweep driver finds left by an earlier one: trials that finished (their model registered) after the last
+progress it wrote (placement groups a dead driver left: `cleanup.py`)."""
 
 from __future__ import annotations
 
@@ -9,27 +9,6 @@ from orchestrator.sweep.state import SweepProgress, TrialState
 from orchestrator.sweep.tracking import Tracker
 
 logger = logging.getLogger(__name__)
-
-
-def remove_orphan_placement_groups() -> int:
-    """Remove placement groups whose creating job is dead: a killed driver can leave them holding the cluster."""
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-    from ray.util.state import list_jobs, list_placement_groups
-
-    alive = set()
-    for job in list_jobs():
-        # Ray reports a plain driver (not a submitted job) as RUNNING while it is alive, too.
-        if job.job_id and getattr(job.status, "value", job.status) in ("PENDING", "RUNNING"):
-            alive.add(job.job_id)
-    removed = 0
-    for pg in list_placement_groups(filters=[("state", "!=", "REMOVED")], detail=True):
-        if pg.is_detached or pg.creator_job_id in alive:
-            continue
-        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg.placement_group_id))))
-        removed += 1
-        logger.warning("removed placement group %s left by dead job %s", pg.placement_group_id, pg.creator_job_id)
-    return removed
 
 
 def settle_registered(tracker: Tracker, registered_model: str, progress: SweepProgress) -> list[str]:

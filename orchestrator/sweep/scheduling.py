@@ -2,31 +2,38 @@
 
 Ray Train v2 refuses `Tuner(TorchTrainer)`; under Tune, a trial is a function that calls `trainer.fit()`. The trial
 function holds one unit of a custom resource and no CPU, so trial drivers never take the CPUs their own worker
-groups wait for; how many trials run at once is decided here from the cluster's CPUs/GPUs and
-`max_concurrent_trials`, so the trials that do not fit wait in Tune's queue instead of in Train's startup loop.
+groups wait for. How many trials run at once is decided from what the cluster can grow to (`capacity.plan` over
+`autoscaler.read_shape`) and `max_concurrent_trials`: the trials beyond it wait in Tune's queue (PENDING), the
+started ones whose workers wait for the autoscaler's nodes show `PENDING (waiting for nodes)`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import tempfile
+import threading
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import ray
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import tune
+from ray.train.v2._internal.execution.callback import WorkerGroupCallback
 from ray.train.v2.api.callback import UserCallback
 
 from orchestrator.stack.ray_head import TRIAL_DRIVER_RESOURCE
+from orchestrator.sweep.autoscaler import read_shape
 from orchestrator.sweep.budget import BudgetStopper, exhausted_by, stop_unfinished
-from orchestrator.sweep.config import ResourcesConfig, SweepConfig, TrialConfig
+from orchestrator.sweep.capacity import SchedulingError, check_storage, plan
+from orchestrator.sweep.cleanup import remove_orphan_placement_groups
+from orchestrator.sweep.config import SweepConfig, TrialConfig
+from orchestrator.sweep.driver import ADMITTED_MARK
 from orchestrator.sweep.layout import SweepPaths, embedded_artifact_root, embedded_tracking_uri, expand, save_progress
-from orchestrator.sweep.recovery import remove_orphan_placement_groups, settle_registered
+from orchestrator.sweep.recovery import settle_registered
 from orchestrator.sweep.state import (
+    BudgetUse,
     SweepProgress,
     SweepRecord,
     SweepState,
@@ -49,32 +56,25 @@ PARAM_KEY = "sweep_trial"
 BUDGET_SAVE_S = 30.0
 
 
-class SchedulingError(RuntimeError):
-    """The cluster cannot run this sweep as configured."""
+__all__ = ["SchedulingError", "run_sweep"]
+
+# A result carrying only this key tells the sweep driver whether the trial's workers wait for nodes (1) or started (0).
+WAITING_KEY = "resnet_orch_waiting_for_nodes"
+WAITING_FOR_NODES = "waiting for nodes"
+# A worker group not started this long after asking for its placement group waits for nodes (the autoscaler's, or
+# running trials' to free up); starting workers on nodes that are up takes less. The variable overrides it (drills).
+WAITING_GRACE_S = 5.0
+WAITING_GRACE_ENV = "RESNET_ORCH_WAITING_GRACE_S"
 
 
-def trials_that_fit(cluster: Mapping[str, float], resources: ResourcesConfig) -> int:
-    """How many trials of this shape the cluster holds at once (by CPUs and GPUs)."""
-    fits = math.inf
-    cpu_need = resources.workers * resources.cpus_per_worker
-    fits = min(fits, cluster.get("CPU", 0.0) // cpu_need)
-    if resources.gpus_per_worker > 0:
-        fits = min(fits, cluster.get("GPU", 0.0) // (resources.workers * resources.gpus_per_worker))
-    return int(fits)
+def _tune_queue() -> Any:
+    """The queue from the Ray Train controller to this Tune trial's driver (Ray's `TuneReportCallback` uses it)."""
+    from ray.train._internal.session import get_session
 
-
-def concurrency(cluster: Mapping[str, float], config: SweepConfig) -> int:
-    fits = trials_that_fit(cluster, config.resources)
-    if fits < 1:
-        r = config.resources
-        raise SchedulingError(
-            f"one trial needs {r.workers} workers x ({r.cpus_per_worker} CPU, {r.gpus_per_worker} GPU) but the "
-            f"cluster has {cluster.get('CPU', 0)} CPUs and {cluster.get('GPU', 0)} GPUs; lower `resources:` "
-            "or add nodes"
-        )
-    if config.max_concurrent_trials is not None:
-        return min(fits, config.max_concurrent_trials)
-    return fits
+    session = get_session()
+    if session is None:
+        raise RuntimeError("a trial notice needs a Tune trial's session; create it inside the trial function")
+    return session._get_or_create_inter_actor_queue()
 
 
 class RestartNotice(UserCallback):
@@ -85,15 +85,49 @@ class RestartNotice(UserCallback):
     """
 
     def __init__(self) -> None:
-        from ray.train._internal.session import get_session
-
-        session = get_session()
-        if session is None:
-            raise RuntimeError("RestartNotice needs a Tune trial's session; create it inside the trial function")
-        self._queue = session._get_or_create_inter_actor_queue()
+        self._queue = _tune_queue()
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         self._queue.put({RESTART_KEY: 1})
+
+
+class PlacementNotice(WorkerGroupCallback):
+    """On the Ray Train controller: tells the sweep driver that the trial's workers wait for nodes (their placement
+    group is not ready `WAITING_GRACE_S` after it was asked for), and when they started.
+
+    A Ray Train callback of the controller's own kind (not a `UserCallback`, which has no worker-group hooks); Ray
+    Train runs the `RunConfig.callbacks` that are not user callbacks alongside its own.
+    """
+
+    def __init__(self) -> None:
+        self._queue = _tune_queue()
+        self._grace_s = float(os.environ.get(WAITING_GRACE_ENV, WAITING_GRACE_S))
+        self._timer: threading.Timer | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled to the controller before any group starts: a timer is created there, never shipped.
+        return {**self.__dict__, "_timer": None}
+
+    def _cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def before_worker_group_start(self, worker_group_context: Any) -> None:
+        self._cancel()
+        self._timer = threading.Timer(self._grace_s, self._queue.put, args=({WAITING_KEY: 1},))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def after_worker_group_start(self, worker_group: Any) -> None:
+        self._cancel()
+        self._queue.put({WAITING_KEY: 0})
+
+    def before_worker_group_shutdown(self, worker_group: Any) -> None:
+        self._cancel()
+
+    def before_worker_group_abort(self, worker_group_context: Any) -> None:
+        self._cancel()
 
 
 def trial_trainable(config: dict[str, Any]) -> None:
@@ -114,10 +148,12 @@ def trial_trainable(config: dict[str, Any]) -> None:
         logger.info("trial %s was stopped early by the trial scheduler; not re-running it", trial.trial_id)
         return
     # CPU, memory, network (and GPU where there is one) of this trial's driver node, into the trial's run.
+    # The dashboard's Train view lists a run only when Ray Train records its state, off by default in Ray 2.60.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=tracker.tracking_uri)
     monitor.start()
     try:
-        result = run_trial(trial, callbacks=[RestartNotice(), TRAIN_RUN.open_channel()])
+        result = run_trial(trial, callbacks=[RestartNotice(), PlacementNotice(), TRAIN_RUN.open_channel()])
     except Exception:
         if TRAIN_RUN.stopping.is_set():
             # Tune stopped this trial and `cleanup()` aborted its Train run under it: not a failure.
@@ -162,15 +198,29 @@ def _artifact_root(tracking_uri: str) -> Path | None:
     return embedded_artifact_root() if tracking_uri == embedded_tracking_uri() else None
 
 
+# The sweep this driver process runs. Tune restores the SweepCallback it pickled in the driver that started the sweep;
+# a resumed sweep's driver on a remote cluster runs from a working dir of its own (the Jobs API unpacks each job's
+# anew), so the restored callback is pointed at this driver's record and sweep dir rather than at the first one's.
+_driver_sweep: tuple[SweepRecord, SweepPaths] | None = None
+
+
+def set_driver_sweep(record: SweepRecord, paths: SweepPaths) -> None:
+    """Name the sweep this process drives (before a Tune restore unpickles its callbacks)."""
+    global _driver_sweep
+    _driver_sweep = (record, paths)
+
+
 class SweepCallback(tune.Callback):
     """Moves trial states in the sweep record and logs every report to the trial's MLflow run (driver side)."""
 
-    def __init__(self, record: SweepRecord, paths: SweepPaths, run_ids: dict[str, str], budget: BudgetStopper) -> None:
+    def __init__(
+        self, record: SweepRecord, paths: SweepPaths, run_ids: dict[str, str], budget: BudgetStopper | None = None
+    ) -> None:
         self.record = record
         self.paths = paths
         self.run_ids = run_ids
         # The same object is Tune's stopper: charged here on every step, it ends the run when the budget is spent.
-        self.budget = budget
+        self.budget = budget or BudgetStopper(None, 0.0, BudgetUse())
         self._tracker: Tracker | None = None
         self._charging = False
         self._saved_at = 0.0
@@ -181,6 +231,11 @@ class SweepCallback(tune.Callback):
         state["_tracker"] = None
         state["_charging"] = False
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if _driver_sweep is not None and _driver_sweep[0].sweep_id == self.record.sweep_id:
+            self.record, self.paths = _driver_sweep
 
     def _save(self, progress: SweepProgress) -> None:
         self._saved_at = time.monotonic()
@@ -216,16 +271,20 @@ class SweepCallback(tune.Callback):
             # A finished (or early-stopped) trial that Tune's restored state had not yet recorded as such: it stays
             # so (the trainable returns at once, see `trial_trainable`).
             return trial_id
+        if new == TrialState.SUCCEEDED and status.state == TrialState.PENDING:
+            progress.move(trial_id, TrialState.RUNNING)  # its model was registered before its workers reported
         if new is not None and status.state != new:
             progress.move(trial_id, new, error=error)
         self._save(progress)
         return trial_id
 
+    # A started trial stays PENDING until its workers start (`PlacementNotice`) or report: until then it waits for
+    # nodes, not for Tune.
     def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._update(trial, TrialState.RUNNING)
+        self._update(trial)
 
     def on_trial_restore(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        self._update(trial, TrialState.RUNNING)
+        self._update(trial)
 
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
@@ -233,6 +292,15 @@ class SweepCallback(tune.Callback):
         trial_id = _trial_id(trial)
         progress = _load(self.paths)
         status = progress.trial(trial_id)
+        if WAITING_KEY in result:
+            if result[WAITING_KEY]:
+                status.waiting = WAITING_FOR_NODES
+            else:  # the worker group started
+                status.waiting = None
+                if status.state == TrialState.PENDING:
+                    progress.move(trial_id, TrialState.RUNNING)
+            save_progress(self.record, self.paths, progress)
+            return
         if status.state == TrialState.PENDING:
             progress.move(trial_id, TrialState.RUNNING)
         if result.get(RESTART_KEY):
@@ -293,16 +361,16 @@ def _load(paths: SweepPaths) -> SweepProgress:
 
 
 def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, resume: bool) -> SweepState:
-    """Run (or resume) the whole sweep on the connected Ray cluster; returns the sweep's final state."""
-    cluster = ray.cluster_resources()
-    if cluster.get(TRIAL_DRIVER_RESOURCE, 0) < 1:
-        raise SchedulingError(
-            f"the cluster has no `{TRIAL_DRIVER_RESOURCE}` resource that trial drivers reserve instead of CPUs; "
-            f"start its nodes with --resources='{{\"{TRIAL_DRIVER_RESOURCE}\": 1000}}' (docs/cluster.md)"
-        )
-    max_concurrent = concurrency(cluster, config)
-    remove_orphan_placement_groups()
+    """Run (or resume) the whole sweep on the connected Ray cluster; returns the sweep's final state.
+
+    Raises `SchedulingError`, before any trial starts, when the cluster can never run it as configured.
+    """
+    set_driver_sweep(record, paths)
     trials = expand(record.sweep_id, config)
+    shape = read_shape()
+    decided = plan(config.resources, shape, max_concurrent=config.max_concurrent_trials, trials=len(trials))
+    check_storage(record.storage, shape, shared_filesystem=config.shared_filesystem)
+    remove_orphan_placement_groups(record.sweep_id)
     tracker = Tracker(record.tracking_uri, record.experiment, _artifact_root(record.tracking_uri))
     progress = _load(paths)
     parent_run_id = progress.parent_run_id = tracker.parent_run(record.sweep_id, paths.sweep_file)
@@ -336,7 +404,8 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
         tuner = tune.Tuner.restore(
             experiment_path, trainable=trainable, resume_unfinished=True, resume_errored=False, restart_errored=True
         )
-        # Tune restores the SweepCallback it pickled: the same record, paths and (tag-stable) MLflow run ids.
+        # Tune restores the SweepCallback it pickled: the same (tag-stable) MLflow run ids; this driver's record and
+        # sweep dir (`_driver_sweep`).
     else:
         common = {
             "tracking_uri": record.tracking_uri,
@@ -353,7 +422,7 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
             trainable,
             param_space={PARAM_KEY: tune.grid_search(values)},
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=max_concurrent, reuse_actors=False, scheduler=build_scheduler(config)
+                max_concurrent_trials=decided.max_concurrent, reuse_actors=False, scheduler=build_scheduler(config)
             ),
             run_config=tune.RunConfig(
                 name=TUNE_RUN_NAME,
@@ -366,7 +435,7 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
                 verbose=1,
             ),
         )
-    logger.info("sweep %s: %d trials, at most %d at once", record.sweep_id, len(trials), max_concurrent)
+    logger.info("sweep %s %s%d trials; %s", record.sweep_id, ADMITTED_MARK, len(trials), decided.why)
     tuner.fit()
     return _finish(record, paths, tracker, _load(paths), config)
 

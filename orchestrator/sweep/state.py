@@ -118,6 +118,9 @@ class TrialStatus(BaseModel):
     metrics: dict[str, float] = Field(default_factory=dict)
     mlflow_run_id: str | None = None
     error: str | None = None
+    # Why a trial that Tune started has not moved on (`waiting for nodes`: its workers' placement group is not
+    # ready); `status` shows it after the state. Cleared by every state change.
+    waiting: str | None = None
 
 
 class SweepRecord(BaseModel):
@@ -159,6 +162,7 @@ class SweepProgress(BaseModel):
         trial = self.trial(trial_id)
         check_transition(trial.state, new)
         trial.state = new
+        trial.waiting = None
         if error is not None:
             trial.error = error
         elif new in (TrialState.RUNNING, TrialState.SUCCEEDED):

@@ -8,27 +8,31 @@ from __future__ import annotations
 
 from ray.util.metrics import Counter, Gauge
 
-_TAG_KEYS = ("sweep", "trial", "rank")
+from orchestrator.training import metric_names as m
+
+_DESCRIPTIONS = {
+    m.IMAGES_PER_S: "training images per second on this worker",
+    m.IMAGES_PER_S_TOTAL: "training images per second summed over the trial's workers",
+    m.TRAIN_LOSS: "training loss, mean over the last reporting window",
+    m.DATA_WAIT_FRAC: "fraction of step time spent waiting for the next input batch",
+    m.LR: "learning rate",
+    m.STEP: "optimizer steps completed",
+    m.EPOCH_TIME_S: "wall time of the last completed epoch",
+}
 
 
 class TrainMetrics:
     """One worker's Ray metrics. Create inside the Ray worker process (metrics are per process)."""
 
     def __init__(self, *, sweep: str, trial: str, rank: int) -> None:
-        tags = {"sweep": sweep, "trial": trial, "rank": str(rank)}
+        tags = dict(zip(m.LIVE_TAGS, (sweep, trial, str(rank)), strict=True))
         self._gauges = {
-            name: Gauge(f"resnet_orch_{name}", description=description, tag_keys=_TAG_KEYS)
-            for name, description in (
-                ("images_per_s", "training images per second on this worker"),
-                ("images_per_s_total", "training images per second summed over the trial's workers"),
-                ("train_loss", "training loss, mean over the last reporting window"),
-                ("data_wait_frac", "fraction of step time spent waiting for the next input batch"),
-                ("lr", "learning rate"),
-                ("step", "optimizer steps completed"),
-                ("epoch_time_s", "wall time of the last completed epoch"),
-            )
+            name: Gauge(f"{m.LIVE_PREFIX}{name}", description=_DESCRIPTIONS[name], tag_keys=m.LIVE_TAGS)
+            for name in m.LIVE_GAUGES
         }
-        self._images = Counter("resnet_orch_images_trained", description="images trained", tag_keys=_TAG_KEYS)
+        self._images = Counter(
+            f"{m.LIVE_PREFIX}{m.LIVE_IMAGES_TRAINED}", description="images trained", tag_keys=m.LIVE_TAGS
+        )
         for metric in (*self._gauges.values(), self._images):
             metric.set_default_tags(tags)
 

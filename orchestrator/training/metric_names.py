@@ -143,3 +143,12 @@ SCHEDULABLE: tuple[str, ...] = (
 VALIDATION: tuple[str, ...] = (VAL_TOP1_ERR, VAL_TOP5_ERR, VAL_LOSS)
 # The scheduler's clock: epochs completed (the epoch-end report's `EPOCH` + 1), added on the driver.
 EPOCHS_DONE = "epochs_done"
+
+# Live Ray metrics (training/live_metrics.py), updated between reports: each worker's gauges and counter, tagged with
+# LIVE_TAGS. Ray's Prometheus export (each node's `--metrics-export-port`) names them `ray_<LIVE_PREFIX><name>`, a
+# counter with `_total` appended; infra/grafana/resnet-orch.json has a panel per series.
+LIVE_PREFIX = "resnet_orch_"
+IMAGES_PER_S_TOTAL = "images_per_s_total"  # summed over the trial's workers (the reported IMAGES_PER_S)
+LIVE_GAUGES: tuple[str, ...] = (IMAGES_PER_S, IMAGES_PER_S_TOTAL, TRAIN_LOSS, DATA_WAIT_FRAC, LR, STEP, EPOCH_TIME_S)
+LIVE_IMAGES_TRAINED = "images_trained"  # a counter
+LIVE_TAGS: tuple[str, ...] = ("sweep", "trial", "rank")

@@ -106,7 +106,7 @@ class _Trainer:
         self.rank, self.world, self.device = self.at.rank, self.at.world, self.at.device
         storage = ray.train.get_context().get_storage()
         self.storage = storage
-        self.metrics = TrainMetrics(sweep=cfg.sweep_name, trial=cfg.trial_id, rank=self.rank)
+        self.metrics = TrainMetrics(sweep=cfg.sweep_id or cfg.sweep_name, trial=cfg.trial_id, rank=self.rank)
         fs, trial_path = storage.storage_filesystem, storage.experiment_fs_path
         self.attempt = setup.broadcast(register_attempt(fs, trial_path) if self.rank == 0 else 0, self.device)
         self.attempt_started = time.time()

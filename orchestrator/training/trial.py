@@ -20,10 +20,10 @@ import ray.train
 from ray.exceptions import RayActorError
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from ray.train.v2._internal.execution.callback import RayTrainCallback
-from ray.train.v2.api.callback import UserCallback
+from ray.train.v2.api.callback import RayTrainCallback, UserCallback
 from ray.train.v2.api.exceptions import ControllerError, TrainingFailedError, WorkerGroupError
 
+from orchestrator.sweep.capacity import worker_bundle
 from orchestrator.sweep.config import TrialConfig
 from orchestrator.training.checkpointing import count_attempts, latest_complete_checkpoint
 from orchestrator.training.restart_policy import (
@@ -132,7 +132,7 @@ def build_trainer(
     cfg: TrialConfig,
     *,
     reporter: Reporter | None = None,
-    callbacks: Sequence[UserCallback | RayTrainCallback] = (),
+    callbacks: Sequence[RayTrainCallback] = (),
 ) -> TorchTrainer:
     """The `TorchTrainer` of one trial (not started)."""
     if os.environ.get("RAY_TRAIN_V2_ENABLED", "1") == "0":
@@ -141,19 +141,14 @@ def build_trainer(
         )
     storage_path, storage_filesystem = storage_location(cfg.storage)
     resources = cfg.resources
-    user_callbacks: list[UserCallback | RayTrainCallback] = [
-        FailFastCallback(RestartPolicy(cfg.max_failures)),
-        *callbacks,
-    ]
+    user_callbacks: list[RayTrainCallback] = [FailFastCallback(RestartPolicy(cfg.max_failures)), *callbacks]
     if reporter is not None:
         user_callbacks.append(ReporterCallback(reporter))
     if _in_tune_session():
         from ray.tune.integration.ray_train import TuneReportCallback
 
         user_callbacks.append(TuneReportCallback())
-    per_worker: dict[str, float] = {"CPU": resources.cpus_per_worker}
-    if resources.use_gpu:
-        per_worker["GPU"] = resources.gpus_per_worker
+    per_worker = worker_bundle(resources)
     return TorchTrainer(
         train_func,
         train_loop_config=cfg.model_dump(mode="json"),
@@ -161,7 +156,7 @@ def build_trainer(
             num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker
         ),
         run_config=RunConfig(
-            name=cfg.trial_id,
+            name=cfg.run_name,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
             failure_config=FailureConfig(max_failures=cfg.max_failures),
@@ -175,7 +170,7 @@ def run_trial(
     cfg: TrialConfig,
     *,
     reporter: Reporter | None = None,
-    callbacks: Sequence[UserCallback | RayTrainCallback] = (),
+    callbacks: Sequence[RayTrainCallback] = (),
 ) -> TrialResult:
     """Train one trial on the connected Ray cluster to its end; failures come back in `TrialResult.error`.
 
@@ -183,7 +178,7 @@ def run_trial(
     must pickle. Inside a Ray Tune function trainable the metrics also go to Tune (`TuneReportCallback`).
     Re-running a trial with the same name and storage resumes it from its latest checkpoint.
     """
-    name = cfg.trial_id
+    name = cfg.run_name
     trainer = build_trainer(cfg, reporter=reporter, callbacks=callbacks)
     storage_path, storage_filesystem = storage_location(cfg.storage)
     fs = storage_filesystem or pyarrow.fs.LocalFileSystem()

@@ -69,3 +69,15 @@ def mlflow_server(s3_server: SeaweedFS, tmp_path: Path) -> Iterator[str]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def remote_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The environment of a `resnet-orch` client in a home of its own that knows a cluster only by the dashboard
+    address it is given (`tests.sweep.remote_sweeps`)."""
+    home = tmp_path / "client-home"
+    monkeypatch.setenv("RESNET_ORCH_HOME", str(home))
+    for key in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(key, raising=False)
+    # Forwarded to the driver (RESNET_ORCH_*): a trial reports "waiting for nodes" as soon as it asks for them.
+    return {**os.environ, "RESNET_ORCH_HOME": str(home), "RESNET_ORCH_WAITING_GRACE_S": "0", "COLUMNS": "200"}

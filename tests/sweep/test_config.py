@@ -292,7 +292,7 @@ def test_cli_validate_exits_2_with_every_message_and_no_traceback(tmp_path: Path
         "write weight_decay: 0.0001",
         f"{bad}: modle: unknown key; did you mean model? valid keys here: budget, chaos, checkpoint, data, grid, "
         "max_concurrent_trials, max_failures, model, name, num_samples, recipe, resources, scheduler, search, seed, "
-        "storage, tracking",
+        "shared_filesystem, storage, tracking",
     ]
     assert "Traceback" not in done.stdout + done.stderr
 

@@ -198,7 +198,8 @@ def test_driver_killed_then_resume(orch_home: Path, sample_shards_local: str, tm
     storage = json.loads((sweep_dir / "record.json").read_text())["storage"]
     import pyarrow.fs
 
-    assert count_attempts(pyarrow.fs.LocalFileSystem(), f"{storage}/{status['trials'][0]['id']}") == 1
+    run_dir = f"{storage}/{sweep_id}.{status['trials'][0]['id']}"  # the Ray Train run: `TrialConfig.run_name`
+    assert count_attempts(pyarrow.fs.LocalFileSystem(), run_dir) == 1
     assert status["trials"][0]["mlflow_run_id"] == first[0]["mlflow_run_id"]
     embedded = f"sqlite:///{orch_home / 'mlflow' / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=embedded, registry_uri=embedded)

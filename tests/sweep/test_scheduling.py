@@ -1,40 +1,80 @@
-"""How many trials run at once: by the cluster's CPUs and GPUs and `max_concurrent_trials`; what never fits."""
+"""The sweep driver's trial states as Tune and the Ray Train controller report them, without a cluster: a started
+trial whose workers wait for their placement group shows `PENDING (waiting for nodes)` in `status`, and RUNNING once
+they start. (What a cluster can grow to, and how many trials run at once: test_capacity.py.)"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from typer.testing import CliRunner
 
-from orchestrator.sweep.config import ResourcesConfig, load_sweep
-from orchestrator.sweep.scheduling import SchedulingError, concurrency, trials_that_fit
+from orchestrator.cli import app
+from orchestrator.sweep.config import load_sweep
+from orchestrator.sweep.layout import create_sweep, load_sweep_progress, sweep_paths
+from orchestrator.sweep.scheduling import PARAM_KEY, WAITING_KEY, SweepCallback
+from orchestrator.sweep.state import TrialState
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
-@pytest.mark.parametrize(
-    ("cluster", "resources", "fits"),
-    [
-        ({"CPU": 2.0}, ResourcesConfig(workers=2, cpus_per_worker=1), 1),
-        ({"CPU": 16.0}, ResourcesConfig(workers=2, cpus_per_worker=2), 4),
-        ({"CPU": 64.0, "GPU": 8.0}, ResourcesConfig(workers=4, gpus_per_worker=1, cpus_per_worker=8), 2),
-        ({"CPU": 64.0}, ResourcesConfig(workers=1, gpus_per_worker=1), 0),
-    ],
-)
-def test_trials_that_fit(cluster: dict[str, float], resources: ResourcesConfig, fits: int) -> None:
-    assert trials_that_fit(cluster, resources) == fits
+def _rows(table: str) -> dict[str, list[str]]:
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in table.splitlines() if line.startswith("│")]
+    return {row[0]: row for row in rows}
 
 
-def test_concurrency_honours_max_concurrent_trials_and_refuses_what_never_fits() -> None:
-    config = load_sweep(EXAMPLES / "table3_shortcuts.yaml")  # 8 workers x (1 GPU, 8 CPUs), at most 3 at once
-    assert concurrency({"CPU": 1024.0, "GPU": 128.0}, config) == 3
-    assert concurrency({"CPU": 128.0, "GPU": 16.0}, config) == 2
-    with pytest.raises(SchedulingError) as info:
-        concurrency({"CPU": 64.0, "GPU": 4.0}, config)
-    assert str(info.value) == (
-        "one trial needs 8 workers x (8.0 CPU, 1.0 GPU) but the cluster has 64.0 CPUs and 4.0 GPUs; "
-        "lower `resources:` or add nodes"
-    )
+def test_a_started_trial_waits_for_nodes_then_runs(home: Path) -> None:
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    callback = SweepCallback(record, sweep_paths(record.sweep_id), run_ids={})
+    tune_trial = SimpleNamespace(config={PARAM_KEY: {"trial_id": "000-residual"}})
+    runner = CliRunner()
+
+    def state_column() -> str:
+        table = runner.invoke(app, ["status", record.sweep_id], env={"COLUMNS": "200"}).stdout
+        return _rows(table)["000-residual"][4]
+
+    callback.on_trial_start(0, [], tune_trial)  # Tune started its driver; its workers have not asked for nodes yet
+    assert state_column() == "PENDING"
+    callback.on_trial_result(0, [], tune_trial, {WAITING_KEY: 1, "training_iteration": 1})
+    assert state_column() == "PENDING (waiting for nodes)"
+    status = json.loads(runner.invoke(app, ["status", record.sweep_id, "--json"]).stdout)
+    assert [(t["state"], t["waiting"]) for t in status["trials"]] == [
+        ("PENDING", "waiting for nodes"),
+        ("PENDING", None),
+    ]
+    callback.on_trial_result(0, [], tune_trial, {WAITING_KEY: 0, "training_iteration": 2})
+    assert state_column() == "RUNNING"
+    progress = load_sweep_progress(record.sweep_id)
+    assert progress.trial("000-residual").state == TrialState.RUNNING
+    assert progress.trial("000-residual").attempts == 0  # a notice is not a report of the training loop
+
+
+def test_a_restored_callback_writes_into_the_resuming_drivers_sweep_dir(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+    import shutil
+
+    from orchestrator.sweep import scheduling
+    from orchestrator.sweep.layout import SweepPaths
+    from orchestrator.sweep.state import load_progress
+
+    monkeypatch.setattr(scheduling, "_driver_sweep", None)
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    first = sweep_paths(record.sweep_id)
+    pickled = pickle.dumps(SweepCallback(record, first, run_ids={}))  # Tune's experiment state, first driver
+    # The resumed driver runs from another working dir (the Jobs API unpacks each job's upload anew).
+    second = SweepPaths(tmp_path / "resumed-working-dir")
+    shutil.copytree(first.root, second.root)
+    scheduling.set_driver_sweep(record, second)
+    restored = pickle.loads(pickled)
+    tune_trial = SimpleNamespace(config={PARAM_KEY: {"trial_id": "000-residual"}})
+    restored.on_trial_result(0, [], tune_trial, {WAITING_KEY: 0, "training_iteration": 1})
+
+    assert load_progress(second.progress).trial("000-residual").state == TrialState.RUNNING
+    assert load_progress(first.progress).trial("000-residual").state == TrialState.PENDING
 
 
 def test_sweep_callback_hooks_are_tunes() -> None:
