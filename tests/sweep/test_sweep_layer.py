@@ -84,9 +84,14 @@ def _run(path: Path, *, resume: bool = False, sweep_id: str | None = None) -> tu
     return sweep_id, run_sweep(load_record(paths.record), config, paths, resume=resume)
 
 
-def _checkpoints(storage: str, trial_id: str) -> list[str]:
+def _run_dir(home: Path, sweep_id: str, trial_id: str) -> str:
+    """The trial's Ray Train run folder: `TrialConfig.run_name` under the sweep's storage."""
+    return f"{home}/storage/{sweep_id}/{sweep_id}.{trial_id}"
+
+
+def _checkpoints(run_dir: str) -> list[str]:
     fs = pyarrow.fs.LocalFileSystem()
-    infos = fs.get_file_info(pyarrow.fs.FileSelector(f"{storage}/{trial_id}", allow_not_found=True))
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(run_dir, allow_not_found=True))
     return sorted(i.base_name for i in infos if i.base_name.startswith("checkpoint-"))
 
 
@@ -148,10 +153,9 @@ def test_asha_stops_the_worse_trial_and_resume_leaves_it(
 
     # The stopped trial keeps its checkpoints: step 2, the epoch end at step 3 that ASHA judged, and any its workers
     # wrote before Tune's stop reached them; the newest is complete (a resume of the Train run could load it).
-    storage = f"{home}/storage/{sweep_id}"
-    kept = _checkpoints(storage, bad.id)
+    kept = _checkpoints(_run_dir(home, sweep_id, bad.id))
     assert kept[:2] == ["checkpoint-step000000002-attempt0", "checkpoint-step000000003-attempt0"], kept
-    latest = latest_complete_checkpoint(pyarrow.fs.LocalFileSystem(), f"{storage}/{bad.id}")
+    latest = latest_complete_checkpoint(pyarrow.fs.LocalFileSystem(), _run_dir(home, sweep_id, bad.id))
     assert latest is not None and latest.endswith(kept[-1])
     # Torn down: no placement group or Ray Train actor of either trial is left on the cluster.
     assert _live_train_parts() == ([], [])
@@ -162,7 +166,7 @@ def test_asha_stops_the_worse_trial_and_resume_leaves_it(
     after = load_progress(sweep_paths(sweep_id).progress)
     assert [t.state for t in after.trials] == [TrialState.SUCCEEDED, TrialState.STOPPED]
     fs = pyarrow.fs.LocalFileSystem()
-    assert count_attempts(fs, f"{storage}/{bad.id}") == 1
+    assert count_attempts(fs, _run_dir(home, sweep_id, bad.id)) == 1
     assert client.get_run(bad.mlflow_run_id or "").info.status == "FINISHED"
 
 
@@ -193,13 +197,12 @@ def test_budget_stops_the_running_trial_keeps_its_checkpoints_and_resume_starts_
     assert ran.attempts == 1 and 0 < ran.metrics["step"] < 3 * 500
     assert waiting.attempts == 0 and waiting.error is not None and waiting.error.startswith("not started: budget")
 
-    storage = f"{home}/storage/{sweep_id}"
     fs = pyarrow.fs.LocalFileSystem()
-    kept = _checkpoints(storage, ran.id)
+    kept = _checkpoints(_run_dir(home, sweep_id, ran.id))
     assert kept, "the stopped trial wrote no checkpoint before the budget ran out"
-    latest = latest_complete_checkpoint(fs, f"{storage}/{ran.id}")
+    latest = latest_complete_checkpoint(fs, _run_dir(home, sweep_id, ran.id))
     assert latest is not None and latest.endswith(kept[-1])
-    assert _checkpoints(storage, waiting.id) == []
+    assert _checkpoints(_run_dir(home, sweep_id, waiting.id)) == []
     assert _live_train_parts() == ([], [])
 
     client = MlflowClient(tracking_uri=embedded_tracking_uri())
@@ -211,6 +214,6 @@ def test_budget_stops_the_running_trial_keeps_its_checkpoints_and_resume_starts_
     assert state == SweepState.BUDGET_EXHAUSTED
     after = load_progress(sweep_paths(sweep_id).progress)
     assert [t.state for t in after.trials] == [TrialState.BUDGET_EXHAUSTED, TrialState.BUDGET_EXHAUSTED]
-    assert count_attempts(fs, f"{storage}/{ran.id}") == 1
-    assert count_attempts(fs, f"{storage}/{waiting.id}") == 0
-    assert _checkpoints(storage, ran.id) == kept
+    assert count_attempts(fs, _run_dir(home, sweep_id, ran.id)) == 1
+    assert count_attempts(fs, _run_dir(home, sweep_id, waiting.id)) == 0
+    assert _checkpoints(_run_dir(home, sweep_id, ran.id)) == kept
