@@ -24,10 +24,11 @@ from orchestrator.sweep.layout import (
     list_sweep_ids,
     load_sweep_progress,
     load_sweep_record,
+    orch_home,
     preview,
     resolve_sweep_id,
 )
-from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState, TrialState
+from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState
 from orchestrator.training.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S
 
 
@@ -53,14 +54,18 @@ def validate(
     as_json: bool = typer.Option(False, "--json", help="print the trials as one JSON object"),
 ) -> None:
     """Check a sweep file and print its expanded trials (nothing is submitted)."""
+    from orchestrator.sweep.estimate import add_estimates
+
     config = _load(sweep_file)
-    described = preview(config)
+    described = add_estimates(config, preview(config), orch_home())
     if as_json:
         out().print_json(json.dumps({"sweep": config.name, "trials": described}))
         return
     out().print(f"{sweep_file}: valid; sweep [bold]{config.name}[/bold]: {len(described)} trials")
     for item in described:
         out().print(f"\n[bold]{item['id']}[/bold]  {item['macs_per_image'] / 1e9:.3f} GMACs per image")
+        for line in item["estimate"]:
+            out().print(line, highlight=False, soft_wrap=True)
         out().print_json(json.dumps(item["config"]))
 
 
@@ -190,7 +195,10 @@ def status(
         typer.echo(json.dumps(payload))
         return
     out().print(_status_table(sweep_id, state, progress))
-    if progress.error:
+    if state == SweepState.BUDGET_EXHAUSTED:
+        # Not an error: the sweep did what its `budget:` allowed (the line names the limit and what was spent).
+        out().print(Text(f"{progress.error}; unfinished trials stopped or never started", style="yellow"))
+    elif progress.error:
         err().print(Text(f"sweep error: {progress.error}", style="red"), soft_wrap=True)
 
 
@@ -203,7 +211,7 @@ def list_sweeps() -> None:
     for sweep_id in list_sweep_ids():
         record = load_sweep_record(sweep_id)
         state, progress, _ = jobs.current_state(record)
-        done = sum(t.state == TrialState.SUCCEEDED for t in progress.trials)
+        done = sum(t.state.is_final for t in progress.trials)  # finished, or stopped early by the scheduler
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at))
         table.add_row(sweep_id, state.value, f"{done}/{len(progress.trials)}", created)
     out().print(table)

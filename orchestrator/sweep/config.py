@@ -16,10 +16,12 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.sweep.config_errors import PathError, describe_errors, describe_value
 from orchestrator.sweep.job_env import has_password
+from orchestrator.sweep.strict import Strict
+from orchestrator.sweep.tuning_config import BudgetConfig, SchedulerConfig, SearchDomain, check_tuning, sample_search
 from pipelines.names import unsafe_name
 
 # The paper's ImageNet nets (Table 1) and its CIFAR-10 nets of 6n+2 layers (Section 4.2, Table 6).
@@ -39,10 +41,7 @@ class ConfigError(ValueError):
     """A sweep file that cannot run. The message names the file, the YAML path and the fix."""
 
 
-class _Strict(BaseModel):
-    # strict: YAML "0.1" (a string) is not a float, `yes` is not silently a bool; frozen: runtime state is
-    # never written into the parsed config (STYLE.md, torchvision's init_distributed_mode anti-pattern).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+_Strict = Strict
 
 
 class ModelConfig(_Strict):
@@ -364,6 +363,13 @@ class SweepConfig(_Strict):
     shared_filesystem: bool = False
     tracking: TrackingConfig = TrackingConfig()
     chaos: ChaosConfig | None = None
+    # Stops trials early (Ray Tune's ASHA or median stopping), samples recipe axes, limits what the sweep spends:
+    # `tuning_config.py`.
+    scheduler: SchedulerConfig | None = None
+    search: dict[str, SearchDomain] = Field(default_factory=dict, examples=[{"lr": {"loguniform": [0.01, 0.5]}}])
+    # Draws of `search:` per grid point (Ray Tune's `num_samples`), seeded by `seed`.
+    num_samples: int = Field(default=1, gt=0)
+    budget: BudgetConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -385,6 +391,7 @@ class SweepConfig(_Strict):
                 raise PathError(("grid", axis), "is empty; list at least one value or remove the axis")
             for index, value in enumerate(values):
                 _check_axis_value(self, axis, index, value)
+        check_tuning(self, _RECIPE_AXES, lambda loc, axis, value: _check_axis_value(self, axis, 0, value, loc))
         for trial in self._combinations():
             workers = self.resources.workers
             batch = trial["recipe"].batch_size
@@ -416,10 +423,13 @@ class SweepConfig(_Strict):
         return self
 
     def _combinations(self) -> list[dict[str, Any]]:
+        """Ray Tune's order: `num_samples` passes over the grid, each grid point with its own draw of `search:`."""
         axes = list(self.grid)
+        points = list(itertools.product(*(self.grid[a] for a in axes)))
+        draws = iter(sample_search(self.search, self.num_samples * len(points), self.seed))
         combos: list[dict[str, Any]] = []
-        for values in itertools.product(*(self.grid[a] for a in axes)):
-            chosen = dict(zip(axes, values, strict=True))
+        for values in [p for _ in range(self.num_samples) for p in points]:
+            chosen = {**dict(zip(axes, values, strict=True)), **next(draws)}
             model_overrides = {k: v for k, v in chosen.items() if k in _MODEL_AXES}
             recipe_overrides = {k: v for k, v in chosen.items() if k in _RECIPE_AXES}
             combos.append(
@@ -465,13 +475,17 @@ def trial_id(index: int, axes: dict[str, Any]) -> str:
             parts.append("residual" if value else "plain")
         elif isinstance(value, bool):
             parts.append(axis if value else f"no-{axis}")
+        elif isinstance(value, float):
+            parts.append(f"{axis}{value:.4g}")  # a sampled lr such as 0.0123456789 reads as lr0.01235
         else:
             parts.append(f"{axis}{value}".replace("/", "-"))
     return "-".join(parts)
 
 
-def _check_axis_value(sweep: SweepConfig, axis: str, index: int, value: Any) -> None:
-    loc = ("grid", axis, index)
+def _check_axis_value(
+    sweep: SweepConfig, axis: str, index: int, value: Any, loc: tuple[str | int, ...] | None = None
+) -> None:
+    loc = loc or ("grid", axis, index)
     if axis == "seed":
         if type(value) is not int:
             raise PathError(loc, f"{value!r} is not an integer seed; write whole numbers, e.g. seed: [0, 1, 2]")

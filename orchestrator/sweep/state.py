@@ -25,29 +25,42 @@ class TrialState(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    # The trial scheduler (`scheduler:`, e.g. ASHA) ended it early: a normal outcome, its checkpoints kept.
+    STOPPED = "STOPPED"
+    # The sweep's `budget:` ran out while it ran or before it started.
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
 
     @property
     def is_terminal(self) -> bool:
         """No further progress in this run of the sweep driver (a `resume` may re-queue FAILED/CANCELLED)."""
         return self in _TERMINAL
 
+    @property
+    def is_final(self) -> bool:
+        """Never run again, by this driver or a `resume`: finished, or stopped early by the trial scheduler."""
+        return self in (TrialState.SUCCEEDED, TrialState.STOPPED)
 
-_TERMINAL = frozenset({TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED})
+
+_TERMINAL = frozenset(
+    {TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.STOPPED, TrialState.BUDGET_EXHAUSTED}
+)
 
 # Every allowed edge in one place. RUNNING/RESTARTING -> PENDING: the sweep driver died and `resume` queues the
-# trial again; FAILED/CANCELLED -> PENDING: `resume` retries what did not finish. SUCCEEDED is final: a resumed
-# sweep never re-runs a finished trial.
+# trial again; FAILED/CANCELLED/BUDGET_EXHAUSTED -> PENDING: `resume` retries what did not finish (a budget that is
+# still spent starts none of them: `budget.py`). SUCCEEDED and STOPPED are final: a resumed sweep never re-runs a
+# finished trial, nor one its trial scheduler stopped. PENDING -> BUDGET_EXHAUSTED: the budget ran out before the
+# trial started.
 TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
-    TrialState.PENDING: frozenset({TrialState.RUNNING, TrialState.FAILED, TrialState.CANCELLED}),
-    TrialState.RUNNING: frozenset(
-        {TrialState.RESTARTING, TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.PENDING}
+    TrialState.PENDING: frozenset(
+        {TrialState.RUNNING, TrialState.FAILED, TrialState.CANCELLED, TrialState.BUDGET_EXHAUSTED}
     ),
-    TrialState.RESTARTING: frozenset(
-        {TrialState.RUNNING, TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.PENDING}
-    ),
+    TrialState.RUNNING: frozenset({TrialState.RESTARTING, TrialState.PENDING, *_TERMINAL}),
+    TrialState.RESTARTING: frozenset({TrialState.RUNNING, TrialState.PENDING, *_TERMINAL}),
     TrialState.SUCCEEDED: frozenset(),
+    TrialState.STOPPED: frozenset(),
     TrialState.FAILED: frozenset({TrialState.PENDING}),
     TrialState.CANCELLED: frozenset({TrialState.PENDING}),
+    TrialState.BUDGET_EXHAUSTED: frozenset({TrialState.PENDING}),
 }
 
 
@@ -68,21 +81,31 @@ class SweepState(StrEnum):
     FAILED = "FAILED"  # the driver finished and at least one trial failed
     CANCELLED = "CANCELLED"
     INTERRUPTED = "INTERRUPTED"  # the driver died with trials unfinished: `resnet-orch resume SWEEP`
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"  # `budget:` ran out; unfinished trials were stopped or never started
 
     @property
     def is_terminal(self) -> bool:
-        return self in (SweepState.SUCCEEDED, SweepState.FAILED, SweepState.CANCELLED)
+        return self in (SweepState.SUCCEEDED, SweepState.FAILED, SweepState.CANCELLED, SweepState.BUDGET_EXHAUSTED)
 
 
 def final_sweep_state(trial_states: list[TrialState]) -> SweepState:
-    """The sweep's state once its driver has returned."""
+    """The sweep's state once its driver has returned (a trial its scheduler stopped early counts as finished)."""
     if any(not s.is_terminal for s in trial_states):
         return SweepState.INTERRUPTED
     if any(s == TrialState.CANCELLED for s in trial_states):
         return SweepState.CANCELLED
+    if any(s == TrialState.BUDGET_EXHAUSTED for s in trial_states):
+        return SweepState.BUDGET_EXHAUSTED
     if any(s == TrialState.FAILED for s in trial_states):
         return SweepState.FAILED
     return SweepState.SUCCEEDED
+
+
+class BudgetUse(BaseModel):
+    """What the sweep has spent of its `budget:` over all its driver runs (a `resume` adds to it)."""
+
+    wall_s: float = 0.0  # seconds a driver of this sweep ran trials
+    gpu_s: float = 0.0  # GPU-seconds its running trials held (GPUs per trial x seconds running)
 
 
 class TrialStatus(BaseModel):
@@ -126,6 +149,7 @@ class SweepProgress(BaseModel):
     parent_run_id: str | None = None
     trials: list[TrialStatus]
     error: str | None = None  # why the driver gave up on the whole sweep
+    budget_used: BudgetUse = Field(default_factory=BudgetUse)
     updated_at: float = Field(default_factory=time.time)
 
     def trial(self, trial_id: str) -> TrialStatus:
@@ -146,10 +170,10 @@ class SweepProgress(BaseModel):
         return trial
 
     def requeue_unfinished(self) -> list[str]:
-        """Before a resume: every trial that has not succeeded goes back to PENDING."""
+        """Before a resume: every trial that has not finished (nor was stopped early) goes back to PENDING."""
         requeued = []
         for trial in self.trials:
-            if trial.state != TrialState.SUCCEEDED and trial.state != TrialState.PENDING:
+            if not trial.state.is_final and trial.state != TrialState.PENDING:
                 self.move(trial.id, TrialState.PENDING)
                 requeued.append(trial.id)
         return requeued
@@ -164,6 +188,7 @@ class SweepProgress(BaseModel):
         return {
             "sweep": self.sweep,
             "state": self.state.value,
+            "budget_used": self.budget_used.model_dump(mode="json"),
             "trials": [t.model_dump(mode="json") for t in self.trials],
         }
 

@@ -31,6 +31,8 @@ TAG_KIND = "resnet_orch.kind"
 TAG_ATTEMPTS = "resnet_orch.attempts"
 TAG_STATE = "resnet_orch.state"
 TAG_PARENT = "mlflow.parentRunId"
+# On a trial's run that the trial scheduler (`scheduler:`) stopped early: the run is FINISHED, not KILLED.
+TAG_STOPPED_EARLY = "stopped_early"
 CHAMPION = "champion"
 
 
@@ -106,10 +108,13 @@ class Tracker:
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return run_id
 
-    def child_run(self, parent_run_id: str, sweep_id: str, trial: TrialConfig) -> str:
+    def child_run(self, parent_run_id: str, sweep_id: str, trial: TrialConfig, *, reopen: bool = True) -> str:
+        """The trial's run, created on first use; an existing one is marked RUNNING again when `reopen` (a resume
+        that runs the trial again; a finished or early-stopped trial's run keeps its end)."""
         run_id = self._find(**{TAG_SWEEP: sweep_id, TAG_TRIAL: trial.trial_id, TAG_KIND: "trial"})
         if run_id is not None:
-            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            if reopen:
+                self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return run_id
         tags = {TAG_SWEEP: sweep_id, TAG_TRIAL: trial.trial_id, TAG_KIND: "trial", TAG_PARENT: parent_run_id}
         run = self.client.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
@@ -136,6 +141,18 @@ class Tracker:
         self.client.set_tag(run_id, TAG_STATE, state)
         status = RunStatus.FINISHED if succeeded else RunStatus.FAILED
         self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+
+    def stopped(self, run_id: str, state: str, *, early: bool) -> None:
+        """End a run that Tune stopped: FINISHED with `stopped_early` when its trial scheduler decided (a normal
+        outcome), KILLED when the budget ran out (it did not get to finish)."""
+        self.client.set_tag(run_id, TAG_STATE, state)
+        if early:
+            self.client.set_tag(run_id, TAG_STOPPED_EARLY, "true")
+        status = RunStatus.FINISHED if early else RunStatus.KILLED
+        self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+
+    def was_stopped_early(self, run_id: str) -> bool:
+        return self.client.get_run(run_id).data.tags.get(TAG_STOPPED_EARLY) == "true"
 
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
         return metric_history(self.client, run_id, metric)

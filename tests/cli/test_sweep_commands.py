@@ -160,3 +160,25 @@ def test_validate_prints_trials_and_macs(tmp_path: Path, monkeypatch: pytest.Mon
     assert gmacs == [3.9, 7.6, 11.3]
     assert payload["trials"][2]["config"]["model"]["depth"] == 152
     assert not (tmp_path / "home").exists()  # validate submits nothing
+
+
+def test_status_of_a_sweep_whose_budget_ran_out(home: Path) -> None:
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    progress = load_sweep_progress(record.sweep_id)
+    progress.move("000-residual", TrialState.RUNNING)
+    progress.move("000-residual", TrialState.STOPPED)
+    progress.move("001-plain", TrialState.BUDGET_EXHAUSTED, error="not started: budget exhausted")
+    progress.state = SweepState.BUDGET_EXHAUSTED
+    progress.error = "budget exhausted: 2.001 of budget.max_wall_hours=2.0 spent"
+    save_model(sweep_paths(record.sweep_id).progress, progress)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["status", record.sweep_id], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    assert f"{record.sweep_id}: BUDGET_EXHAUSTED" in shown.stdout
+    assert "STOPPED" in shown.stdout and "sweep error" not in shown.output
+    assert (
+        "budget exhausted: 2.001 of budget.max_wall_hours=2.0 spent; unfinished trials stopped or never started"
+        in shown.stdout
+    )
+    listed = runner.invoke(app, ["list"], env={"COLUMNS": "200"}).stdout
+    assert "BUDGET_EXHAUSTED" in listed and "1/2" in listed  # the early-stopped trial counts as done

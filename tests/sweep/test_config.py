@@ -212,7 +212,7 @@ SCHEMA_ERRORS = [
         {"checkpoint": {"every": 5}},
         "checkpoint.every: unknown key; did you mean every_steps? valid keys here: every_steps, keep",
     ),
-    ({"modle": {}}, "modle: unknown key; did you mean model? valid keys here: chaos, checkpoint, data, grid,"),
+    ({"modle": {}}, "modle: unknown key; did you mean model? valid keys here: budget, chaos, checkpoint, data, grid,"),
     ({"recipe": {"learning_rate": 0.1}}, "recipe.learning_rate: unknown key; valid keys here: batch_size,"),
     ({"grid": {"dept": [18]}}, "grid.dept: unknown axis; did you mean depth? choose among seed, arch,"),
     # Missing key: an example to add.
@@ -290,9 +290,9 @@ def test_cli_validate_exits_2_with_every_message_and_no_traceback(tmp_path: Path
         f"error: {bad}: recipe.lr: '0.1' is text (quoted), not a number; write it without quotes: lr: 0.1",
         f"{bad}: recipe.weight_decay: '1e-4' is text to YAML, not a number (an exponent needs a dot: 1.0e-4); "
         "write weight_decay: 0.0001",
-        f"{bad}: modle: unknown key; did you mean model? valid keys here: chaos, checkpoint, data, grid, "
-        "max_concurrent_trials, max_failures, model, name, recipe, resources, seed, shared_filesystem, storage, "
-        "tracking",
+        f"{bad}: modle: unknown key; did you mean model? valid keys here: budget, chaos, checkpoint, data, grid, "
+        "max_concurrent_trials, max_failures, model, name, num_samples, recipe, resources, scheduler, search, seed, "
+        "shared_filesystem, storage, tracking",
     ]
     assert "Traceback" not in done.stdout + done.stderr
 

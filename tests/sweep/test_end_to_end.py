@@ -255,3 +255,40 @@ def _train_actors(ray_temp_dir: str) -> list[str]:
                 if "RayTrainWorker" in title or "TrainController" in title:
                     found.append(title)
     return found
+
+
+@pytest.mark.slow
+def test_asha_sweep_of_four_on_the_sample(
+    orch_home: Path, mlflow_server: str, sample_shards_local: str, tmp_path: Path
+) -> None:
+    # lr 50 blows the classifier up in a few steps: both such trials are worse at their first epoch end than the
+    # median of those before them, and ASHA (rung at 1 epoch, reduction factor 2) stops them there.
+    path = _sweep_file(
+        tmp_path,
+        sample_shards_local,
+        grid={"lr": [0.05, 50.0], "seed": [1, 2]},
+        scheduler={"type": "asha", "metric": "val_loss", "mode": "min", "grace_epochs": 1, "reduction_factor": 2},
+        max_concurrent_trials=1,
+        tracking={"uri": mlflow_server, "experiment": "asha", "registered_model": "asha-e2e"},
+    )
+    sweep = yaml.safe_load(path.read_text())
+    sweep["recipe"].update(epochs=2, steps_per_epoch=3)
+    path.write_text(yaml.safe_dump(sweep), encoding="utf-8")
+    submitted = resnet_orch("submit", str(path), "--wait")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    sweep_id = _submitted_id(submitted.stdout)
+    status = _status(sweep_id)
+    assert status["state"] == "SUCCEEDED"
+    states = {t["id"]: t["state"] for t in status["trials"]}
+    assert states["000-lr0.05-seed1"] == "SUCCEEDED"
+    assert states["002-lr50-seed1"] == "STOPPED" and states["003-lr50-seed2"] == "STOPPED"
+    table = resnet_orch("status", sweep_id).stdout
+    assert table.count("STOPPED") == sum(s == "STOPPED" for s in states.values())
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    for trial in status["trials"]:
+        run = client.get_run(trial["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags.get("stopped_early") == ("true" if trial["state"] == "STOPPED" else None)
+    versions = client.search_model_versions("name = 'asha-e2e'")
+    assert len(versions) == sum(s == "SUCCEEDED" for s in states.values())

@@ -26,7 +26,14 @@ def _progress(*states: TrialState) -> SweepProgress:
 
 
 def test_terminal_states() -> None:
-    assert {s for s in TrialState if s.is_terminal} == {TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED}
+    assert {s for s in TrialState if s.is_terminal} == {
+        TrialState.SUCCEEDED,
+        TrialState.FAILED,
+        TrialState.CANCELLED,
+        TrialState.STOPPED,
+        TrialState.BUDGET_EXHAUSTED,
+    }
+    assert {s for s in TrialState if s.is_final} == {TrialState.SUCCEEDED, TrialState.STOPPED}
 
 
 def test_every_state_has_a_row() -> None:
@@ -43,6 +50,11 @@ def test_every_state_has_a_row() -> None:
         (TrialState.RUNNING, TrialState.PENDING),
         (TrialState.FAILED, TrialState.PENDING),
         (TrialState.CANCELLED, TrialState.PENDING),
+        (TrialState.RUNNING, TrialState.STOPPED),
+        (TrialState.RESTARTING, TrialState.STOPPED),
+        (TrialState.RUNNING, TrialState.BUDGET_EXHAUSTED),
+        (TrialState.PENDING, TrialState.BUDGET_EXHAUSTED),
+        (TrialState.BUDGET_EXHAUSTED, TrialState.PENDING),
     ],
 )
 def test_allowed(current: TrialState, new: TrialState) -> None:
@@ -60,7 +72,18 @@ def test_allowed(current: TrialState, new: TrialState) -> None:
         (
             TrialState.PENDING,
             TrialState.SUCCEEDED,
-            "trial state PENDING -> SUCCEEDED is not allowed; from PENDING: CANCELLED, FAILED, RUNNING",
+            "trial state PENDING -> SUCCEEDED is not allowed; "
+            "from PENDING: BUDGET_EXHAUSTED, CANCELLED, FAILED, RUNNING",
+        ),
+        (
+            TrialState.STOPPED,
+            TrialState.PENDING,
+            "trial state STOPPED -> PENDING is not allowed; from STOPPED: none (final)",
+        ),
+        (
+            TrialState.PENDING,
+            TrialState.STOPPED,
+            "trial state PENDING -> STOPPED is not allowed; from PENDING: BUDGET_EXHAUSTED, CANCELLED, FAILED, RUNNING",
         ),
         (TrialState.FAILED, TrialState.RUNNING, "trial state FAILED -> RUNNING is not allowed; from FAILED: PENDING"),
     ],
@@ -84,6 +107,17 @@ def test_restart_is_recorded_and_resume_keeps_finished_trials() -> None:
     ]
 
 
+def test_resume_never_requeues_a_trial_stopped_early() -> None:
+    progress = _progress(TrialState.STOPPED, TrialState.BUDGET_EXHAUSTED, TrialState.SUCCEEDED, TrialState.FAILED)
+    assert progress.requeue_unfinished() == ["t1", "t3"]
+    assert [t.state for t in progress.trials] == [
+        TrialState.STOPPED,
+        TrialState.PENDING,
+        TrialState.SUCCEEDED,
+        TrialState.PENDING,
+    ]
+
+
 def test_cancel_leaves_finished_trials() -> None:
     progress = _progress(TrialState.RUNNING, TrialState.SUCCEEDED, TrialState.PENDING)
     progress.cancel_unfinished()
@@ -98,6 +132,9 @@ def test_cancel_leaves_finished_trials() -> None:
         ([TrialState.SUCCEEDED, TrialState.FAILED], SweepState.FAILED),
         ([TrialState.CANCELLED, TrialState.FAILED], SweepState.CANCELLED),
         ([TrialState.SUCCEEDED, TrialState.RUNNING], SweepState.INTERRUPTED),
+        ([TrialState.SUCCEEDED, TrialState.STOPPED], SweepState.SUCCEEDED),
+        ([TrialState.STOPPED, TrialState.BUDGET_EXHAUSTED, TrialState.FAILED], SweepState.BUDGET_EXHAUSTED),
+        ([TrialState.BUDGET_EXHAUSTED, TrialState.CANCELLED], SweepState.CANCELLED),
     ],
 )
 def test_final_sweep_state(states: list[TrialState], expected: SweepState) -> None:
@@ -112,6 +149,6 @@ def test_progress_round_trip_and_json_shape(tmp_path: Path) -> None:
     assert load_progress(path) == progress
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file
     payload = progress.as_json()
-    assert set(payload) == {"sweep", "state", "trials"}
+    assert set(payload) == {"sweep", "state", "budget_used", "trials"}
     assert set(payload["trials"][0]) >= {"id", "config", "state", "attempts", "metrics", "mlflow_run_id"}
     assert payload["trials"][0]["state"] == "RUNNING"

@@ -119,7 +119,7 @@ def test_registry_champion_and_pull(tracker: Tracker, tmp_path: Path) -> None:
 
 
 def test_resume_settles_trials_whose_model_is_registered(tracker: Tracker, tmp_path: Path) -> None:
-    from orchestrator.sweep.scheduling import settle_registered
+    from orchestrator.sweep.recovery import settle_registered
     from orchestrator.sweep.state import SweepProgress, TrialState, TrialStatus
 
     _, trials, _, run_ids = _sweep_runs(tracker, tmp_path)
