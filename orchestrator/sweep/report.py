@@ -84,6 +84,7 @@ class ReportRow:
     top1: float | None  # percent
     top5: float | None
     paper: list[PaperResult]
+    val_is_train: bool = False  # validated on its own training images (`data.allow_val_equals_train`)
 
 
 def architecture(model: Mapping[str, Any]) -> str:
@@ -110,6 +111,7 @@ def rows_from_trials(trials: Sequence[Mapping[str, Any]]) -> list[ReportRow]:
                 top1=None if top1 is None else 100.0 * top1,
                 top5=None if top5 is None else 100.0 * top5,
                 paper=paper,
+                val_is_train=bool(trial["config"].get("data", {}).get("allow_val_equals_train")),
             )
         )
     return rows
@@ -119,7 +121,15 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def markdown(rows: Sequence[ReportRow], title: str) -> str:
+# The mark of a trial validated on its training images, and the note that explains it under the table.
+VAL_IS_TRAIN_MARK = "†"
+VAL_IS_TRAIN_NOTE = (
+    f"{VAL_IS_TRAIN_MARK} validated on its own training images (data.allow_val_equals_train): training-set errors, "
+    "not comparable to the paper's validation errors."
+)
+
+
+def markdown(rows: Sequence[ReportRow], title: str, champion: str | None = None) -> str:
     lines = [
         f"# {title}",
         "",
@@ -130,11 +140,16 @@ def markdown(rows: Sequence[ReportRow], title: str) -> str:
     ]
     for row in rows:
         refs: list[PaperResult | None] = [*row.paper] or [None]
+        trial = f"{row.trial_id} {VAL_IS_TRAIN_MARK}" if row.val_is_train else row.trial_id
         for ref in refs:
             lines.append(
-                f"| {row.trial_id} | {row.architecture} | {row.state} | {_pct(row.top1)} | {_pct(row.top5)} | "
+                f"| {trial} | {row.architecture} | {row.state} | {_pct(row.top1)} | {_pct(row.top5)} | "
                 + (f"{_pct(ref.top1)} | {_pct(ref.top5)} | {ref.table} ({ref.note}) |" if ref else "- | - | - |")
             )
+    if any(row.val_is_train for row in rows):
+        lines += ["", VAL_IS_TRAIN_NOTE]
+    if champion is not None:
+        lines += ["", f"Champion: {champion}."]
     return "\n".join(lines) + "\n"
 
 
@@ -155,12 +170,14 @@ def plot_comparison(rows: Sequence[ReportRow], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def write_report(trials: Sequence[Mapping[str, Any]], sweep_id: str, output: Path) -> tuple[str, Path, Path]:
-    """`report.md` and `report.png` of a sweep's trials (`status --json` objects) in `output`; returns (the Markdown,
-    its path, the PNG's path)."""
+def write_report(
+    trials: Sequence[Mapping[str, Any]], sweep_id: str, output: Path, champion: str | None = None
+) -> tuple[str, Path, Path]:
+    """`report.md` and `report.png` of a sweep's trials (`status --json` objects) in `output`, naming the registered
+    model's champion if given; returns (the Markdown, its path, the PNG's path)."""
     rows = rows_from_trials(trials)
     output.mkdir(parents=True, exist_ok=True)
-    text = markdown(rows, f"Sweep {sweep_id}")
+    text = markdown(rows, f"Sweep {sweep_id}", champion)
     md, png = output / "report.md", output / "report.png"
     md.write_text(text, encoding="utf-8")
     plot_comparison(rows, png, sweep_id)
