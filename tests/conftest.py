@@ -15,6 +15,8 @@ Session-scoped (started once, cleaned up at the end):
 * `sample_shards_s3` -> str: the same sharded to `s3://S3_TEST_BUCKET/imagenet-sample`.
 * `tiny_images_dir` -> Path: always generated, `TINY_CLASSES` classes x `TINY_PER_CLASS` small JPEGs +
   labels.tsv (seconds to decode on any backend); `tiny_shards_local` -> str: it sharded, 3+ shards.
+* `learnable_shards_s3` -> (train URI, val URI): the ten texture classes of `tests/learnable_images.py` (a net
+  learns them in a few epochs; train and val images apart), written by `resnet-orch data shard` to S3.
 
 Function-scoped: `home` -> Path: a private, empty RESNET_ORCH_HOME (and no MLFLOW_TRACKING_URI from the
 environment), so sweeps land in the embedded store under it. Autouse: `_restore_rng` puts the `random`, numpy and
@@ -175,3 +177,17 @@ def tiny_shards_local(tiny_images_dir: Path, tmp_path_factory: pytest.TempPathFa
     dest = tmp_path_factory.mktemp("tiny-shards") / "tiny"
     shard_dataset(tiny_images_dir, str(dest), shard_bytes=60_000)
     return str(dest)
+
+
+@pytest.fixture(scope="session")
+def learnable_shards_s3(tmp_path_factory: pytest.TempPathFactory, s3_bucket: str) -> tuple[str, str]:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from tests.learnable_images import TRAIN_PER_CLASS, VAL_PER_CLASS, write_dataset
+
+    root = write_dataset(tmp_path_factory.mktemp("learnable"), TRAIN_PER_CLASS, VAL_PER_CLASS)
+    uri = f"s3://{s3_bucket}/learnable"
+    done = CliRunner().invoke(app, ["data", "shard", str(root), uri, "--shard-size", "200KB", "--json"])
+    assert done.exit_code == 0, done.output
+    return f"{uri}/train", f"{uri}/val"
