@@ -239,11 +239,18 @@ def test_corrupt_and_tampered_latest_checkpoints_give_way_to_the_previous_one(
     path, filesystem = storage_location(storage)
     assert filesystem is not None
     source, target = f"{path}/reference", f"{path}/{cfg.trial_id}"
-    pyarrow.fs.copy_files(f"{source}/{ATTEMPTS_DIR}", f"{target}/{ATTEMPTS_DIR}", source_filesystem=filesystem)
+    pyarrow.fs.copy_files(
+        f"{source}/{ATTEMPTS_DIR}",
+        f"{target}/{ATTEMPTS_DIR}",
+        source_filesystem=filesystem,
+        destination_filesystem=filesystem,
+    )
     for checkpoint in checkpoint_dirs(filesystem, source):
         if int(checkpoint.rsplit("step", 1)[1].split("-")[0]) <= 18:
             name = checkpoint.rsplit("/", 1)[1]
-            pyarrow.fs.copy_files(checkpoint, f"{target}/{name}", source_filesystem=filesystem)
+            pyarrow.fs.copy_files(
+                checkpoint, f"{target}/{name}", source_filesystem=filesystem, destination_filesystem=filesystem
+            )
     newest = checkpoint_dirs(filesystem, target)[:4]
     assert [p.rsplit("/", 1)[1] for p in newest] == [f"checkpoint-step{s:09d}-attempt0" for s in (18, 16, 15, 12)]
     # Its three newest checkpoints went bad in storage: cut short, a flipped bit, a train state that runs code.
