@@ -75,30 +75,39 @@ def _shard_problem(store: Store, shard: dict[str, Any]) -> str | None:
     return None
 
 
-def check_num_classes(num_classes: int, dataset_classes: dict[str, int], split: str, uri: str) -> None:
-    """Refuse a classifier that cannot output every class index of the shards at `uri` (`data.<split>`).
+def class_count_mismatch(
+    num_classes: int, dataset_classes: dict[str, int], split: str, uri: str
+) -> tuple[str | None, str | None]:
+    """(problem, warning) of a classifier with `num_classes` outputs on the shards at `uri` (`data.<split>`), whose
+    manifest maps wnid -> class index (`dataset_classes`).
 
-    `dataset_classes` is the manifest's wnid -> class index map. Fewer outputs than classes would fail inside the
-    loss on the first out-of-range label (a device-side assert on GPU); more outputs than classes only train logits
-    no label ever asks for, which is legitimate (a subset, the CI sample) but worth a warning.
+    Fewer outputs than classes would fail inside the loss on the first out-of-range label (a device-side assert on
+    GPU): a problem. More outputs than classes only train logits no label ever asks for, which is legitimate (a
+    subset, the CI sample) but worth a warning.
     """
     classes = max(dataset_classes.values(), default=-1) + 1
     if classes > num_classes:
-        raise ValueError(
+        return (
             f"model.num_classes is {num_classes} but data.{split} ({uri}) has {classes} classes; "
             f"set model.num_classes: {classes} in the sweep file"
-        )
+        ), None
     if classes < num_classes:
-        logger.warning(
-            "model.num_classes is %d but data.%s (%s) has %d classes: %d outputs never see a label; "
-            "set model.num_classes: %d unless that is intended",
-            num_classes,
-            split,
-            uri,
-            classes,
-            num_classes - classes,
-            classes,
+        return None, (
+            f"model.num_classes is {num_classes} but data.{split} ({uri}) has {classes} classes: "
+            f"{num_classes - classes} outputs never see a label; set model.num_classes: {classes} unless that is "
+            "intended"
         )
+    return None, None
+
+
+def check_num_classes(num_classes: int, dataset_classes: dict[str, int], split: str, uri: str) -> None:
+    """Refuse (`ValueError`) or warn about a class-count mismatch (`class_count_mismatch`); the train loop's check on
+    every rank, against the shards it reads."""
+    problem, warning = class_count_mismatch(num_classes, dataset_classes, split, uri)
+    if problem is not None:
+        raise ValueError(problem)
+    if warning is not None:
+        logger.warning("%s", warning)
 
 
 def total_steps(trial: TrialConfig, train_samples: int) -> int:
@@ -136,15 +145,14 @@ def check_data(config: SweepConfig, *, on_this_machine: bool = True) -> list[str
             warnings.append(f"data.{split} not checked: {exc}")
     trials = config.expand(storage_root="<storage>")
     for split, summary in found.items():
-        for trial in trials:
-            try:
-                check_num_classes(trial.model.resolved_num_classes, summary.classes, split, summary.uri)
-            except ValueError as exc:
-                problems.append(str(exc))
+        for num_classes in sorted({trial.model.resolved_num_classes for trial in trials}):
+            problem, warning = class_count_mismatch(num_classes, summary.classes, split, summary.uri)
+            problems += [problem] if problem is not None else []
+            warnings += [warning] if warning is not None else []
     if "train" in found:
         problems += _unreachable_faults(config, trials, found["train"].samples)
     if problems:
-        raise DataError("\n".join(dict.fromkeys(problems)))
+        raise DataError("\n".join(problems))
     return warnings
 
 

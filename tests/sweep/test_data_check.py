@@ -65,6 +65,12 @@ def test_a_complete_shard_set_passes(shards: Path) -> None:
     summary = read_shard_set(str(shards))
     assert (summary.samples, summary.num_classes) == (48, 8)
     assert check_data(_sweep(str(shards))) == []
+    # A head wider than the classes trains on; said once for the sweep, not once per trial.
+    wide = _sweep(str(shards), model={"arch": "test_resnet", "num_classes": 10}, grid={"seed": [0, 1]})
+    assert check_data(wide) == [
+        f"model.num_classes is 10 but data.train ({shards}) has 8 classes: 2 outputs never see a label; "
+        "set model.num_classes: 8 unless that is intended"
+    ]
 
 
 def test_an_incomplete_shard_set_is_refused_naming_what_is_missing(shards: Path) -> None:
