@@ -83,6 +83,11 @@ class TrainState:
     epoch_sizes: list[int] = field(default_factory=list)
     # Sums over all ranks for the current epoch so far (samples, loss, correct top-1/top-5, timings).
     epoch_totals: dict[str, float] = field(default_factory=dict)
+    # The metrics of every epoch-end report so far, and of the report this checkpoint went with: a worker killed
+    # between a report and Ray Train's next poll of the workers takes that report with it, so a restart re-sends
+    # those its checkpoint has and Ray Train had not registered (`unsent_reports`).
+    epoch_reports: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +102,8 @@ class TrainState:
             "step_lrs": self.step_lrs,
             "epoch_sizes": self.epoch_sizes,
             "epoch_totals": self.epoch_totals,
+            "epoch_reports": self.epoch_reports,
+            "report": self.report,
         }
 
     @classmethod
@@ -327,6 +334,21 @@ def load_newest_checkpoint(
     if skipped:
         raise CheckpointError(f"no checkpoint of {trial_fs_path} can be read: " + "; ".join(skipped))
     return None
+
+
+def unsent_reports(state: TrainState, registered: str | None) -> list[dict[str, Any]]:
+    """The reports of `state` (its epoch ends and its own) after the checkpoint Ray Train last registered
+    (`registered`, its path; None: none), in step order: those the sweep may never have received. Ray Train
+    registers a checkpoint when it passes its report on, so everything up to that one arrived."""
+    after = checkpoint_step(registered) if registered is not None else -1
+    reports = {int(r["step"]): r for r in [*state.epoch_reports, state.report] if r and int(r["step"]) > after}
+    return [reports[step] for step in sorted(reports)]
+
+
+def checkpoint_step(path: str) -> int:
+    """The step in a checkpoint directory's name (`checkpoint_dir_name`)."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return int(name.removeprefix(CHECKPOINT_PREFIX).split("-", 1)[0])
 
 
 def checkpoint_dir_name(step: int, attempt: int) -> str:

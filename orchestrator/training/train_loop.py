@@ -50,6 +50,7 @@ from orchestrator.training.checkpointing import (
     register_attempt,
     restore_rng,
     seed_everything,
+    unsent_reports,
     write_checkpoint,
 )
 from orchestrator.training.evaluation import evaluate, no_validation
@@ -125,6 +126,7 @@ class _Trainer:
         )
         self.epoch_totals = zero_totals()
         self.resumed_from_step = -1
+        self.unsent: list[dict[str, Any]] = []  # reports of the checkpoint resumed from to send again
         self.resume_loader = self._restore()
         self._wrap_and_optimize()
         self.first_step_unix_s = math.nan
@@ -178,6 +180,8 @@ class _Trainer:
         if model_state is None or state is None:
             seed_everything(self.cfg.seed + self.rank)
             return None
+        registered = ray.train.get_checkpoint()
+        self.unsent = setup.broadcast(unsent_reports(state, registered.path if registered else None), self.device)
         if len(state.ranks) != self.world:
             raise ValueError(
                 f"the checkpoint at {path} was written by {len(state.ranks)} workers, this attempt has "
@@ -205,6 +209,8 @@ class _Trainer:
 
     def run(self) -> None:
         recipe = self.cfg.recipe
+        for metrics in self.unsent:
+            ray.train.report(metrics)  # every rank: Ray Train counts reports per rank
         for epoch in range(self.state.epoch, recipe.epochs):
             self.train_loader.set_epoch(epoch)
             if self.resume_loader is not None:
@@ -320,6 +326,9 @@ class _Trainer:
             train_loss=metrics[m.TRAIN_LOSS],
             data_wait_frac=metrics[m.DATA_WAIT_FRAC],
         )
+        self.state.report = metrics
+        if epoch_end:
+            self.state.epoch_reports.append(metrics)
         self._capture_state(epoch_end)
         self._publish(metrics)
 

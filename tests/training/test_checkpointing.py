@@ -23,12 +23,14 @@ from orchestrator.training.checkpointing import (
     RankState,
     TrainState,
     capture_rng,
+    checkpoint_dir_name,
     count_attempts,
     latest_complete_checkpoint,
     load_newest_checkpoint,
     read_checkpoint,
     register_attempt,
     restore_rng,
+    unsent_reports,
     write_checkpoint,
 )
 from tests.training.checkpoint_tampering import flip_bit, malicious_state, plant_payload, truncate
@@ -57,6 +59,32 @@ def test_round_trip(tmp_path: Path) -> None:
     assert (state.step, state.epoch, state.epoch_step, state.step_losses) == (7, 1, 3, [6.9, 6.8])
     assert state.ranks[0].loader == {"epoch": 1, "batch": 3}
     assert state.epoch_totals == {"samples": 96.0}
+
+
+def test_unsent_reports_are_those_after_the_registered_checkpoint_once_each(tmp_path: Path) -> None:
+    # Epochs of 8 steps, a checkpoint every 3: the checkpoint of step 17 went with the report of step 15 after the
+    # epoch ends at 8 and 16 (the report of step 17 is its own).
+    ends = [{"step": 8, "is_epoch_end": True}, {"step": 16, "is_epoch_end": True}]
+    state = _state(step=17)
+    state.epoch_reports, state.report = ends, {"step": 17, "is_epoch_end": False}
+    _, state = read_checkpoint(write_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(1)}, state))
+
+    def registered(step: int) -> str:
+        return f"s3://bucket/trial/{checkpoint_dir_name(step, attempt=1)}"
+
+    # Ray Train registered this very checkpoint: nothing was lost, nothing is sent twice.
+    assert unsent_reports(state, registered(17)) == []
+    assert unsent_reports(state, registered(21)) == []  # a newer one (this one was an older, readable fallback)
+    # Its own report died with the worker before Ray Train collected it.
+    assert unsent_reports(state, registered(16)) == [{"step": 17, "is_epoch_end": False}]
+    # The epoch end of step 16 too (no later report repeats its validation); a mid-epoch report in between (step
+    # 12) is not kept.
+    assert [r["step"] for r in unsent_reports(state, registered(12))] == [16, 17]
+    # Nothing registered in this run: every epoch end and its own, in step order.
+    assert [r["step"] for r in unsent_reports(state, None)] == [8, 16, 17]
+    # A checkpoint taken at an epoch end: its own report is that epoch's, sent once.
+    state.epoch_reports, state.report = ends, ends[-1]
+    assert unsent_reports(state, registered(8)) == [ends[-1]]
 
 
 def test_rng_states_restore_the_same_draws_after_a_weights_only_round_trip(tmp_path: Path) -> None:

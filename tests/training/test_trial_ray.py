@@ -8,9 +8,10 @@ its learning rates and its per-epoch validation, whichever attempt ran which ste
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,6 +229,51 @@ def test_kills_mid_epoch_2_and_in_the_restarted_attempt_resume_exactly(
     resumed = {m["attempt"]: m["resumed_from_step"] for _, m in run.result.checkpoints}
     assert resumed == {0: -1, 1: 12, 2: 18}
     assert_same_run(run, reference)
+
+
+def report_log(path: Path) -> Callable[[dict[str, Any]], None]:
+    """A `run_trial` reporter that appends each report, as the sweep's tracking receives it, to the JSON-lines file
+    at `path`. It runs on Ray Train's controller, which cannot import this module: a closure is pickled by value."""
+
+    def record(metrics: dict[str, Any]) -> None:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(metrics) + "\n")
+
+    return record
+
+
+@pytest.mark.slow
+def test_a_kill_right_after_an_epoch_end_loses_no_report_and_repeats_none(
+    reference: Run, learnable_shards_s3: tuple[str, str], storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rank 1 dies at step 9, one step after the report that closed epoch 0 (step 8). Ray Train collects a rank's
+    # report only at its next poll of the workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, passed on to its
+    # controller; 5 s here, checkpoints at epoch ends only, so the slower poll costs a few seconds): that report
+    # dies in rank 1 if it is not collected before the kill, while its checkpoint is complete in storage and the
+    # restart resumes from it (on a loaded machine the kill can come after the poll: then nothing may be sent
+    # twice). The sweep must receive every report exactly once: no later report repeats epoch 0's validation.
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "5")
+    log = tmp_path / "reports.jsonl"
+    cfg = trial(
+        "killed-after-epoch-end",
+        learnable_shards_s3,
+        storage,
+        checkpoint=CheckpointConfig(every_steps=1000, keep=20),
+        chaos=(ChaosConfig(kill_rank=1, at_step=STEPS_PER_EPOCH + 1),),
+    )
+    result = run_trial(cfg, reporter=report_log(log))
+    reports = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [(r["step"], r["epoch"]) for r in reports] == [(STEPS_PER_EPOCH * (e + 1), e) for e in range(EPOCHS)]
+    assert all(r["is_epoch_end"] for r in reports)
+    run = finished(result)
+    assert result.attempts == 2
+    assert result.metrics["resumed_from_step"] == STEPS_PER_EPOCH
+    for report in reports:
+        for key in EPOCH_KEYS:
+            expected = reference.epochs[report["epoch"]][key]
+            assert report[key] == pytest.approx(expected, abs=1e-4), (report["epoch"], key)
+    assert run.losses == pytest.approx(reference.losses, abs=1e-4)
+    assert run.lrs == pytest.approx(reference.lrs, rel=1e-9)
 
 
 def test_corrupt_and_tampered_latest_checkpoints_give_way_to_the_previous_one(
