@@ -1,12 +1,15 @@
 """Read every sample of a shard set through the training pipeline, before anyone spends GPU hours on it.
 
-The fast pass runs the real train loader (DALI where it imports) over one epoch on one rank and counts
-labels. A decoder error aborts a DALI pipeline, so when the fast pass fails, a second pass decodes every
-sample alone (torchvision `decode_jpeg`) to name each undecodable one.
+First every name the set holds is checked (manifest entries when it is opened, then each index and tar member:
+`pipelines.names`), so a set that would escape a folder is refused with the entry named. The fast pass runs the real
+train loader (DALI where it imports) over one epoch on one rank and counts labels. A decoder error aborts a DALI
+pipeline, so when the fast pass fails, a second pass decodes every sample alone (torchvision `decode_jpeg`) to name
+each undecodable one.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections import Counter
@@ -15,12 +18,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.io import ImageReadMode, decode_image
 
 from pipelines.dali_index import parse_index
 from pipelines.loader import Backend, LoaderSpec, ShardSet
 from pipelines.loader_factory import make_loader
-from pipelines.storage import open_store
+from pipelines.names import check_tar_members
+from pipelines.storage import StorageError, open_store
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ def check_shards(
 ) -> CheckReport:
     """Decode and augment every sample of `uri` once (train preset, one rank) and count what came out."""
     shards = ShardSet.open(uri)
+    _check_names(shards)
     spec = LoaderSpec(uri=uri, split="train", batch_size=batch_size, num_threads=num_threads, backend=backend, seed=0)
     loader = make_loader(spec, 0, 1, torch.device("cpu"))
     report = CheckReport(
@@ -91,6 +96,25 @@ def check_shards(
     return report
 
 
+def _check_names(shards: ShardSet) -> None:
+    """Every index entry and tar member of the set is a plain file name; raises `UnsafeName` naming it.
+
+    A local tar is read header by header (seeking past the images); an S3 one is fetched once more.
+    """
+    store = open_store(shards.uri)
+    for tar_name, index_name in zip(shards.tar_names, shards.index_names, strict=True):
+        parse_index(store.read_bytes(index_name).decode(), store.location.join(index_name))
+        source = store.location.join(tar_name)
+        if store.location.is_s3:
+            check_tar_members(io.BytesIO(store.read_bytes(tar_name)), source)
+        else:
+            try:
+                with open(source, "rb") as tar:
+                    check_tar_members(tar, source)
+            except FileNotFoundError:
+                raise StorageError(f"{source} does not exist; the shard set is incomplete, re-shard it") from None
+
+
 def _scan_samples(shards: ShardSet) -> tuple[Counter[int], list[str]]:
     """Decode each sample on its own: labels of the good ones, names of the bad ones."""
     store = open_store(shards.uri)
@@ -98,10 +122,10 @@ def _scan_samples(shards: ShardSet) -> tuple[Counter[int], list[str]]:
     bad: list[str] = []
     for tar_name, index_name in zip(shards.tar_names, shards.index_names, strict=True):
         data = store.read_bytes(tar_name)
-        for sample in parse_index(store.read_bytes(index_name).decode()):
+        for sample in parse_index(store.read_bytes(index_name).decode(), store.location.join(index_name)):
             try:
-                jpeg = torch.frombuffer(bytearray(sample.slice(data, "jpg")), dtype=torch.uint8)
-                decode_jpeg(jpeg, mode=ImageReadMode.RGB)
+                encoded = torch.frombuffer(bytearray(sample.slice(data, shards.image_ext)), dtype=torch.uint8)
+                decode_image(encoded, mode=ImageReadMode.RGB)
                 counts[int(sample.slice(data, "cls"))] += 1
             except (RuntimeError, ValueError) as exc:
                 logger.warning("undecodable sample %s:%s (%s)", tar_name, sample.key, exc)

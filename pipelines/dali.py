@@ -5,6 +5,9 @@ Pattern of DALI's ResNet-50 example (docs/examples/use_cases/pytorch/resnet50/ma
 (`device_id=None`, libjpeg-turbo); every later operator then runs where the decoded images are.
 `shard_id`/`num_shards`/`seed` are arguments, never globals: the loader passes rank, world size and a
 seed derived from (sweep seed, epoch, rank).
+
+The evaluation views (`eval_views`) resize in float with `subpixel_scale=False` and crop at DALI's rounded anchors:
+`pipelines.torch_transforms` computes the same views from the same decoded image, within float tolerance.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from nvidia.dali import types as _types
 from nvidia.dali.pipeline import Pipeline
 
 from pipelines import presets
+from pipelines.normalization import Normalization, channel_normalization
 
 # DALI's stubs type operator outputs as `DataNode | Sequence[DataNode] | None` and miss the enum
 # constants: the graph code is typed through Any instead of a cast at every call.
@@ -38,14 +42,15 @@ class ReaderArgs:
     num_shards: int
     shuffle: bool
     initial_fill: int = 1024
+    image_ext: str = "jpg"
 
 
 def _read(reader: ReaderArgs) -> tuple[Any, Any]:
-    jpegs, labels = fn.readers.webdataset(
+    encoded, labels = fn.readers.webdataset(
         name=READER_NAME,
         paths=list(reader.paths),
         index_paths=list(reader.index_paths),
-        ext=["jpg", "cls"],
+        ext=[reader.image_ext, "cls"],
         missing_component_behavior="error",
         shard_id=reader.shard_id,
         num_shards=reader.num_shards,
@@ -57,28 +62,31 @@ def _read(reader: ReaderArgs) -> tuple[Any, Any]:
         # Samples are read from one pipeline per epoch: never moving to another shard on wrap-around.
         stick_to_shard=True,
     )
-    return jpegs, labels
+    return encoded, labels
 
 
-def _normalize(images: Any, *, crop: int | None, mirror: Any, mean: Any, dtype: Any, layout: Layout) -> Any:
-    """Crop (center, unless crop_pos given by the caller), flip, (x - mean) / std, cast, transpose."""
-    kwargs: dict[str, Any] = {} if crop is None else {"crop": (crop, crop)}
+def subtract_mean_image(images: Any, norm: Normalization) -> Any:
+    """`images` minus the preset's mean image warped to each image's shape (float), or `images` as they are."""
+    if norm.mean_image is None:
+        return images
+    mean = fn.constant(
+        fdata=norm.mean_image.ravel().tolist(), shape=list(norm.mean_image.shape), layout="HWC", dtype=types.FLOAT
+    )
+    if images.device == "gpu":
+        mean = mean.gpu()
+    size = images.shape(dtype=types.FLOAT)[0:2]
+    warped = fn.resize(mean, size=size, antialias=True, subpixel_scale=False, dtype=types.FLOAT)
+    return images - warped
+
+
+def _normalize(images: Any, norm: Normalization, *, dtype: Any, layout: Layout, **crop: Any) -> Any:
+    """(x - mean) / std, flipped and cropped as `crop` says (crop, crop_pos_x/y, mirror), cast, transposed."""
     return fn.crop_mirror_normalize(
-        images,
-        dtype=dtype,
-        output_layout=layout,
-        mean=mean,
-        std=[s * 255.0 for s in presets.IMAGENET_STD],
-        mirror=mirror,
-        **kwargs,
+        images, dtype=dtype, output_layout=layout, mean=list(norm.mean), std=list(norm.std), **crop
     )
 
 
-def _imagenet_mean() -> list[float]:
-    return [m * 255.0 for m in presets.IMAGENET_MEAN]
-
-
-def _pca_mean() -> Any:
+def _pca_mean(norm: Normalization) -> Any:
     """Per-image mean with the PCA colour offset folded in: (x + delta - mean) = (x - (mean - delta)).
 
     delta = V @ (alpha * lambda), alpha ~ N(0, 0.1) (Krizhevsky et al. 2012, Sec. 4.1), on 0..255 pixels.
@@ -87,20 +95,81 @@ def _pca_mean() -> Any:
     channels = []
     for c in range(3):
         delta = sum(presets.PCA_EIGVEC[c][j] * presets.PCA_EIGVAL[j] * alphas[j] for j in range(3))
-        channels.append(presets.IMAGENET_MEAN[c] * 255.0 - delta * 255.0)
+        channels.append(norm.mean[c] - delta * 255.0)
     return fn.stack(*channels)
+
+
+def eval_views(images: Any, args: presets.EvalViews, norm: Normalization, *, dtype: Any, layout: Layout) -> list[Any]:
+    """The outputs one protocol makes of decoded uint8 HWC `images` (He et al. 2015, Sec. 3.4, "In testing").
+
+    center: one crop of `image_size` from the image resized to shorter side `resize_size`. ten_crop: one output of
+    10 crops stacked on a new leading axis per sample (corners + center, then their mirrors). multi_scale: two
+    outputs per scale (the whole image resized to that shorter side, then its mirror): the network runs fully
+    convolutionally on them, so their sizes differ from image to image.
+    """
+
+    def resized(shorter: int) -> Any:
+        out = fn.resize(images, resize_shorter=shorter, antialias=True, subpixel_scale=False, dtype=types.FLOAT)
+        return subtract_mean_image(out, norm)
+
+    if args.protocol == "multi_scale":
+        return [
+            _normalize(resized(s), norm, dtype=dtype, layout=layout, mirror=mirror)
+            for s in args.scales
+            for mirror in (0, 1)
+        ]
+    base = resized(args.resize_size)
+    crop = (args.image_size, args.image_size)
+    if args.protocol == "center":
+        return [_normalize(base, norm, dtype=dtype, layout=layout, crop=crop, mirror=0)]
+    crops = [
+        _normalize(base, norm, dtype=dtype, layout=layout, crop=crop, crop_pos_x=x, crop_pos_y=y, mirror=mirror)
+        for mirror in (0, 1)
+        for x, y in presets.TEN_CROP_POSITIONS
+    ]
+    return [fn.stack(*crops)]
+
+
+def _cifar_train(images: Any, image_size: int, norm: Normalization, *, dtype: Any, layout: Layout) -> Any:
+    """He et al. 2015, Sec. 4.2: mean-subtracted image padded with 4 zeros per side, a random `image_size` crop of it
+    at one of the (2 * pad + 1)^2 integer offsets, mirrored with probability 1/2."""
+    centered = subtract_mean_image(images, norm)
+    padded_size = image_size + 2 * presets.CIFAR_PAD
+    padded = fn.crop(
+        centered,
+        crop=(padded_size, padded_size),
+        crop_pos_x=0.5,
+        crop_pos_y=0.5,
+        out_of_bounds_policy="pad",
+        fill_values=0.0,
+    )
+    # crop_pos * (padded - crop) is the offset: k / (2 * pad) hits every integer offset 0..2*pad exactly.
+    offsets = [k / (2 * presets.CIFAR_PAD) for k in range(2 * presets.CIFAR_PAD + 1)]
+    return _normalize(
+        padded,
+        norm,
+        dtype=dtype,
+        layout=layout,
+        crop=(image_size, image_size),
+        crop_pos_x=fn.random.uniform(values=offsets),
+        crop_pos_y=fn.random.uniform(values=offsets),
+        mirror=fn.random.coin_flip(probability=presets.FLIP_PROBABILITY),
+    )
 
 
 @pipeline_def(enable_checkpointing=True)
 def train_pipeline(
-    reader: ReaderArgs, preset: str, image_size: int, decoder: str, dtype: Any, layout: Layout
+    reader: ReaderArgs, preset: str, image_size: int, decoder: str, dtype: Any, layout: Layout, norm: Normalization
 ) -> tuple[Any, Any]:
-    jpegs, labels = _read(reader)
+    encoded, labels = _read(reader)
+    if preset == "cifar":
+        images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+        return _cifar_train(images, image_size, norm, dtype=dtype, layout=layout), labels
     mirror = fn.random.coin_flip(probability=presets.FLIP_PROBABILITY)
     if preset == "standard":
         # RandomResizedCrop: the decoder decodes only the sampled crop window (ROI decode).
         images = fn.decoders.image_random_crop(
-            jpegs,
+            encoded,
             device=decoder,
             output_type=types.RGB,
             random_area=list(presets.RRC_SCALE),
@@ -108,55 +177,33 @@ def train_pipeline(
             num_attempts=100,
         )
         images = fn.resize(images, resize_x=image_size, resize_y=image_size, antialias=True)
-        images = _normalize(images, crop=None, mirror=mirror, mean=_imagenet_mean(), dtype=dtype, layout=layout)
-    else:
-        # He et al. 2015, Sec. 3.4: shorter side ~ U[256, 480], random 224 crop, flip, PCA colour.
-        images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
-        short = fn.random.uniform(range=list(presets.PAPER_SHORT_SIDE_RANGE))
-        images = fn.resize(images, resize_shorter=short, antialias=True)
-        images = fn.crop_mirror_normalize(
-            images,
-            dtype=dtype,
-            output_layout=layout,
-            crop=(image_size, image_size),
-            crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
-            crop_pos_y=fn.random.uniform(range=[0.0, 1.0]),
-            mean=_pca_mean(),
-            std=[s * 255.0 for s in presets.IMAGENET_STD],
-            mirror=mirror,
-        )
+        return _normalize(images, norm, dtype=dtype, layout=layout, mirror=mirror), labels
+    # He et al. 2015, Sec. 3.4: shorter side ~ U[256, 480], per-pixel mean subtracted, random 224 crop, flip, PCA
+    # colour.
+    images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+    short = fn.random.uniform(range=list(presets.PAPER_SHORT_SIDE_RANGE))
+    images = subtract_mean_image(fn.resize(images, resize_shorter=short, antialias=True), norm)
+    images = fn.crop_mirror_normalize(
+        images,
+        dtype=dtype,
+        output_layout=layout,
+        crop=(image_size, image_size),
+        crop_pos_x=fn.random.uniform(range=[0.0, 1.0]),
+        crop_pos_y=fn.random.uniform(range=[0.0, 1.0]),
+        mean=_pca_mean(norm),
+        std=list(norm.std),
+        mirror=mirror,
+    )
     return images, labels
 
 
 @pipeline_def(enable_checkpointing=True)
 def val_pipeline(
-    reader: ReaderArgs, image_size: int, resize_size: int, decoder: str, dtype: Any, layout: Layout, ten_crop: bool
-) -> tuple[Any, Any]:
-    jpegs, labels = _read(reader)
-    images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
-    images = fn.resize(images, resize_shorter=resize_size, antialias=True)
-    if not ten_crop:
-        out = _normalize(images, crop=image_size, mirror=0, mean=_imagenet_mean(), dtype=dtype, layout=layout)
-        return out, labels
-    # 10-crop (He et al. 2015, Sec. 3.4): corners + center, each also flipped; stacked as a new
-    # leading axis per sample so the loader can average the 10 predictions of one image.
-    crops = []
-    for mirror in (0, 1):
-        for x, y in ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5)):
-            crops.append(
-                fn.crop_mirror_normalize(
-                    images,
-                    dtype=dtype,
-                    output_layout=layout,
-                    crop=(image_size, image_size),
-                    crop_pos_x=x,
-                    crop_pos_y=y,
-                    mean=_imagenet_mean(),
-                    std=[s * 255.0 for s in presets.IMAGENET_STD],
-                    mirror=mirror,
-                )
-            )
-    return fn.stack(*crops), labels
+    reader: ReaderArgs, views: presets.EvalViews, decoder: str, dtype: Any, layout: Layout, norm: Normalization
+) -> tuple[Any, ...]:
+    encoded, labels = _read(reader)
+    images = fn.decoders.image(encoded, device=decoder, output_type=types.RGB)
+    return (*eval_views(images, views, norm, dtype=dtype, layout=layout), labels)
 
 
 def build(
@@ -169,16 +216,19 @@ def build(
     seed: int,
     preset: str = "standard",
     image_size: int = presets.TRAIN_SIZE,
-    resize_size: int = presets.VAL_RESIZE,
+    views: presets.EvalViews | None = None,
+    norm: Normalization | None = None,
     fp16: bool = False,
     layout: Layout = "CHW",
-    ten_crop: bool = False,
     checkpoint: bytes | None = None,
     prefetch_queue_depth: int = 2,
 ) -> Pipeline:
-    """A built train or val pipeline; `checkpoint` restores a state from `Pipeline.checkpoint()`."""
+    """A built train or val pipeline; `checkpoint` restores a state from `Pipeline.checkpoint()`.
+
+    `norm`: the preset's `Normalization` (default: the per-channel ImageNet one); `views`: the val protocol."""
     decoder = "cpu" if device_id is None else "mixed"
     dtype = types.FLOAT16 if fp16 else types.FLOAT
+    norm = norm if norm is not None else channel_normalization()
     common: dict[str, Any] = {
         "batch_size": batch_size,
         "num_threads": num_threads,
@@ -189,18 +239,19 @@ def build(
     }
     if split == "train":
         pipe = train_pipeline(
-            reader=reader, preset=preset, image_size=image_size, decoder=decoder, dtype=dtype, layout=layout, **common
-        )
-    else:
-        pipe = val_pipeline(
             reader=reader,
+            preset=preset,
             image_size=image_size,
-            resize_size=resize_size,
             decoder=decoder,
             dtype=dtype,
             layout=layout,
-            ten_crop=ten_crop,
+            norm=norm,
             **common,
+        )
+    else:
+        views = views if views is not None else presets.EvalViews(image_size=image_size)
+        pipe = val_pipeline(
+            reader=reader, views=views, decoder=decoder, dtype=dtype, layout=layout, norm=norm, **common
         )
     pipe.build()
     return pipe

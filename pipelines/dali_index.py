@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pipelines.names import UnsafeName, unsafe_name
+
 VERSION = "v1.2"
 
 
@@ -37,11 +39,19 @@ def format_index(samples: Iterable[IndexedSample]) -> str:
     return f"{VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines)
 
 
-def parse_index(text: str) -> list[IndexedSample]:
-    """The samples of an index file's text, in tar order."""
+def parse_index(text: str, source: str = "index") -> list[IndexedSample]:
+    """The samples of an index file's text, in tar order; `source` names the file in errors.
+
+    Raises `UnsafeName` for a member name that is not a plain file name (`..`, absolute, a separator): keys are
+    what `data check` reports and what anyone extracting the tar would create.
+    """
     samples = []
-    for line in text.splitlines()[1:]:
+    for line_number, line in enumerate(text.splitlines()[1:], start=2):
         parts = line.split()
+        for name in parts[3::4]:
+            reason = unsafe_name(name)
+            if reason is not None:
+                raise UnsafeName(f"{source}, line {line_number}: member {name!r} {reason}; re-shard the source")
         members = {parts[i]: (int(parts[i + 1]), int(parts[i + 2])) for i in range(0, len(parts), 4)}
         samples.append(IndexedSample(parts[3].rsplit(".", 1)[0], members))
     return samples

@@ -17,8 +17,9 @@ import torch
 from nvidia.dali.pipeline import Pipeline
 from nvidia.dali.plugin.pytorch import feed_ndarray
 
-from pipelines import dali
+from pipelines import dali, presets
 from pipelines.loader import EpochLoader, EpochPlan, LoaderSpec, ShardSet
+from pipelines.normalization import preset_normalization
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class DaliLoader(EpochLoader):
             self._device_id = device.index if device.index is not None else torch.cuda.current_device()
         self._pipe: Pipeline | None = None
         self._checkpoint: bytes | None = None  # to restore from when the pipeline is next built
+        self._norm = preset_normalization(spec.preset, spec.mean_source)
 
     def _build(self) -> Pipeline:
         order = self.epoch_files()
@@ -48,7 +50,9 @@ class DaliLoader(EpochLoader):
             num_shards=self.plan.world_size,
             shuffle=self.spec.shuffled,
             initial_fill=self.spec.shuffle_buffer,
+            image_ext=self.shards.image_ext,
         )
+        views = presets.EvalViews(self.spec.protocol, self.spec.image_size, self.spec.resize_size, self.spec.scales)
         pipe = dali.build(
             self.spec.split,
             reader,
@@ -58,21 +62,38 @@ class DaliLoader(EpochLoader):
             seed=self.epoch_seed(),
             preset=self.spec.preset,
             image_size=self.spec.image_size,
-            resize_size=self.spec.resize_size,
+            views=views,
+            norm=self._norm,
             fp16=self.spec.dtype == "float16",
-            layout="HWC" if self.spec.channels_last else "CHW",
-            ten_crop=self.spec.ten_crop,
+            # Multi-scale views are used one by one (each its own size): plain CHW, no channels_last view of HWC.
+            layout="HWC" if self.spec.channels_last and self.spec.protocol != "multi_scale" else "CHW",
             checkpoint=self._checkpoint,
             prefetch_queue_depth=self.spec.prefetch_queue_depth,
         )
         self._checkpoint = None
         return pipe
 
-    def _produce(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _produce(self, k: int) -> tuple[torch.Tensor | tuple[tuple[torch.Tensor, ...], ...], torch.Tensor]:
         if self._pipe is None:
             self._pipe = self._build()
-        images, labels = self._pipe.run()
-        return self._to_torch(images), labels_from_cls(labels)
+        *images, labels = self._pipe.run()
+        if self.spec.protocol == "multi_scale":
+            return tuple(self._samples_to_torch(view) for view in images), labels_from_cls(labels)
+        return self._to_torch(images[0]), labels_from_cls(labels)
+
+    def _samples_to_torch(self, images: Any) -> tuple[torch.Tensor, ...]:
+        """A batch whose samples differ in shape, one tensor per sample (CHW)."""
+        out = []
+        for i in range(len(images)):
+            sample = images[i]
+            if self.device.type == "cuda":
+                dtype = torch.float16 if self.spec.dtype == "float16" else torch.float32
+                tensor = torch.empty(sample.shape(), dtype=dtype, device=self.device)
+                feed_ndarray(sample, tensor, cuda_stream=torch.cuda.current_stream(self.device))
+            else:
+                tensor = torch.from_numpy(np.array(sample))  # a copy: DALI reuses its output buffers
+            out.append(tensor.to(self.spec.torch_dtype))
+        return tuple(out)
 
     def _to_torch(self, images: Any) -> torch.Tensor:
         dense = images.as_tensor()

@@ -19,14 +19,17 @@ PARTIAL_SUFFIX = ".partial"
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A fresh sibling of `path` to write; renamed over `path` when the block ends, removed if it raises."""
+def atomic_path(path: str | os.PathLike[str], mode: int = 0o666) -> Iterator[Path]:
+    """A fresh sibling of `path` to write; renamed over `path` when the block ends, removed if it raises.
+
+    `mode` (less the umask) is the file's permissions from its creation on: 0o600 keeps a secret this user's alone.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # A unique name: two writers of one file (two CLI calls) never write into each other's temporary file. Created
     # with the umask's permissions (not mkstemp's 0600), so a shard set or state file reads as any other file would.
     tmp = target.with_name(f"{target.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode))
     try:
         yield tmp
         os.replace(tmp, target)
@@ -35,9 +38,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes | str) -> None:
-    """Write `data` (text as UTF-8) to `path` all or nothing."""
-    with atomic_path(path) as tmp:
+def write_atomic(path: str | os.PathLike[str], data: bytes | str, mode: int = 0o666) -> None:
+    """Write `data` (text as UTF-8) to `path` all or nothing, with permissions `mode` (see `atomic_path`)."""
+    with atomic_path(path, mode) as tmp:
         if isinstance(data, str):
             tmp.write_text(data, encoding="utf-8")
         else:

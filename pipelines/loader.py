@@ -42,10 +42,14 @@ STATE_VERSION = 1
 @dataclass(frozen=True)
 class Batch:
     """images: float N x 3 x H x W (channels_last memory format when asked; N x 10 x 3 x H x W for
-    10-crop validation); labels: int64 [N], `IGNORE_INDEX` at padding positions."""
+    10-crop validation); labels: int64 [N], `IGNORE_INDEX` at padding positions.
+
+    Multi-scale validation views differ in size from image to image: they come in `views`, where `views[v][i]` is
+    view v of sample i (3 x H x W; v = 2 * scale index, + 1 for the mirror image), and `images` is empty (N x 0)."""
 
     images: torch.Tensor
     labels: torch.Tensor
+    views: tuple[tuple[torch.Tensor, ...], ...] = ()
 
     @property
     def valid(self) -> torch.Tensor:
@@ -77,7 +81,7 @@ class LoaderSpec(BaseModel):
     uri: str = Field(description="shard set written by `resnet-orch data shard`: local path or s3://bucket/prefix")
     split: Literal["train", "val"] = "train"
     batch_size: int = Field(gt=0, description="per rank")
-    preset: Literal["standard", "paper"] = "standard"
+    preset: presets.Preset = "standard"
     image_size: int = Field(default=presets.TRAIN_SIZE, gt=0)
     resize_size: int = Field(default=presets.VAL_RESIZE, gt=0)
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
@@ -88,13 +92,21 @@ class LoaderSpec(BaseModel):
     last_batch: Literal["pad", "drop"] = "pad"
     shuffle: bool | None = Field(default=None, description="default: True for train, False for val")
     shuffle_buffer: int = Field(default=1024, gt=0, description="DALI initial_fill: samples mixed in memory")
-    ten_crop: bool = Field(default=False, description="val only: the paper's 10-crop testing")
+    protocol: presets.Protocol = Field(default="center", description="val only: the views of each image")
+    scales: tuple[int, ...] = Field(default=(), description="multi_scale: the shorter sides, e.g. (224, 256, 384)")
+    mean_image_uri: str | None = Field(
+        default=None, description="paper/cifar: the training shard set whose mean image is subtracted; default `uri`"
+    )
     prefetch_queue_depth: int = Field(default=2, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> LoaderSpec:
-        if self.ten_crop and self.split != "val":
-            raise ValueError("ten_crop: only for split='val'; set split='val' or ten_crop=False")
+        if self.protocol != "center" and self.split != "val":
+            raise ValueError(f"protocol {self.protocol!r}: only for split='val'; set split='val' or protocol='center'")
+        if (self.protocol == "multi_scale") != bool(self.scales):
+            raise ValueError("scales: give them with protocol='multi_scale' (e.g. (224, 256, 384)), and only then")
+        if any(s <= 0 for s in self.scales):
+            raise ValueError(f"scales: {list(self.scales)} must all be positive")
         if self.resize_size < self.image_size:
             raise ValueError(f"resize_size {self.resize_size} < image_size {self.image_size}; crop must fit")
         try:
@@ -111,6 +123,10 @@ class LoaderSpec(BaseModel):
     def torch_dtype(self) -> torch.dtype:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[self.dtype]
 
+    @property
+    def mean_source(self) -> str:
+        return self.mean_image_uri or self.uri
+
 
 @dataclass(frozen=True)
 class ShardSet:
@@ -121,6 +137,7 @@ class ShardSet:
     index_names: tuple[str, ...]
     samples: tuple[int, ...]  # per shard
     classes: dict[str, int]
+    image_ext: str = "jpg"  # the tar member extension of each sample's image
 
     @property
     def tars(self) -> tuple[str, ...]:
@@ -147,6 +164,7 @@ class ShardSet:
             index_names=tuple(s["index"] for s in shards),
             samples=tuple(int(s["samples"]) for s in shards),
             classes=dict(manifest["classes"]),
+            image_ext=str(manifest.get("image_ext", "jpg")),
         )
 
 
@@ -264,7 +282,11 @@ class EpochLoader:
             self._batch += 1
             if self._batch == len(self):
                 self._release()
-            yield Batch(images, labels.to(self.device, non_blocking=True))
+            labels = labels.to(self.device, non_blocking=True)
+            if isinstance(images, torch.Tensor):
+                yield Batch(images, labels)
+            else:
+                yield Batch(torch.empty(labels.numel(), 0, device=self.device), labels, views=images)
 
     def _identity(self) -> dict[str, Any]:
         return {
@@ -290,7 +312,8 @@ class EpochLoader:
         self._restore(state)
 
     # -- backend hooks
-    def _produce(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _produce(self, k: int) -> tuple[torch.Tensor | tuple[tuple[torch.Tensor, ...], ...], torch.Tensor]:
+        """(images, labels) of batch k: a tensor, or for multi-scale views one tensor per view and sample."""
         raise NotImplementedError
 
     def _release(self) -> None:

@@ -6,7 +6,18 @@ side is 256 with a 224 center crop; the paper's scale augmentation samples the s
 
 from __future__ import annotations
 
-from typing import Final
+from dataclasses import dataclass
+from typing import Final, Literal
+
+# The input recipes: `standard` (Inception-style RandomResizedCrop, per-channel mean/std), `paper` (He et al. 2015,
+# Sec. 3.4: scale augmentation, per-pixel mean, PCA colour) and `cifar` (Sec. 4.2: pad 4, random 32x32 crop, flip,
+# per-pixel mean).
+Preset = Literal["standard", "paper", "cifar"]
+# How a val image becomes scores (Sec. 3.4, "In testing"): one center crop (what every epoch's validation uses),
+# the "standard 10-crop testing" of corners + center and their mirrors, or the fully-convolutional form averaged over
+# several scales (and mirrors).
+Protocol = Literal["center", "ten_crop", "multi_scale"]
+PROTOCOLS: Final[tuple[Protocol, ...]] = ("center", "ten_crop", "multi_scale")
 
 TRAIN_SIZE: Final = 224
 VAL_RESIZE: Final = 256
@@ -21,9 +32,34 @@ FLIP_PROBABILITY: Final = 0.5
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
 
-# The paper subtracts a per-pixel mean (Sec. 3.4). A random crop of a randomly rescaled image sees
-# every position of that mean image, so like fb.resnet.torch we use the per-channel mean (and std,
-# so both presets feed the model inputs of the same scale).
+# The `paper` and `cifar` presets subtract "the per-pixel mean" (Sec. 3.4, after Krizhevsky et al. 2012, who
+# subtract a 256x256 mean image before cropping). `data shard` stores that mean image with the training shards: every
+# training image warped to MEAN_IMAGE_SIZE x MEAN_IMAGE_SIZE (CIFAR-10: its own 32x32) and averaged. The pipelines
+# warp it back to each image's resized shape and subtract it before cropping, so every pixel of a crop or a
+# multi-scale view loses the mean of the pixels at the same place of the training images. Those presets divide by the
+# per-channel std stored next to it, so all presets feed the model inputs of the same scale.
+MEAN_IMAGE_SIZE: Final = 256
+
+# Multi-scale testing (Sec. 3.4): "images are resized such that the shorter side is in {224, 256, 384, 480, 640}".
+PAPER_TEST_SCALES: Final = (224, 256, 384, 480, 640)
+# 10-crop testing: crop positions (x, y) relative to the free margin, corners then center, each also mirrored.
+TEN_CROP_POSITIONS: Final = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (0.5, 0.5))
+
+
+@dataclass(frozen=True)
+class EvalViews:
+    """How a val image becomes the views its scores are averaged over (`Protocol`), for both backends."""
+
+    protocol: Protocol = "center"
+    image_size: int = TRAIN_SIZE  # the crop (center, ten_crop)
+    resize_size: int = VAL_RESIZE  # the shorter side the crops are taken from
+    scales: tuple[int, ...] = ()  # multi_scale: the shorter sides, each view the whole image
+
+
+# CIFAR-10 (Sec. 4.2): "4 pixels are padded on each side, and a 32x32 crop is randomly sampled from the padded
+# image or its horizontal flip"; testing uses "the single view of the original 32x32 image".
+CIFAR_SIZE: Final = 32
+CIFAR_PAD: Final = 4
 
 # PCA colour augmentation, "the standard color augmentation in [21]" (He et al. 2015, Sec. 3.4;
 # Krizhevsky et al. 2012, Sec. 4.1). Eigen-values/-vectors of the RGB covariance of ImageNet pixels on

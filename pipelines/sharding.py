@@ -1,11 +1,16 @@
-"""Write an ImageNet-style folder of JPEGs as WebDataset tar shards + DALI index files + manifest.
+"""Write samples as WebDataset tar shards + DALI index files + manifest: an ImageNet-style folder of JPEGs
+(`shard_dataset`), or any source with a `Codec` (CIFAR-10's python archive: `pipelines.cifar`).
 
 Layout written at DEST (a folder or `s3://bucket/prefix`):
 
-    shard-000000.tar   WebDataset: `<key>.jpg` (RGB JPEG) + `<key>.cls` (class index, ASCII decimal)
+    shard-000000.tar   WebDataset: `<key>.<image_ext>` (RGB JPEG, or lossless PNG for CIFAR-10) + `<key>.cls`
+                       (class index, ASCII decimal)
     shard-000000.idx   DALI `fn.readers.webdataset` index (format v1.2, as DALI's `wds2idx` writes it)
+    shard-000000.sums.npz  the shard's pixel sums for the mean image (`pipelines.mean_image`), unless skipped
     shard-000000.json  completion record: the shard's plan hash, checksum, sample count
-    manifest.json      written last: classes, per-shard samples/bytes/sha256, skipped files, source
+    mean_image.npy     the per-pixel mean of every sample (`pipelines.mean_image`), unless skipped
+    manifest.json      written last: classes, image extension, per-shard samples/bytes/sha256, mean image, skipped
+                       files, source
 
 A shard set is complete only when `manifest.json` exists; readers refuse a folder without it. A shard is
 complete when its record exists, names the same plan, and its tar has the recorded sha256: re-running
@@ -31,9 +36,13 @@ from typing import Any
 
 import numpy as np
 
+from pipelines import presets
+from pipelines.codecs import CheckedImage, Codec, FileCodec
 from pipelines.dali_index import IndexedSample, format_index
 from pipelines.files import sha256_file
-from pipelines.sources import ShardingError, SourceSample, discover_source
+from pipelines.mean_image import PixelSums, write_mean_image
+from pipelines.names import unsafe_name
+from pipelines.sources import ShardingError, discover_source
 from pipelines.storage import Store, open_store
 
 logger = logging.getLogger(__name__)
@@ -43,24 +52,24 @@ MANIFEST_FORMAT = "resnet-orch-webdataset"
 MANIFEST_VERSION = 1
 # A tar member costs a 512-byte header plus padding to 512: two members per sample.
 _TAR_OVERHEAD_PER_SAMPLE = 3 * 512
-# Quality for images we must re-encode (grayscale/CMYK/PNG): high enough not to add visible artefacts.
-_REENCODE_QUALITY = 95
 
 
 @dataclass(frozen=True)
 class ShardPlan:
     index: int
-    samples: tuple[SourceSample, ...]
+    samples: tuple[Any, ...]
 
     @property
     def name(self) -> str:
         return f"shard-{self.index:06d}"
 
-    def plan_hash(self) -> str:
-        """Identifies what goes into this shard: same files, sizes and labels -> same hash."""
+    def plan_hash(self, codec: Codec, mean_size: int | None = None) -> str:
+        """Identifies what goes into this shard: same samples and labels, same mean-image size -> same hash."""
         digest = hashlib.sha256()
         for s in self.samples:
-            digest.update(f"{s.path.name}\t{s.path.stat().st_size}\t{s.label}\n".encode())
+            digest.update(f"{codec.identity(s)}\n".encode())
+        if mean_size is not None:
+            digest.update(f"mean image {mean_size}\n".encode())
         return digest.hexdigest()
 
 
@@ -75,13 +84,16 @@ class ShardReport:
     reencoded: list[str] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     classes: int = 0
+    mean_image: bool = False  # written with the set
 
 
 # ---------------------------------------------------------------------------------------------- plan
 
 
-def plan_shards(samples: Sequence[SourceSample], shard_bytes: int, shuffle_seed: int | None) -> list[ShardPlan]:
-    """Group samples into shards of about `shard_bytes` (from source file sizes), shuffled once first."""
+def plan_shards(
+    samples: Sequence[Any], shard_bytes: int, shuffle_seed: int | None, size_hint: Callable[[Any], int]
+) -> list[ShardPlan]:
+    """Group samples into shards of about `shard_bytes` (from `size_hint`), shuffled once first."""
     if shard_bytes <= 0:
         raise ShardingError(f"--shard-size must be positive, got {shard_bytes} bytes")
     order = list(samples)
@@ -89,10 +101,10 @@ def plan_shards(samples: Sequence[SourceSample], shard_bytes: int, shuffle_seed:
         perm = np.random.default_rng(shuffle_seed).permutation(len(order))
         order = [order[i] for i in perm]
     plans: list[ShardPlan] = []
-    current: list[SourceSample] = []
+    current: list[Any] = []
     size = 0
     for sample in order:
-        cost = sample.path.stat().st_size + _TAR_OVERHEAD_PER_SAMPLE
+        cost = size_hint(sample) + _TAR_OVERHEAD_PER_SAMPLE
         if current and size + cost > shard_bytes:
             plans.append(ShardPlan(len(plans), tuple(current)))
             current, size = [], 0
@@ -122,36 +134,9 @@ def parse_size(text: str) -> int:
 # ---------------------------------------------------------------------------------------------- images
 
 
-@dataclass(frozen=True)
-class CheckedImage:
-    sample: SourceSample
-    jpeg: bytes | None  # None: undecodable, skipped
-    reencoded: bool = False
-    error: str = ""
-
-
-def check_image(sample: SourceSample) -> CheckedImage:
-    """Decode fully; keep RGB JPEGs byte-for-byte, re-encode anything else (grayscale, CMYK, PNG...) to
-    RGB JPEG; report an undecodable file instead of raising."""
-    from PIL import Image
-
-    try:
-        data = sample.path.read_bytes()
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # full decode: catches truncated files that Image.open alone accepts
-            if img.format == "JPEG" and img.mode == "RGB":
-                return CheckedImage(sample, data)
-            rgb = img.convert("RGB")
-        out = io.BytesIO()
-        rgb.save(out, format="JPEG", quality=_REENCODE_QUALITY)
-        return CheckedImage(sample, out.getvalue(), reencoded=True)
-    except Exception as exc:  # PIL raises many types (OSError, SyntaxError, ValueError...) for bad files
-        return CheckedImage(sample, None, error=f"{type(exc).__name__}: {exc}")
-
-
-def _sample_key(sample: SourceSample, used: set[str]) -> str:
-    """Tar member stem: the file stem without dots (DALI splits the extension at the first dot)."""
-    base = sample.path.stem.replace(".", "_") or "sample"
+def _sample_key(image: CheckedImage, used: set[str]) -> str:
+    """Tar member stem: the key without dots (DALI splits the extension at the first dot)."""
+    base = image.key.replace(".", "_") or "sample"
     key, n = base, 1
     while key in used:
         key, n = f"{base}_{n}", n + 1
@@ -169,17 +154,17 @@ def _tar_member(name: str, data: bytes) -> tarfile.TarInfo:
     return info
 
 
-def write_shard_tar(images: Iterator[CheckedImage], tar_path: Path) -> tuple[str, int]:
+def write_shard_tar(images: Iterator[CheckedImage], tar_path: Path, image_ext: str = "jpg") -> tuple[str, int]:
     """Write the decodable images to `tar_path`; returns (DALI index text, samples written)."""
     used: set[str] = set()
     indexed: list[IndexedSample] = []
     with tarfile.open(tar_path, "w", format=tarfile.USTAR_FORMAT) as tar:
         for image in images:
-            if image.jpeg is None:
+            if image.data is None:
                 continue
-            key = _sample_key(image.sample, used)
+            key = _sample_key(image, used)
             members = {}
-            for ext, data in (("jpg", image.jpeg), ("cls", str(image.sample.label).encode())):
+            for ext, data in ((image_ext, image.data), ("cls", str(image.label).encode())):
                 info = _tar_member(f"{key}.{ext}", data)
                 tar.addfile(info, io.BytesIO(data))
                 # The member's bytes end the archive so far, padded to a 512-byte block: their start is
@@ -202,6 +187,8 @@ def _completed_record(store: Store, plan: ShardPlan, plan_hash: str) -> dict[str
         return None
     if record.get("plan") != plan_hash or not store.exists(record["index"]):
         return None
+    if record.get("sums") and not store.exists(record["sums"]):
+        return None
     if store.size(record["name"]) != record.get("bytes"):
         return None
     if store.checksum(record["name"]) != record.get("sha256"):
@@ -218,89 +205,134 @@ def shard_dataset(
     shuffle_seed: int | None = 0,
     workers: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    mean_size: int | None = presets.MEAN_IMAGE_SIZE,
 ) -> ShardReport:
     """Shard one split (`src` with class folders, or flat + labels file) into `dest`.
 
-    `progress(done, total)` is called after every image (checked, or in a kept shard). Returns the
-    report; the manifest at `dest` is written last and only when every shard is whole.
+    `progress(done, total)` is called after every image (checked, or in a kept shard). `mean_size` None skips the
+    mean image. Returns the report; the manifest at `dest` is written last and only when every shard is whole.
     """
     source = discover_source(src, labels)
-    store = open_store(dest)
-    store.check_writable()
-    plans = plan_shards(source.samples, shard_bytes, shuffle_seed)
-    report = ShardReport(dest=dest, classes=len(source.classes))
-    total = len(source.samples)
-    done = 0
-
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, total)
-
-    shard_entries: list[dict[str, Any]] = []
-    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool, tempfile.TemporaryDirectory() as tmp:
-        for plan in plans:
-            plan_hash = plan.plan_hash()
-            record = _completed_record(store, plan, plan_hash)
-            if record is None:
-                record = _write_shard(store, plan, plan_hash, pool, Path(tmp), advance)
-                report.shards_written += 1
-                logger.info("wrote %s (%d samples)", store.location.join(record["name"]), record["samples"])
-            else:
-                report.shards_reused += 1
-                advance(len(plan.samples))
-                logger.info("kept %s: complete, same plan and sha256", store.location.join(record["name"]))
-            report.samples += record["samples"]
-            report.reencoded += record["reencoded"]
-            report.skipped += record["skipped"]
-            shard_entries.append({k: record[k] for k in ("name", "index", "samples", "bytes", "sha256")})
-    if report.samples == 0:
-        raise ShardingError(f"SRC {src}: none of the {total} images could be decoded; nothing was written")
-    manifest = {
-        "format": MANIFEST_FORMAT,
-        "version": MANIFEST_VERSION,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "source": str(src.resolve()),
-        "num_samples": report.samples,
-        "classes": source.classes,
-        "shards": shard_entries,
-        "reencoded": report.reencoded,
-        "skipped": report.skipped,
-        "shuffle_seed": shuffle_seed,
-        "shard_bytes": shard_bytes,
-    }
-    store.put_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
-    return report
+    return ShardJob(dest, source.samples, FileCodec(), source.classes, str(src.resolve()), mean_size).run(
+        shard_bytes=shard_bytes, shuffle_seed=shuffle_seed, workers=workers, progress=progress
+    )
 
 
-def _write_shard(
-    store: Store, plan: ShardPlan, plan_hash: str, pool: ThreadPoolExecutor, tmp: Path, advance: Callable[[int], None]
-) -> dict[str, Any]:
-    checked = []
-    for image in pool.map(check_image, plan.samples):
-        checked.append(image)
-        advance(1)
-    tar_path = tmp / f"{plan.name}.tar"
-    index_text, count = write_shard_tar(iter(checked), tar_path)
-    record: dict[str, Any] = {
-        "name": f"{plan.name}.tar",
-        "index": f"{plan.name}.idx",
-        "plan": plan_hash,
-        "samples": count,
-        "bytes": tar_path.stat().st_size,
-        "sha256": sha256_file(tar_path),
-        "reencoded": [str(c.sample.path) for c in checked if c.reencoded],
-        "skipped": [{"file": str(c.sample.path), "error": c.error} for c in checked if c.jpeg is None],
-    }
-    for bad in record["skipped"]:
-        logger.warning("skipped undecodable image %s (%s)", bad["file"], bad["error"])
-    # Order matters for resume: tar, then index, then the record that declares both complete.
-    store.put_file(record["name"], tar_path, sha256=record["sha256"])
-    store.put_bytes(record["index"], index_text.encode())
-    store.put_bytes(f"{plan.name}.json", json.dumps(record, indent=1).encode())
-    tar_path.unlink(missing_ok=True)
-    return record
+@dataclass(frozen=True)
+class ShardJob:
+    """One shard set to write: the samples of a source, how they are encoded, where they go."""
+
+    dest: str
+    samples: tuple[Any, ...]
+    codec: Codec
+    classes: dict[str, int]  # class name (wnid) -> class index
+    source: str  # recorded in the manifest
+    mean_size: int | None = presets.MEAN_IMAGE_SIZE  # None: no mean image
+
+    def run(
+        self,
+        *,
+        shard_bytes: int = 256 * 10**6,
+        shuffle_seed: int | None = 0,
+        workers: int | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ShardReport:
+        """Write every shard not already whole, the mean image, then the manifest; returns the report."""
+        store = open_store(self.dest)
+        store.check_writable()
+        plans = plan_shards(self.samples, shard_bytes, shuffle_seed, self.codec.size_hint)
+        report = ShardReport(dest=self.dest, classes=len(self.classes), mean_image=self.mean_size is not None)
+        total = len(self.samples)
+        done = 0
+        sums = PixelSums(self.mean_size) if self.mean_size is not None else None
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, total)
+
+        shard_entries: list[dict[str, Any]] = []
+        threads = workers or os.cpu_count() or 1
+        with ThreadPoolExecutor(max_workers=threads) as pool, tempfile.TemporaryDirectory() as tmp:
+            for plan in plans:
+                plan_hash = plan.plan_hash(self.codec, self.mean_size)
+                record = _completed_record(store, plan, plan_hash)
+                if record is None:
+                    record = self._write_shard(store, plan, plan_hash, pool, Path(tmp), advance)
+                    report.shards_written += 1
+                    logger.info("wrote %s (%d samples)", store.location.join(record["name"]), record["samples"])
+                else:
+                    report.shards_reused += 1
+                    advance(len(plan.samples))
+                    logger.info("kept %s: complete, same plan and sha256", store.location.join(record["name"]))
+                if sums is not None:
+                    sums.merge(PixelSums.from_bytes(store.read_bytes(record["sums"])))
+                report.samples += record["samples"]
+                report.reencoded += record["reencoded"]
+                report.skipped += record["skipped"]
+                shard_entries.append({k: record[k] for k in ("name", "index", "samples", "bytes", "sha256")})
+        if report.samples == 0:
+            raise ShardingError(f"SRC {self.source}: none of the {total} images could be decoded; nothing was written")
+        manifest = {
+            "format": MANIFEST_FORMAT,
+            "version": MANIFEST_VERSION,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source": self.source,
+            "num_samples": report.samples,
+            "classes": self.classes,
+            "image_ext": self.codec.image_ext,
+            "shards": shard_entries,
+            "mean_image": write_mean_image(store, sums.mean_image()) if sums is not None else None,
+            "reencoded": report.reencoded,
+            "skipped": report.skipped,
+            "shuffle_seed": shuffle_seed,
+            "shard_bytes": shard_bytes,
+        }
+        store.put_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
+        return report
+
+    def _write_shard(
+        self,
+        store: Store,
+        plan: ShardPlan,
+        plan_hash: str,
+        pool: ThreadPoolExecutor,
+        tmp: Path,
+        advance: Callable[[int], None],
+    ) -> dict[str, Any]:
+        checked = []
+        for image in pool.map(lambda sample: self.codec.encode(sample, self.mean_size), plan.samples):
+            checked.append(image)
+            advance(1)
+        tar_path = tmp / f"{plan.name}.tar"
+        index_text, count = write_shard_tar(iter(checked), tar_path, self.codec.image_ext)
+        record: dict[str, Any] = {
+            "name": f"{plan.name}.tar",
+            "index": f"{plan.name}.idx",
+            "sums": None,
+            "plan": plan_hash,
+            "samples": count,
+            "bytes": tar_path.stat().st_size,
+            "sha256": sha256_file(tar_path),
+            "reencoded": [c.source for c in checked if c.reencoded],
+            "skipped": [{"file": c.source, "error": c.error} for c in checked if c.data is None],
+        }
+        for bad in record["skipped"]:
+            logger.warning("skipped undecodable image %s (%s)", bad["file"], bad["error"])
+        # Order matters for resume: tar, index and pixel sums, then the record that declares them complete.
+        store.put_file(record["name"], tar_path, sha256=record["sha256"])
+        store.put_bytes(record["index"], index_text.encode())
+        if self.mean_size is not None:
+            sums = PixelSums(self.mean_size)
+            for image in checked:
+                if image.data is not None and image.pixels is not None:
+                    sums.add(image.pixels)
+            record["sums"] = f"{plan.name}.sums.npz"
+            store.put_bytes(record["sums"], sums.to_bytes())
+        store.put_bytes(f"{plan.name}.json", json.dumps(record, indent=1).encode())
+        tar_path.unlink(missing_ok=True)
+        return record
 
 
 def read_manifest(uri: str, store: Store | None = None) -> dict[str, Any]:
@@ -315,4 +347,24 @@ def read_manifest(uri: str, store: Store | None = None) -> dict[str, Any]:
     manifest: dict[str, Any] = json.loads(store.read_bytes(MANIFEST_NAME))
     if manifest.get("format") != MANIFEST_FORMAT:
         raise ShardingError(f"{store.location.join(MANIFEST_NAME)} is not a resnet-orch shard manifest")
+    _check_shard_names(manifest, store.location.join(MANIFEST_NAME))
     return manifest
+
+
+def _check_shard_names(manifest: dict[str, Any], where: str) -> None:
+    """Every shard entry names a `.tar` and an `.idx` file of the set's own folder (the flat layout above): a manifest
+    written elsewhere must not point a reader at `../../etc/passwd` or `/etc/passwd`."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(entry, dict) for entry in shards):
+        raise ShardingError(f"{where}: `shards` is not a list of shard entries; re-shard with `resnet-orch data shard`")
+    for i, entry in enumerate(shards):
+        for field_name, suffix in (("name", ".tar"), ("index", ".idx")):
+            name = entry.get(field_name)
+            reason = unsafe_name(name)
+            if reason is None and not str(name).endswith(suffix):
+                reason = f"does not end in {suffix}"
+            if reason is not None:
+                raise ShardingError(
+                    f"{where}: shards[{i}].{field_name} {name!r} {reason}; a manifest names files of its own folder "
+                    "(shard-NNNNNN.tar, .idx), so this one is damaged or hostile: refusing it, re-shard the source"
+                )

@@ -11,6 +11,8 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.names import unsafe_name
+
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -48,6 +50,12 @@ def _read_labels_file(labels: Path) -> dict[str, tuple[str, int | None]]:
         )
     out: dict[str, tuple[str, int | None]] = {}
     for line, row in enumerate(rows, start=2):
+        reason = unsafe_name(row["file"])
+        if reason is not None:
+            # A labels file names images of its own (flat) folder; anything else would read files from elsewhere.
+            raise ShardingError(
+                f"labels file {labels}, line {line}: file {row['file']!r} {reason}; name an image of the folder itself"
+            )
         index = row.get("class_index")
         try:
             out[row["file"]] = (row["wnid"], int(index) if index not in (None, "") else None)
@@ -97,9 +105,23 @@ def discover_source(src: Path, labels: Path | None = None) -> Source:
         raise ShardingError(
             f"SRC {src}: no images found; expected <wnid>/*.JPEG class folders or a flat folder with --labels"
         )
+    _check_inside(src, [path for path, _ in samples])
     classes = _class_map({w for _, w in samples}, given)
     ordered = sorted(samples, key=lambda pw: (classes[pw[1]], pw[0].name))
     return Source(root=src, samples=tuple(SourceSample(p, w, classes[w]) for p, w in ordered), classes=classes)
+
+
+def _check_inside(src: Path, paths: list[Path]) -> None:
+    """Every image is a file of SRC itself: a symlink (to a file or a class folder) that leads out of SRC would pack
+    a file from elsewhere on this machine (a key, a password file) into shards that others read."""
+    root = src.resolve()
+    for path in paths:
+        target = path.resolve()
+        if not target.is_relative_to(root):
+            raise ShardingError(
+                f"SRC {src}: {path.relative_to(src)} leads to {target}, outside SRC (a symlink); shard only files "
+                "inside SRC: copy the image in, or give the folder it points to as SRC"
+            )
 
 
 def _require_folder(src: Path) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from pipelines.files import atomic_path, sha256_file, write_atomic
+from pipelines.names import unsafe_key
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,15 @@ class Location:
         return self.bucket is not None
 
     def join(self, name: str) -> str:
-        """URI of `name` inside this location (what DALI's reader is given)."""
+        """URI of `name` inside this location (what DALI's reader is given); the location itself for ''.
+
+        Raises StorageError for a name that would leave the location (`..`, absolute, NUL: `pipelines.names`).
+        """
+        if name == "":
+            return self.uri
+        reason = unsafe_key(name)
+        if reason is not None:
+            raise StorageError(f"{self.uri}: {name!r} {reason}; only names inside the location can be read or written")
         if self.bucket is None:
             return str(Path(self.path) / name)
         key = f"{self.path}/{name}" if self.path else name
@@ -196,24 +205,29 @@ class LocalStore:
         self.location = location
         self.root = Path(location.path)
 
+    def _path(self, name: str) -> Path:
+        """`name` under the root; StorageError for a name that would leave it (checked by `Location.join`)."""
+        return Path(self.location.join(name))
+
     def exists(self, name: str) -> bool:
-        return (self.root / name).is_file()
+        return self._path(name).is_file()
 
     def size(self, name: str) -> int | None:
-        path = self.root / name
+        path = self._path(name)
         return path.stat().st_size if path.is_file() else None
 
     def read_bytes(self, name: str) -> bytes:
+        path = self._path(name)
         try:
-            return (self.root / name).read_bytes()
+            return path.read_bytes()
         except FileNotFoundError as exc:
-            raise StorageError(f"{self.location.join(name)} does not exist") from exc
+            raise StorageError(f"{path} does not exist") from exc
 
     def put_bytes(self, name: str, data: bytes) -> None:
-        write_atomic(self.root / name, data)
+        write_atomic(self._path(name), data)
 
     def put_file(self, name: str, local_path: Path, sha256: str | None = None) -> None:
-        target = self.root / name
+        target = self._path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         if local_path.parent == target.parent:
             os.replace(local_path, target)
@@ -223,7 +237,7 @@ class LocalStore:
 
     def checksum(self, name: str) -> str | None:
         """sha256 of the file, recomputed (a local file carries no trustworthy stored checksum)."""
-        path = self.root / name
+        path = self._path(name)
         return sha256_file(path) if path.is_file() else None
 
     def check_writable(self) -> None:
@@ -244,6 +258,9 @@ class S3Store:
         self.client = client if client is not None else s3_client()
 
     def _key(self, name: str) -> str:
+        # Checked like a local name: S3 keys are flat strings, but S3-compatible servers (and anyone who syncs the
+        # bucket to disk) may read `..` as a path step out of the prefix.
+        self.location.join(name)
         return f"{self.location.path}/{name}" if self.location.path else name
 
     def _call(self, name: str, method: str, **kwargs: Any) -> Any:

@@ -1,28 +1,31 @@
-"""Fallback loader where DALI cannot be imported: torchvision `decode_jpeg` + v2 transforms over the same
-shards, with the same epoch semantics as the DALI loader (see `pipelines.loader`).
+"""Fallback loader where DALI cannot be imported: torchvision `decode_image` + the transforms of
+`pipelines.torch_transforms` over the same shards, with the same epoch semantics as the DALI loader (see
+`pipelines.loader`); its validation views are DALI's within float tolerance.
 
 Samples are located through the DALI index files (`pipelines.dali_index`: offset and size of every
-`.jpg`/`.cls`), so a shard is fetched once (whole, from S3 or disk) and sliced. Augmentation randomness
+image and `.cls`), so a shard is fetched once (whole, from S3 or disk) and sliced. Augmentation randomness
 is drawn from torch's RNG seeded per batch with (seed, epoch, rank, batch) inside `torch.random.fork_rng`,
 so (epoch, batch) alone determines the next batch and the caller's RNG is untouched.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms import v2
+from torchvision.io import ImageReadMode, decode_image
 
 from pipelines import presets
 from pipelines.dali_index import parse_index
 from pipelines.loader import EpochLoader, EpochPlan, LoaderSpec, ShardSet, derive_seed
+from pipelines.names import check_tar_members
+from pipelines.normalization import preset_normalization
 from pipelines.storage import open_store
+from pipelines.torch_transforms import eval_views, finish_batch, train_transform
 
 logger = logging.getLogger(__name__)
 _CACHED_SHARDS = 2  # a rank reads its range in file order: the current and the previous shard suffice
@@ -31,61 +34,8 @@ _CACHED_SHARDS = 2  # a rank reads its range in file order: the current and the 
 @dataclass(frozen=True)
 class SampleRef:
     shard: int
-    jpg: tuple[int, int]  # offset, size
+    image: tuple[int, int]  # offset, size
     cls: tuple[int, int]
-
-
-class TenCrop(v2.Transform):
-    """Corners + center, then each mirrored, stacked [10, C, H, W]: DALI's crop-then-mirror order
-    (torchvision's TenCrop crops the mirrored image instead, one pixel off for odd margins)."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.size = size
-
-    def forward(self, *inputs: Any) -> Any:
-        crops = list(v2.functional.five_crop(inputs[0], [self.size, self.size]))
-        return torch.stack(crops + [c.flip(-1) for c in crops])
-
-
-def build_transform(spec: LoaderSpec) -> v2.Transform:
-    """The geometric part of the DALI graph for `spec`, per sample on uint8 (same presets constants);
-    colour (PCA) and normalization follow on the whole batch in `finish_batch`."""
-    if spec.split == "train" and spec.preset == "standard":
-        return v2.Compose(
-            [
-                v2.RandomResizedCrop(spec.image_size, scale=presets.RRC_SCALE, ratio=presets.RRC_RATIO, antialias=True),
-                v2.RandomHorizontalFlip(presets.FLIP_PROBABILITY),
-            ]
-        )
-    if spec.split == "train":
-        low, high = (int(v) for v in presets.PAPER_SHORT_SIDE_RANGE)
-        return v2.Compose(
-            [
-                v2.RandomShortestSize(min_size=list(range(low, high + 1)), antialias=True),
-                v2.RandomCrop(spec.image_size),
-                v2.RandomHorizontalFlip(presets.FLIP_PROBABILITY),
-            ]
-        )
-    resize = v2.Resize(spec.resize_size, antialias=True)
-    if spec.ten_crop:
-        return v2.Compose([resize, TenCrop(spec.image_size)])
-    return v2.Compose([resize, v2.CenterCrop(spec.image_size)])
-
-
-def finish_batch(images: torch.Tensor, pca: bool) -> torch.Tensor:
-    """uint8 [N, (10,) 3, H, W] -> normalized float32, in a few whole-batch ops (per-sample small ops
-    cost more in dispatch than in arithmetic). With `pca`, adds the AlexNet PCA colour offset
-    V @ (alpha * lambda), alpha ~ N(0, 0.1) per image (Krizhevsky et al. 2012, Sec. 4.1)."""
-    shape = (1,) * (images.dim() - 3) + (3, 1, 1)
-    mean = torch.tensor(presets.IMAGENET_MEAN).view(shape)
-    std = torch.tensor(presets.IMAGENET_STD).view(shape)
-    out = images.float().div_(255.0)
-    if pca:
-        alpha = torch.randn(images.shape[0], 3) * presets.PCA_ALPHA_STD
-        offset = (alpha * torch.tensor(presets.PCA_EIGVAL)) @ torch.tensor(presets.PCA_EIGVEC).T  # [N, 3]
-        out += offset.view(images.shape[0], 3, 1, 1)
-    return out.sub_(mean).div_(std)
 
 
 class TorchLoader(EpochLoader):
@@ -96,14 +46,19 @@ class TorchLoader(EpochLoader):
         self._store = open_store(spec.uri)
         self._refs: list[list[SampleRef]] | None = None
         self._cache: OrderedDict[int, bytes] = OrderedDict()
-        self._transform = build_transform(spec)
+        self._norm = preset_normalization(spec.preset, spec.mean_source)
+        self._transform = train_transform(spec.preset, spec.image_size, self._norm)
+        self._views = presets.EvalViews(spec.protocol, spec.image_size, spec.resize_size, spec.scales)
         self._order: list[SampleRef] | None = None
 
     def _sample_refs(self) -> list[list[SampleRef]]:
         if self._refs is None:
-            indexes = [parse_index(self._store.read_bytes(name).decode()) for name in self.shards.index_names]
+            indexes = [
+                parse_index(self._store.read_bytes(name).decode(), self._store.location.join(name))
+                for name in self.shards.index_names
+            ]
             self._refs = [
-                [SampleRef(shard, s.members["jpg"], s.members["cls"]) for s in samples]
+                [SampleRef(shard, s.members[self.shards.image_ext], s.members["cls"]) for s in samples]
                 for shard, samples in enumerate(indexes)
             ]
         return self._refs
@@ -126,7 +81,12 @@ class TorchLoader(EpochLoader):
 
     def _shard_bytes(self, shard: int) -> bytes:
         if shard not in self._cache:
-            self._cache[shard] = self._store.read_bytes(self.shards.tar_names[shard])
+            name = self.shards.tar_names[shard]
+            data = self._store.read_bytes(name)
+            # Read through the index, never extracted; a tar with members named to escape a folder is refused all
+            # the same: it was not written by `data shard` (headers only, cheap next to decoding its images).
+            check_tar_members(io.BytesIO(data), self._store.location.join(name))
+            self._cache[shard] = data
             while len(self._cache) > _CACHED_SHARDS:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(shard)
@@ -134,27 +94,38 @@ class TorchLoader(EpochLoader):
 
     def _read(self, ref: SampleRef) -> tuple[bytes, int]:
         data = self._shard_bytes(ref.shard)
-        (jo, js), (co, cs) = ref.jpg, ref.cls
+        (jo, js), (co, cs) = ref.image, ref.cls
         return data[jo : jo + js], int(data[co : co + cs])
 
-    def _produce(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _produce(self, k: int) -> tuple[torch.Tensor | tuple[tuple[torch.Tensor, ...], ...], torch.Tensor]:
         order = self._epoch_order()
         size = self.spec.batch_size
         # Padding positions repeat the rank's last sample (as DALI's pad_last_batch does); they are masked.
         positions = [min(k * size + i, len(order) - 1) for i in range(size)]
-        images, labels = [], []
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive_seed(self.spec.seed, self._epoch, self.plan.rank, k))
-            for p in positions:
-                jpeg, label = self._read(order[p])
-                decoded = decode_jpeg(torch.frombuffer(bytearray(jpeg), dtype=torch.uint8), mode=ImageReadMode.RGB)
-                images.append(self._transform(decoded))
-                labels.append(label)
-            batch = finish_batch(torch.stack(images), pca=self.spec.split == "train" and self.spec.preset == "paper")
+        decoded, labels = [], []
+        for p in positions:
+            encoded, label = self._read(order[p])
+            decoded.append(
+                decode_image(torch.frombuffer(bytearray(encoded), dtype=torch.uint8), mode=ImageReadMode.RGB)
+            )
+            labels.append(label)
+        targets = torch.tensor(labels, dtype=torch.int64)
+        if self.spec.split == "train":
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(derive_seed(self.spec.seed, self._epoch, self.plan.rank, k))
+                images = [self._transform(image) for image in decoded]
+                batch = finish_batch(torch.stack(images), self._norm, pca=self.spec.preset == "paper")
+            return self._to_device(batch), targets
+        views = [eval_views(image, self._views, self._norm) for image in decoded]
+        if self.spec.protocol == "multi_scale":
+            per_view = zip(*views, strict=True)
+            return tuple(tuple(self._to_device(v) for v in view) for view in per_view), targets
+        return self._to_device(torch.stack([v for v in views if isinstance(v, torch.Tensor)])), targets
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
         if self.spec.channels_last and batch.dim() == 4:
             batch = batch.contiguous(memory_format=torch.channels_last)
-        batch = batch.to(device=self.device, dtype=self.spec.torch_dtype, non_blocking=True)
-        return batch, torch.tensor(labels, dtype=torch.int64)
+        return batch.to(device=self.device, dtype=self.spec.torch_dtype, non_blocking=True)
 
     def _release(self) -> None:
         self._order = None

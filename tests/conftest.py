@@ -17,6 +17,8 @@ Session-scoped (started once, cleaned up at the end):
   labels.tsv (seconds to decode on any backend); `tiny_shards_local` -> str: it sharded, 3+ shards.
 * `learnable_shards_s3` -> (train URI, val URI): the ten texture classes of `tests/learnable_images.py` (a net
   learns them in a few epochs; train and val images apart), written by `resnet-orch data shard` to S3.
+* `cifar_archive` -> Path: a small `cifar-10-python.tar.gz` in the real format (`write_cifar_archive`): five
+  training batches of `CIFAR_PER_BATCH` images and a test batch of `CIFAR_TEST`, random pixels and labels.
 
 Function-scoped: `home` -> Path: a private, empty RESNET_ORCH_HOME (and no MLFLOW_TRACKING_URI from the
 environment), so sweeps land in the embedded store under it. Autouse: `_restore_rng` puts the `random`, numpy and
@@ -52,6 +54,8 @@ TINY_CLASSES = 8
 TINY_PER_CLASS = 6
 # The sample is cut into about this many shards: enough to exercise shard order and multi-shard reading.
 SAMPLE_SHARDS = 4
+CIFAR_PER_BATCH = 40
+CIFAR_TEST = 60
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -191,3 +195,43 @@ def learnable_shards_s3(tmp_path_factory: pytest.TempPathFactory, s3_bucket: str
     done = CliRunner().invoke(app, ["data", "shard", str(root), uri, "--shard-size", "200KB", "--json"])
     assert done.exit_code == 0, done.output
     return f"{uri}/train", f"{uri}/val"
+
+
+def write_cifar_archive(path: Path, per_batch: int = CIFAR_PER_BATCH, test: int = CIFAR_TEST, seed: int = 0) -> Path:
+    """`cifar-10-python.tar.gz` as published: `cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`, each a
+    protocol-2 pickle of a dict with bytes keys (b"data": uint8 N x 3072 of R, G, B row-major planes, b"labels": list
+    of ints), its arrays naming `numpy.core.multiarray` as the Python 2 pickles do."""
+    import io
+    import pickle
+    import tarfile
+
+    from pipelines.cifar import CLASSES
+
+    rng = np.random.default_rng(seed)
+    files: dict[str, object] = {}
+    for i in range(1, 6):
+        files[f"data_batch_{i}"] = {
+            b"batch_label": f"training batch {i} of 5".encode(),
+            b"labels": [int(v) for v in rng.integers(0, 10, per_batch)],
+            b"data": rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8),
+            b"filenames": [f"img_{i}_{k}.png".encode() for k in range(per_batch)],
+        }
+    files["test_batch"] = {
+        b"batch_label": b"testing batch 1 of 1",
+        b"labels": [int(v) for v in rng.integers(0, 10, test)],
+        b"data": rng.integers(0, 256, size=(test, 3072), dtype=np.uint8),
+    }
+    files["batches.meta"] = {b"label_names": [n.encode() for n in CLASSES], b"num_vis": 3072}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for name, content in files.items():
+            data = pickle.dumps(content, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="session")
+def cifar_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_cifar_archive(tmp_path_factory.mktemp("cifar") / "cifar-10-python.tar.gz")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from pipelines.check import CheckReport
     from pipelines.sharding import ShardReport
 
-app = typer.Typer(name="data", help="Shard ImageNet-style folders to WebDataset tars; check shard sets.")
+app = typer.Typer(name="data", help="Shard ImageNet-style folders or CIFAR-10 to WebDataset tars; check shard sets.")
 
 BACKENDS = ("auto", "dali", "torch")
 
@@ -40,7 +40,8 @@ def _progress(quiet: bool) -> Progress:
 
 def _shard_table(reports: dict[str, ShardReport]) -> Table:
     table = Table(title="sharded")
-    for column in ("split", "dest", "samples", "classes", "shards written", "shards kept", "re-encoded", "skipped"):
+    columns = ("split", "dest", "samples", "classes", "shards written", "shards kept", "re-encoded", "skipped", "mean")
+    for column in columns:
         table.add_column(column)
     for split, r in reports.items():
         table.add_row(
@@ -52,43 +53,51 @@ def _shard_table(reports: dict[str, ShardReport]) -> Table:
             str(r.shards_reused),
             str(len(r.reencoded)),
             str(len(r.skipped)),
+            "yes" if r.mean_image else "-",
         )
     return table
 
 
 @app.command()
 def shard(
-    src: Path = typer.Argument(..., help="ImageNet-style folder: <wnid>/*.JPEG, train/ + val/, or flat + labels"),
+    src: Path = typer.Argument(
+        ...,
+        help="ImageNet-style folder (<wnid>/*.JPEG, train/ + val/, or flat + labels), or the CIFAR-10 python archive "
+        "(cifar-10-python.tar.gz or its extracted data_batch_*/test_batch files)",
+    ),
     dest: str = typer.Argument(..., help="local folder or s3://bucket/prefix"),
     shard_size: str = typer.Option("256MB", help="target tar size, e.g. 256MB (real ImageNet), 1GiB"),
     labels: Path | None = typer.Option(None, help="TSV/CSV with columns file, wnid[, class_index] (flat SRC)"),
     shuffle_seed: int = typer.Option(0, help="samples are shuffled once across shards with this seed"),
     workers: int | None = typer.Option(None, min=1, help="threads validating images (default: CPU count)"),
+    mean_image: bool = typer.Option(
+        True, "--mean-image/--no-mean-image", help="store the training images' per-pixel mean (paper, cifar presets)"
+    ),
+    cifar_val: int = typer.Option(
+        0, min=0, help="CIFAR-10: hold out this many training images as DEST/val (the paper's split: 5000)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="last line: one JSON object with the report"),
 ) -> None:
-    """Write SRC as WebDataset shards + DALI index files + manifest.json at DEST (resumable)."""
-    from pipelines.sharding import parse_size, shard_dataset
-    from pipelines.sources import ShardingError, split_jobs
+    """Write SRC as WebDataset shards + DALI index files + manifest.json at DEST (resumable); CIFAR-10 goes to
+    DEST/train, DEST/val (with --cifar-val) and DEST/test."""
+    from pipelines.shard_jobs import shard_jobs
+    from pipelines.sharding import parse_size
+    from pipelines.sources import ShardingError
     from pipelines.storage import StorageError
 
     try:
         shard_bytes = parse_size(shard_size)
+        jobs = shard_jobs(src, dest, labels=labels, mean_image=mean_image, cifar_val=cifar_val, split_seed=shuffle_seed)
         reports: dict[str, ShardReport] = {}
         with _progress(as_json) as progress:
-            for name, (split_src, split_dest) in split_jobs(src, dest, labels).items():
+            for name, job in jobs.items():
                 task = progress.add_task(f"sharding {name or src.name}", total=None)
 
                 def update(done: int, total: int, task: TaskID = task) -> None:
                     progress.update(task, completed=done, total=total)
 
-                reports[name or "-"] = shard_dataset(
-                    split_src,
-                    split_dest,
-                    shard_bytes=shard_bytes,
-                    labels=labels,
-                    shuffle_seed=shuffle_seed,
-                    workers=workers,
-                    progress=update,
+                reports[name or "-"] = job.run(
+                    shard_bytes=shard_bytes, shuffle_seed=shuffle_seed, workers=workers, progress=update
                 )
     except (ShardingError, StorageError) as exc:
         raise fail(str(exc)) from None

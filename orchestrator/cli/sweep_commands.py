@@ -118,7 +118,10 @@ def submit(
     remote = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     _check_data(sweep_file, config, on_this_machine=not remote)
     url, local = _cluster(address)
-    record = create_sweep(sweep_file, config, ray_address=url)
+    try:
+        record = create_sweep(sweep_file, config, ray_address=url)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     _submit(record, resume=False, address=url, local=local)
     if wait:
         raise typer.Exit(_follow(record.sweep_id))
@@ -291,17 +294,29 @@ def pull(
 
 def report(
     sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)"),
-    output: Path = typer.Option(Path("."), "-o", "--output", help="folder for report.md and report.png"),
+    output: Path = typer.Option(Path("."), "-o", "--output", help="folder for report.md, report.png, curves.png"),
 ) -> None:
-    """Our top-1/top-5 errors per trial next to the paper's Tables 2-4."""
+    """Our top-1/top-5 errors per trial next to the paper's Tables 2-4 and 6, each with how it was measured; the
+    training curves (Figure 4 style) from MLflow."""
+    from mlflow.exceptions import MlflowException
+
     from orchestrator.sweep.report import write_report
+    from orchestrator.sweep.tracking import sweep_curves
 
     sweep_id = _sweep_id(sweep)
     progress = load_sweep_progress(sweep_id)
+    record = load_sweep_record(sweep_id)
+    run_ids = {t.id: t.mlflow_run_id for t in progress.trials if t.mlflow_run_id is not None}
+    try:
+        curves = sweep_curves(record.tracking_uri, run_ids)
+    except (MlflowException, OSError) as exc:
+        warn(f"no curves: the MLflow store at {record.tracking_uri} did not answer ({type(exc).__name__}: {exc})")
+        curves = {}
     champion = progress.champion.describe() if progress.champion is not None else None
-    text, md, png = write_report(progress.as_json()["trials"], sweep_id, output, champion=champion)
+    text, md, png, curves_png = write_report(progress.as_json()["trials"], sweep_id, output, curves, champion)
     typer.echo(text)
-    out().print(f"wrote {md} and {png}")
+    written = [str(path) for path in (md, png, curves_png) if path is not None]
+    out().print(f"wrote {', '.join(written)}", highlight=False)
 
 
 def ui(

@@ -222,8 +222,16 @@ def _start(
                 log=paths.logs / f"{MLFLOW}.log",
                 timeout_s=timeout_s,
             )
+        # With the stack's S3 running, the head holds its keys as a cluster's nodes hold their own identity: a sweep
+        # submitted by address from another home brings no secret (`sweep.job_env`); the endpoint is a job setting.
+        identity = _credentials(paths).env() if S3 in running else {}
         return ray_head.start(
-            paths.ray_temp_dir, paths.logs / f"{RAY}.log", host=host, num_cpus=num_cpus, timeout_s=timeout_s
+            paths.ray_temp_dir,
+            paths.logs / f"{RAY}.log",
+            host=host,
+            num_cpus=num_cpus,
+            timeout_s=timeout_s,
+            node_env=identity,
         )
     except (ProcessError, RayHeadError) as e:
         raise StackError(str(e)) from None

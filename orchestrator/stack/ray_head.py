@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +124,11 @@ def ensure_auth_token(ray_exe: str) -> None:
     )
     if done.returncode != 0:
         raise RayHeadError(f"`ray get-auth-token --generate` failed (exit {done.returncode}):\n{done.stderr[-2000:]}")
+    # Ray writes the file with the umask's permissions (0644 by default). The head listens on 127.0.0.1, which every
+    # user of this machine reaches: the token is what keeps them from running code as this user, so it is ours alone.
+    token = Path.home() / ".ray" / "auth_token"
+    if token.is_file() and token.stat().st_uid == os.getuid():
+        token.chmod(0o600)
 
 
 def gcs_healthy(dashboard_url: str) -> bool:
@@ -184,18 +189,26 @@ def _environment(**values: str) -> Iterator[None]:
 
 
 def start(
-    temp_dir: Path, log: Path, *, host: str = LOOPBACK, num_cpus: int | None = None, timeout_s: float = 180.0
+    temp_dir: Path,
+    log: Path,
+    *,
+    host: str = LOOPBACK,
+    num_cpus: int | None = None,
+    timeout_s: float = 180.0,
+    node_env: Mapping[str, str] | None = None,
 ) -> ServiceRecord:
     """Start a Ray head (with dashboard) that outlives this process; returns it once its GCS answers.
 
     `--block` keeps `ray start` as the parent of every Ray process: stopping it (`processes.stop`) tears them all
     down. On loopback the head stays a one-node cluster by design; multi-node Ray is infra/k8s or infra/aws.
+    `node_env`: the node's own settings and identity (as a cluster node has its instance role), inherited by every
+    worker process; a job may override them.
     """
     ray_exe = processes.executable("ray")
     temp_dir.mkdir(parents=True, exist_ok=True)
     ensure_auth_token(ray_exe)
     launch = head_launch(ray_exe, temp_dir, host=host, num_cpus=num_cpus, block=True)
-    env = processes.child_env(RAY_AUTH_MODE="token", **launch.env)
+    env = processes.child_env(**(node_env or {}), RAY_AUTH_MODE="token", **launch.env)
     url = f"http://{processes.connect_host(host)}:{launch.dashboard_port}"
     ports = (launch.gcs_port, launch.dashboard_port)
     logger.info("starting a local Ray head: %s", " ".join(launch.cmd))

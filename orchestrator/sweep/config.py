@@ -13,12 +13,15 @@ import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from orchestrator.sweep import cross_checks
 from orchestrator.sweep.config_errors import PathError, describe_errors, describe_value
+from orchestrator.sweep.job_env import has_password
+from pipelines.names import unsafe_name
 
 # The paper's ImageNet nets (Table 1) and its CIFAR-10 nets of 6n+2 layers (Section 4.2, Table 6).
 IMAGENET_DEPTHS: tuple[int, ...] = (18, 34, 50, 101, 152)
@@ -100,6 +103,46 @@ class ModelConfig(_Strict):
         return kwargs
 
 
+class EvalConfig(_Strict):
+    """The final evaluation of a trial, after its last epoch, on `data.val`. Every epoch's validation is one center
+    crop (cheap); these protocols are the paper's testing (Section 3.4, "In testing"): `ten_crop` (Tables 2 and 3)
+    averages the softmax scores of the 4 corner and the center crops and their mirrors; `multi_scale` (Table 4)
+    runs the network fully convolutionally on the whole image resized to each shorter side of `scales`, and its
+    mirror, and averages their scores."""
+
+    protocols: tuple[Literal["ten_crop", "multi_scale"], ...] = Field(default=(), strict=False)
+    # "images are resized such that the shorter side is in {224, 256, 384, 480, 640}" (Section 3.4).
+    scales: tuple[int, ...] = Field(default=(224, 256, 384, 480, 640), strict=False)
+
+    @field_validator("protocols")
+    @classmethod
+    def _unique(cls, protocols: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(protocols)) != len(protocols):
+            raise ValueError(f"{list(protocols)} names a protocol twice; list each once")
+        return protocols
+
+    @field_validator("scales")
+    @classmethod
+    def _positive(cls, scales: tuple[int, ...]) -> tuple[int, ...]:
+        if not scales or any(s <= 0 for s in scales) or len(set(scales)) != len(scales):
+            raise ValueError(f"{list(scales)} must be distinct positive shorter sides, e.g. [224, 256, 384, 480, 640]")
+        return scales
+
+
+class ErrorWarmupConfig(_Strict):
+    """A constant low learning rate until the training error falls below a threshold: "we use 0.01 to warm up the
+    training until the training error is below 80% (about 400 iterations), and then go back to 0.1" (Section 4.2,
+    the 110-layer CIFAR-10 net). The error is the training top-1 error of the last `window_steps` steps' batches
+    over all ranks, checked after every step; once below, the recipe's schedule takes over for good."""
+
+    lr: float = Field(default=0.01, gt=0)
+    until_train_err: float = Field(default=0.8, gt=0, lt=1)
+    # One batch of 128 is a noisy estimate; 10 of them (1,280 images) decide.
+    window_steps: int = Field(default=10, gt=0)
+    # Only nets at least this deep warm up (the paper: the 110-layer net); None: every net of the sweep.
+    min_depth: int | None = Field(default=None, gt=0)
+
+
 class RecipeConfig(_Strict):
     """The optimisation recipe. Defaults are the paper's ImageNet recipe (Section 3.4)."""
 
@@ -115,14 +158,21 @@ class RecipeConfig(_Strict):
     schedule: Literal["step", "plateau", "cosine"] = "step"
     # strict=False: a YAML list is the natural way to write these.
     milestones: tuple[int, ...] = Field(default=(30, 60, 80), strict=False)
+    # `step`: milestones count optimizer steps, as the CIFAR-10 recipe does ("divide it by 10 at 32k and 48k
+    # iterations", Section 4.2).
+    milestone_unit: Literal["epoch", "step"] = "epoch"
     gamma: float = Field(default=0.1, gt=0, lt=1)
     plateau_patience: int = Field(default=5, ge=0)
     # "auto": 5 epochs of linear warm-up when the global batch exceeds 1024 (Goyal et al. 2017, Section 2.2),
     # none at the paper's 256.
     warmup_epochs: float | Literal["auto"] = "auto"
+    # Section 4.2: 0.01 until the training error is below 80%, for the 110-layer net; None: no such warm-up.
+    error_warmup: ErrorWarmupConfig | None = None
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    # Augmentation preset of pipelines.presets: `standard` (RandomResizedCrop) or `paper` (Section 3.4 scale aug).
-    preset: Literal["standard", "paper"] = "standard"
+    # Augmentation preset of pipelines.presets: `standard` (RandomResizedCrop), `paper` (Section 3.4 scale
+    # augmentation, per-pixel mean, PCA colour) or `cifar` (Section 4.2: pad 4, random 32x32 crop, flip, per-pixel
+    # mean; give image_size and resize_size 32).
+    preset: Literal["standard", "paper", "cifar"] = "standard"
     image_size: int = Field(default=224, gt=0)
     resize_size: int = Field(default=256, gt=0)
     # "auto": bf16 autocast on GPU, fp32 on CPU.
@@ -132,6 +182,10 @@ class RecipeConfig(_Strict):
     compile: bool = False
     # Caps an epoch at this many steps (smoke runs); None trains every sample of every epoch.
     steps_per_epoch: int | None = Field(default=None, gt=0)
+    # Train exactly this many optimizer steps instead of `epochs` (the last epoch is cut short there): the CIFAR-10
+    # recipe stops "at 64k iterations" (Section 4.2).
+    max_steps: int | None = Field(default=None, gt=0)
+    eval: EvalConfig = EvalConfig()
 
     @field_validator("milestones")
     @classmethod
@@ -147,7 +201,17 @@ class RecipeConfig(_Strict):
                 f"image_size {self.image_size} is larger than resize_size {self.resize_size}; "
                 "the validation center crop must fit in the resized image (the paper: 224 of 256)"
             )
+        if self.milestone_unit == "step" and self.schedule != "step":
+            raise ValueError(f"milestone_unit 'step' counts the milestones of schedule 'step', not {self.schedule!r}")
         return self
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the whole trial: `max_steps`, else `epochs` of `steps_per_epoch`."""
+        return self.max_steps if self.max_steps is not None else self.epochs * steps_per_epoch
+
+    def total_epochs(self, steps_per_epoch: int) -> int:
+        """Epochs the trial runs (the last one cut short when `max_steps` falls inside it)."""
+        return -(-self.total_steps(steps_per_epoch) // steps_per_epoch)
 
     @property
     def scaled_lr(self) -> float:
@@ -198,6 +262,40 @@ class TrackingConfig(_Strict):
     uri: str | None = Field(default=None, examples=["http://127.0.0.1:5000"])
     experiment: str | None = None
     registered_model: str | None = None
+
+    @field_validator("uri")
+    @classmethod
+    def _no_password(cls, uri: str | None) -> str | None:
+        # The URI is stored with the sweep and printed by `submit`; a sweep file is shared and committed. The message
+        # (a PathError: printed as is) names the URI without its credentials.
+        if uri is not None and has_password(uri):
+            parts = urlsplit(uri)
+            shown = parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+            raise PathError(
+                ("tracking", "uri"),
+                f"{shown} is given with a password; write the URI without it and set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) in the environment",
+            )
+        return uri
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_name(cls, name: str | None) -> str | None:
+        # The embedded store keeps an experiment's artifacts in a folder of that name (`Tracker`).
+        reason = None if name is None else unsafe_name(name)
+        if reason is not None:
+            raise ValueError(f"{name!r} {reason}; an experiment name is one folder name (spaces and quotes are fine)")
+        return name
+
+    @field_validator("registered_model")
+    @classmethod
+    def _model_name(cls, name: str | None) -> str | None:
+        # `pull NAME@champion` and `models:/NAME/3` split on '@' and '/'; MLflow itself refuses '/' and ':'.
+        if name is not None and not _NAME_PATTERN.match(name):
+            raise ValueError(
+                f"{name!r} is not a valid model name; use letters, digits, '-', '_' or '.' (at most 63 characters)"
+            )
+        return name
 
 
 class ChaosConfig(_Strict):
@@ -252,6 +350,14 @@ class TrialConfig(_Strict):
     def per_worker_batch(self) -> int:
         return self.recipe.batch_size // self.resources.workers
 
+    @property
+    def error_warmup(self) -> ErrorWarmupConfig | None:
+        """The recipe's error warm-up if it applies to this trial's net (`min_depth`), else None."""
+        warmup = self.recipe.error_warmup
+        if warmup is None or (warmup.min_depth is not None and self.model.depth < warmup.min_depth):
+            return None
+        return warmup
+
 
 _MODEL_AXES = frozenset(ModelConfig.model_fields)
 _RECIPE_AXES = frozenset(RecipeConfig.model_fields)
@@ -302,11 +408,12 @@ class SweepConfig(_Strict):
                 raise PathError(("grid", axis), "is empty; list at least one value or remove the axis")
             for index, value in enumerate(values):
                 _check_axis_value(self, axis, index, value)
-        combos = self._combinations()
-        recipes = [c["recipe"] for c in combos]
+        recipes = [c["recipe"] for c in self._combinations()]
+        cross_checks.check_stop(self.recipe, self.grid)
         milestones_given = "milestones" in self.recipe.model_fields_set or "milestones" in self.grid
         for recipe in recipes:
             cross_checks.check_recipe(recipe, self.resources.workers, milestones_given=milestones_given)
+        cross_checks.check_protocols(recipes, self.data)
         cross_checks.check_faults(self.chaos, self.resources.workers, recipes)
         cross_checks.check_val(self.data)
         return self

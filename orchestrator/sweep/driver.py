@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
+from orchestrator.sweep import job_env
 from orchestrator.sweep.config import load_sweep
 from orchestrator.sweep.layout import SweepPaths, save_progress
 from orchestrator.sweep.state import SweepState, load_progress, load_record
@@ -28,8 +30,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("sweep_dir", type=Path)
     parser.add_argument("--resume", action="store_true", help="restore the sweep's Tune state instead of starting")
     args = parser.parse_args(argv)
+    # On this machine's head the job's secrets come in a file (`job_env`); Ray loads it into the workers, not here.
+    # Any AWS keys it holds then go into a file of its own: Tune would copy them into every trial actor's runtime env.
+    job_env.load_job_secrets()
+    try:
+        with job_env.aws_keys_in_a_file():
+            return _run(args.sweep_dir.resolve(), resume=args.resume)
+    finally:
+        job_env.forget_job_secrets(os.environ.get(job_env.SECRETS_FILE_VAR))
 
-    paths = SweepPaths(args.sweep_dir.resolve())
+
+def _run(sweep_dir: Path, *, resume: bool) -> int:
+    paths = SweepPaths(sweep_dir)
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout), logging.FileHandler(paths.driver_log)]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers)
 
@@ -41,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     config = load_sweep(paths.sweep_file)
     ray.init(address="auto", log_to_driver=True)
     try:
-        state = run_sweep(record, config, paths, resume=args.resume)
+        state = run_sweep(record, config, paths, resume=resume)
     except SchedulingError as exc:
         # The cluster can never run this sweep as configured: a final answer, not an interruption to resume.
         logger.error("sweep %s cannot run: %s", record.sweep_id, exc)

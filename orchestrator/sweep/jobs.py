@@ -5,8 +5,8 @@ The driver (`driver.py`) writes the sweep's progress; this module is the client 
 
 * which cluster: an address given (or `RAY_ADDRESS`), else this home's local head (`local_stack.ensure_ray`), and
   whether that cluster is "this machine" (it shares this home's sweep folder and Python with the driver);
-* submitting the driver job with the environment it needs (and nothing of this machine's that a remote cluster
-  cannot use);
+* submitting the driver job with the settings it needs (`job_env`: no secret in the runtime env the cluster stores
+  and shows; a remote cluster gets nothing of this machine's it cannot use), its command line quoted word by word;
 * the sweep's true state: the recorded one, corrected when the driver job ended without writing a final state;
 * cancelling: stop the job, then record the cancel in the progress (here and in the sweep's storage) and MLflow.
 
@@ -17,11 +17,13 @@ without loading either.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
+from orchestrator.sweep import job_env
 from orchestrator.sweep.layout import (
     load_sweep_progress,
     load_sweep_record,
@@ -33,15 +35,10 @@ from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState, sav
 # How long `watch` keeps following a sweep whose cluster does not answer (a dashboard slow on a busy head, a
 # dropped tunnel) before it calls the sweep interrupted.
 UNREACHABLE_GRACE_S = 60.0
-# AWS settings that name a profile or a file on this machine: on a remote cluster botocore would fail on them
-# (ProfileNotFound, missing file) instead of using the nodes' own credentials (instance profile, IRSA).
-MACHINE_LOCAL_AWS = (
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_CONFIG_FILE",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-)
+# How long `submit` waits for a head's job agent: a head just started (or busy) answers the Jobs API before the
+# agent that runs jobs has registered, and Ray says so with "No available agent" (HTTP 500) until it has.
+AGENT_WAIT_S = 60.0
+_NO_AGENT = "No available agent"
 _JOB_TO_SWEEP = {
     "PENDING": SweepState.PENDING,
     "RUNNING": SweepState.RUNNING,
@@ -142,20 +139,8 @@ def _job_client(address: str) -> Any:
     return JobSubmissionClient(address)
 
 
-def driver_env(environ: Mapping[str, str], *, local: bool) -> dict[str, str]:
-    """The variables the sweep driver (and, through the job's runtime_env, every trial worker) gets from here."""
-    env = {
-        k: v for k, v in environ.items() if k.startswith(("AWS_", "MLFLOW_", "RESNET_ORCH_")) or k == "RAY_AUTH_MODE"
-    }
-    if not local:
-        # This machine's home and AWS profile files mean nothing on another cluster.
-        for key in ("RESNET_ORCH_HOME", *MACHINE_LOCAL_AWS):
-            env.pop(key, None)
-    return env
-
-
 def remote_warnings(record: SweepRecord) -> list[str]:
-    """What a driver on another cluster cannot use of this machine: the settings that point at its files."""
+    """What a driver on another cluster does not get from this machine: settings that point at its files, secrets."""
     warnings = []
     if not record.storage.startswith("s3://"):
         warnings.append(
@@ -167,24 +152,33 @@ def remote_warnings(record: SweepRecord) -> list[str]:
             f"MLflow store {record.tracking_uri} is a file on this machine; the cluster's driver writes to its own "
             "copy (set MLFLOW_TRACKING_URI or `tracking.uri` to a server both reach)"
         )
+    withheld = job_env.withheld(os.environ)
+    if withheld:
+        warnings.append(
+            f"not sent to the cluster: {', '.join(withheld)}; secrets stay on this machine and the cluster's nodes use "
+            "their own identity (docs/security.md)"
+        )
     return warnings
 
 
 def submit_driver(record: SweepRecord, *, resume: bool, address: str, local: bool) -> str:
     """Submit the sweep's driver as a Ray job on the cluster at `address`; returns the job id (also recorded)."""
     paths = sweep_paths(record.sweep_id)
-    env = driver_env(os.environ, local=local)
-    runtime_env: dict[str, Any] = {"env_vars": env}
+    # Settings only in the runtime env (the cluster stores and shows it); secrets reach a job on this machine's head
+    # through a file only this user reads, and no remote cluster (`job_env`).
+    runtime_env: dict[str, Any]
     if local:
         # The head runs this venv's Python; the sweep folder is on this machine.
-        env["RESNET_ORCH_HOME"] = str(paths.root.parents[1])
-        entrypoint = f"{sys.executable} -m orchestrator.sweep.driver {paths.root}"
+        home = paths.root.parents[1]
+        runtime_env = job_env.local_runtime_env(os.environ, job_env.secrets_path(home, record.sweep_id))
+        runtime_env["env_vars"]["RESNET_ORCH_HOME"] = str(home)
+        argv = [sys.executable, "-m", "orchestrator.sweep.driver", str(paths.root)]
     else:
         # A remote cluster gets the sweep folder as the job's working dir (its image has the package).
-        runtime_env["working_dir"] = str(paths.root)
-        entrypoint = "python -m orchestrator.sweep.driver ."
+        runtime_env = {"env_vars": job_env.job_settings(os.environ, local=False), "working_dir": str(paths.root)}
+        argv = ["python", "-m", "orchestrator.sweep.driver", "."]
     if resume:
-        entrypoint += " --resume"
+        argv.append("--resume")
         # No driver runs now, so this is the only writer: the sweep waits for its new driver, it is no longer the
         # CANCELLED/FAILED/INTERRUPTED it was (`--wait` would stop at once), and a remote driver gets the latest
         # progress in its working dir.
@@ -193,14 +187,31 @@ def submit_driver(record: SweepRecord, *, resume: bool, address: str, local: boo
         progress.error = None
         save_progress(record, paths, progress)
     suffix = f"-resume-{int(time.time())}" if resume else ""
-    job_id: str = _job_client(address).submit_job(
-        entrypoint=entrypoint, runtime_env=runtime_env, submission_id=f"{record.sweep_id}{suffix}"
+    # The Jobs API runs the entrypoint through a shell: every word is quoted (a home folder may hold spaces or ';').
+    job_id = _submit_when_agent_ready(
+        address, entrypoint=shlex.join(argv), runtime_env=runtime_env, submission_id=f"{record.sweep_id}{suffix}"
     )
     updated = record.model_copy(
         update={"job_id": job_id, "dashboard_url": address, "ray_address": address, "local": local}
     )
     save_model(paths.record, updated)
     return job_id
+
+
+def _submit_when_agent_ready(address: str, **job: Any) -> str:
+    """`submit_job`, retried while the head has no job agent yet (up to AGENT_WAIT_S); any other error at once."""
+    client = _job_client(address)
+    deadline = time.monotonic() + AGENT_WAIT_S
+    delay = 0.5
+    while True:
+        try:
+            job_id: str = client.submit_job(**job)
+            return job_id
+        except RuntimeError as exc:
+            if _NO_AGENT not in str(exc) or time.monotonic() + delay > deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def check_resumable(record: SweepRecord) -> None:
@@ -316,7 +327,9 @@ def cancel(sweep_id: str) -> list[str]:
                 time.sleep(1)
         except Exception as exc:  # the cluster is gone: nothing runs any more, record the cancel
             warnings.append(f"could not reach the Ray job ({exc}); marking the sweep cancelled")
-    # The driver is stopped: this is now the only writer of the sweep's progress (here and in its storage).
+    # The driver is stopped (without removing its secrets file, if it had one): this is now the only writer of the
+    # sweep's progress (here and in its storage).
+    job_env.forget_job_secrets(job_env.secrets_path(sweep_paths(sweep_id).root.parents[1], sweep_id))
     progress = load_sweep_progress(sweep_id)
     stopped = [t.mlflow_run_id for t in progress.trials if not t.state.is_terminal and t.mlflow_run_id]
     progress.cancel_unfinished()

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.sweep.config import SweepConfig, TrialConfig
+from orchestrator.sweep.config import ConfigError, SweepConfig, TrialConfig
+from orchestrator.sweep.job_env import has_password
 from orchestrator.sweep.state import (
     SweepProgress,
     SweepRecord,
@@ -156,11 +157,17 @@ def expand(sweep_id: str, config: SweepConfig) -> list[TrialConfig]:
 
 def create_sweep(sweep_file: Path, config: SweepConfig, *, ray_address: str | None = None) -> SweepRecord:
     """Write the sweep's folder (file copy, record, all trials PENDING) before anything is submitted."""
+    tracking = config.tracking
+    if has_password(tracking_uri(tracking.uri)):
+        # The URI is recorded with the sweep and printed by `submit` (the sweep file's own is refused at load).
+        raise ConfigError(
+            "MLFLOW_TRACKING_URI carries a password; set it without one and give MLFLOW_TRACKING_USERNAME and "
+            "MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)"
+        )
     sweep_id = new_sweep_id(config.name)
     paths = sweep_paths(sweep_id)
     paths.root.mkdir(parents=True)
     shutil.copyfile(sweep_file, paths.sweep_file)
-    tracking = config.tracking
     record = SweepRecord(
         sweep_id=sweep_id,
         name=config.name,

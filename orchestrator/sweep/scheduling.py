@@ -394,4 +394,5 @@ def _log_sweep_curves(tracker: Tracker, progress: SweepProgress, parent_run_id: 
         if t.mlflow_run_id is not None and t.state == TrialState.SUCCEEDED
     }
     if curves:
-        tracker.log_curves(parent_run_id, curves, "figure4.png")
+        models = {t.id: t.config["model"] for t in progress.trials}
+        tracker.log_curves(parent_run_id, curves, "figure4.png", models)

@@ -35,17 +35,6 @@ TAG_PARENT = "mlflow.parentRunId"
 CHAMPION = "champion"
 
 
-def filter_value(value: str) -> str:
-    """`value` as a string literal of an MLflow search filter. MLflow strips the quotes and nothing else, so a value
-    is quoted with the quote it does not contain; one with both quotes (or a backslash, which the filter's
-    tokenizer reads as an escape) cannot be searched for and is refused."""
-    if "\\" not in value and "'" not in value:
-        return f"'{value}'"
-    if "\\" not in value and '"' not in value:
-        return f'"{value}"'
-    raise ValueError(f"{value!r}: a name with both quote characters or a backslash cannot be searched in MLflow")
-
-
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """`{"model": {"depth": 18}}` -> `{"model.depth": "18"}`: MLflow params are flat strings."""
     flat: dict[str, str] = {}
@@ -56,6 +45,19 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
         else:
             flat[name] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
     return flat
+
+
+def filter_literal(value: str) -> str:
+    """`value` as a string literal of an MLflow search filter (`name = {literal}`), never as filter syntax.
+
+    MLflow's filter parser (sqlparse) takes a literal in single or double quotes and strips them without unescaping
+    anything, so a value is quoted with a quote character it does not contain. One that contains both, or that ends
+    in a backslash (which would escape the closing quote), cannot be written as a literal and is refused.
+    """
+    for quote in ("'", '"'):
+        if quote not in value and not value.endswith("\\"):
+            return f"{quote}{value}{quote}"
+    raise ValueError(f"{value!r} cannot be searched for in MLflow: it holds both quote characters or ends in '\\'")
 
 
 def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -84,7 +86,7 @@ class Tracker:
             self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
 
     def _find(self, **tags: str) -> str | None:
-        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        query = " and ".join(f"tags.`{k}` = {filter_literal(v)}" for k, v in tags.items())
         runs = sorted(
             self.client.search_runs([self.experiment_id], filter_string=query, max_results=2),
             key=lambda r: r.info.start_time,
@@ -137,24 +139,31 @@ class Tracker:
         self.client.set_terminated(run_id, status=RunStatus.to_string(status))
 
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
-        return sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, metric))
+        return metric_history(self.client, run_id, metric)
 
-    def log_curves(self, run_id: str, curves: Mapping[str, Mapping[str, list[tuple[int, float]]]], name: str) -> None:
-        """Upload a curves PNG (see `plot_curves`) under `curves/` of `run_id`."""
+    def log_curves(
+        self,
+        run_id: str,
+        curves: Mapping[str, Mapping[str, list[tuple[int, float]]]],
+        name: str,
+        models: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Upload a curves PNG (see `plot_curves`; `models`: trial id -> model config) under `curves/` of `run_id`."""
         from orchestrator.sweep.report import plot_curves
 
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
-            plot_curves(curves, path)
+            plot_curves(curves, path, models)
             self.client.log_artifact(run_id, str(path), artifact_path="curves")
 
     def trial_curves(self, run_id: str) -> dict[str, list[tuple[int, float]]]:
-        return {metric: self.history(run_id, metric) for metric in CURVE_METRICS}
+        return run_curves(self.client, run_id)
 
     # ---- registry ---------------------------------------------------------------------------------------------
 
     def version_of_run(self, model_name: str, run_id: str) -> str | None:
-        versions = self.client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+        query = f"name = {filter_literal(model_name)} and run_id = {filter_literal(run_id)}"
+        versions = self.client.search_model_versions(query)
         return str(versions[0].version) if versions else None
 
     def champion(self, model_name: str) -> Champion | None:
@@ -177,7 +186,7 @@ class Tracker:
         earliest version) if it is strictly better than the current champion, from whichever sweep registered
         that one; otherwise the champion stays. Returns the champion after the decision (None: there is none)."""
         best: tuple[float, int] | None = None
-        for version in self.client.search_model_versions(f"name = {filter_value(model_name)}"):
+        for version in self.client.search_model_versions(f"name = {filter_literal(model_name)}"):
             if version.tags.get(TAG_SWEEP) != sweep_id or RANK_METRIC not in version.tags:
                 continue
             candidate = (float(version.tags[RANK_METRIC]), int(version.version))
@@ -200,6 +209,24 @@ class Tracker:
         self.client.set_registered_model_alias(model_name, CHAMPION, str(number))
         logger.info("%s version %d is the champion (%s=%.4f)", model_name, number, RANK_METRIC, err)
         return Champion(model=model_name, version=str(number), val_top1_err=err, sweep_id=sweep_id)
+
+
+def metric_history(client: MlflowClient, run_id: str, metric: str) -> list[tuple[int, float]]:
+    """(step, value) of every logged value of `metric` in `run_id`, by step."""
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
+
+
+def run_curves(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """The Figure 4 curves of one trial's run: each of `CURVE_METRICS` against iterations."""
+    return {metric: metric_history(client, run_id, metric) for metric in CURVE_METRICS}
+
+
+def sweep_curves(tracking_uri: str, run_ids: Mapping[str, str]) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """trial id -> its curves (`run_curves`), read from the MLflow store at `tracking_uri` (`run_ids`: trial -> run)."""
+    if not run_ids:
+        return {}
+    client = MlflowClient(tracking_uri=tracking_uri)
+    return {trial_id: run_curves(client, run_id) for trial_id, run_id in run_ids.items()}
 
 
 def log_trial_model(

@@ -1,8 +1,9 @@
 """The names of what a trial reports, defined once: the train loop writes them, the sweep driver, MLflow tracking,
 `status` and `report` read them.
 
-Every `ray.train.report` of the train loop carries the keys of `REPORTED`; the epoch-end report adds `EPOCH_END`.
-Mid-epoch reports carry NaN for the epoch-end values, which `tracking.numeric_metrics` drops.
+Every `ray.train.report` of the train loop carries the keys of `REPORTED`; the epoch-end report adds `EPOCH_END`, and
+the last one also `final_names(protocol)` for each protocol of `recipe.eval.protocols`. Mid-epoch reports carry NaN for
+the epoch-end values, which `tracking.numeric_metrics` drops.
 """
 
 from __future__ import annotations
@@ -38,6 +39,24 @@ VAL_TOP1_ERR = "val_top1_err"
 VAL_TOP5_ERR = "val_top5_err"
 VAL_LOSS = "val_loss"
 VAL_SAMPLES = "val_samples"
+VAL_CLASSES = "val_classes"  # the class count of the val shard set's manifest (what the report compares data by)
+
+
+# The final evaluation after the last epoch (He et al. 2015, Sec. 3.4 "In testing"), one set per protocol:
+# `final_<protocol>_<quantity>`, e.g. `final_ten_crop_top1_err`. The scores of an image are the mean of the softmax
+# scores of its views; every val sample once over all ranks (checked against the manifest).
+FINAL_PROTOCOLS: tuple[str, ...] = ("ten_crop", "multi_scale")
+FINAL_QUANTITIES: tuple[str, ...] = ("top1_err", "top5_err", "loss", "samples")
+
+
+def final_name(protocol: str, quantity: str) -> str:
+    """`final_ten_crop_top1_err` for ("ten_crop", "top1_err")."""
+    if protocol not in FINAL_PROTOCOLS or quantity not in FINAL_QUANTITIES:
+        raise ValueError(f"no final metric for protocol {protocol!r} and quantity {quantity!r}")
+    return f"final_{protocol}_{quantity}"
+
+
+FINAL: tuple[str, ...] = tuple(final_name(p, q) for p in FINAL_PROTOCOLS for q in FINAL_QUANTITIES)
 
 REPORTED: tuple[str, ...] = (
     EPOCH,
@@ -70,6 +89,7 @@ EPOCH_END: tuple[str, ...] = (
     VAL_TOP5_ERR,
     VAL_LOSS,
     VAL_SAMPLES,
+    VAL_CLASSES,
 )
 
 # What each trial's MLflow run records, per report (at the report's step): the numbers a user plots. Timestamps and
@@ -85,8 +105,9 @@ TRACKED: tuple[str, ...] = (
     DATA_WAIT_FRAC,
     LR,
     *EPOCH_END,
+    *FINAL,
 )
-# What `status` keeps of each trial's latest report.
+# What `status` keeps of each trial's latest report (`report` reads it: the val set's size, the final protocols).
 STATUS: tuple[str, ...] = (
     EPOCH,
     STEP,
@@ -96,8 +117,11 @@ STATUS: tuple[str, ...] = (
     VAL_TOP1_ERR,
     VAL_TOP5_ERR,
     VAL_LOSS,
+    VAL_SAMPLES,
+    VAL_CLASSES,
     IMAGES_PER_S,
     LR,
+    *FINAL,
 )
 # The metric that ranks trials: the paper reports top-1 error on the validation set (Tables 2-4).
 RANK_METRIC = VAL_TOP1_ERR

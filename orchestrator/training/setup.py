@@ -94,7 +94,33 @@ def loader_spec(cfg: TrialConfig, split: str, uri: str, at: Placement) -> Loader
         backend=cfg.data.backend,
         num_threads=cfg.data.num_threads,
         seed=cfg.seed,
+        # The paper and cifar presets subtract the training images' per-pixel mean, from the val images too.
+        mean_image_uri=cfg.data.train,
     )
+
+
+def views_per_image(cfg: TrialConfig, protocol: str) -> int:
+    """How many views the final evaluation with `protocol` makes of each val image."""
+    return 10 if protocol == "ten_crop" else 2 * len(cfg.recipe.eval.scales)
+
+
+def build_final_loader(cfg: TrialConfig, at: Placement, protocol: str) -> Loader:
+    """This rank's val loader for the final evaluation with `protocol`: about the per-worker batch of views a step."""
+    if cfg.data.val is None:
+        raise ValueError(f"recipe.eval.protocols lists {protocol} but data.val is not set")
+    spec = loader_spec(cfg, "val", cfg.data.val, at).model_copy(
+        update={
+            "protocol": protocol,
+            "scales": cfg.recipe.eval.scales if protocol == "multi_scale" else (),
+            "batch_size": max(1, cfg.per_worker_batch // views_per_image(cfg, protocol)),
+        }
+    )
+    return make_loader(LoaderSpec.model_validate(spec.model_dump()), at.rank, at.world, at.device)
+
+
+def dataset_classes(uri: str) -> int:
+    """The class count of the shard set at `uri` (its manifest's class map)."""
+    return len(read_manifest(uri)["classes"])
 
 
 def build_loaders(cfg: TrialConfig, at: Placement) -> tuple[Loader, Loader | None]:

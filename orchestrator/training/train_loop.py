@@ -53,7 +53,7 @@ from orchestrator.training.checkpointing import (
     unsent_reports,
     write_checkpoint,
 )
-from orchestrator.training.evaluation import evaluate, no_validation
+from orchestrator.training.evaluation import evaluate, evaluate_protocol, no_validation
 from orchestrator.training.live_metrics import TrainMetrics
 from orchestrator.training.lr_schedule import LRSchedule
 from orchestrator.training.reporting import Position, epoch_metrics, train_top1_err, window_metrics
@@ -116,8 +116,11 @@ class _Trainer:
         seed_everything(cfg.seed)
         self.model = setup.build_model(cfg, self.at)
         self.train_loader, self.val_loader = setup.build_loaders(cfg, self.at)
+        self.val_classes = setup.dataset_classes(cfg.data.val) if cfg.data.val is not None else 0
         self.steps_per_epoch = setup.steps_per_epoch(cfg, self.train_loader)
-        self.schedule = LRSchedule(cfg.recipe, self.steps_per_epoch)
+        self.total_steps = cfg.recipe.total_steps(self.steps_per_epoch)
+        self.epochs = cfg.recipe.total_epochs(self.steps_per_epoch)
+        self.schedule = LRSchedule(cfg.recipe, self.steps_per_epoch, cfg.error_warmup)
         self.criterion = nn.CrossEntropyLoss(
             reduction="sum", ignore_index=IGNORE_INDEX, label_smoothing=cfg.recipe.label_smoothing
         )
@@ -208,10 +211,9 @@ class _Trainer:
     # ---- training ----------------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        recipe = self.cfg.recipe
         for metrics in self.unsent:
             ray.train.report(metrics)  # every rank: Ray Train counts reports per rank
-        for epoch in range(self.state.epoch, recipe.epochs):
+        for epoch in range(self.state.epoch, self.epochs):
             self.train_loader.set_epoch(epoch)
             if self.resume_loader is not None:
                 self.train_loader.load_state_dict(self.resume_loader)
@@ -235,6 +237,10 @@ class _Trainer:
         self.optimizer.step()
         return logits, loss_sum, loss
 
+    def _steps_in_epoch(self) -> int:
+        """Steps of the current epoch: `steps_per_epoch`, fewer in the last one when `recipe.max_steps` ends it."""
+        return min(self.steps_per_epoch, self.total_steps - self.state.epoch * self.steps_per_epoch)
+
     def _train_epoch(self) -> Window:
         """Train the rest of the current epoch; return the window of steps not yet reported."""
         state = self.state
@@ -243,7 +249,8 @@ class _Trainer:
         batches = iter(self.train_loader)
         self.forward.train()
         self.progress.in_setup = False
-        while state.epoch_step < self.steps_per_epoch:
+        steps = self._steps_in_epoch()
+        while state.epoch_step < steps:
             started = time.perf_counter()
             batch = next(batches, None)
             if batch is None:
@@ -260,6 +267,8 @@ class _Trainer:
             state.epoch_step += 1
             self.progress.steps_done += 1
             sums = batch_sums(logits, labels, loss_sum)
+            if self.schedule.watches_train_error:
+                self._observe_train_error(sums)
             window.add(sums, waited, time.perf_counter() - started)
             live.add(sums)
             self.pending_losses.append(loss.detach())
@@ -273,24 +282,34 @@ class _Trainer:
                 self.metrics.update(images_per_s=images_per_s, lr=lr, step=state.step)
                 self.metrics.update(train_loss=float(loss), data_wait_frac=window.wait_s / max(window.step_s, 1e-9))
                 self.metrics.add_images(trained)
-            last_of_epoch = state.epoch_step == self.steps_per_epoch
+            last_of_epoch = state.epoch_step == steps
             if not last_of_epoch and state.step % self.cfg.checkpoint.every_steps == 0:
                 self._report(fold(window, self.epoch_totals, self.device), epoch_end=False)
                 window = Window(self.device)
         self.metrics.add_images(live.take(time.perf_counter())[0])
         return window
 
+    def _observe_train_error(self, sums: torch.Tensor) -> None:
+        """Feed the error warm-up (He et al. 2015, Section 4.2) this step's top-1 hits and samples over all ranks."""
+        step = sums[[2, 0]].clone()  # correct1, samples
+        dist.all_reduce(step)
+        hits, samples = step.tolist()
+        self.schedule.observe_train(hits, samples)
+
     def _end_epoch(self, window: Window) -> None:
         """Close the epoch: evaluate, reduce its sums, step the plateau rule, checkpoint and report."""
         state = self.state
         val = self._evaluate()
+        if state.epoch + 1 == self.epochs:
+            val |= self._final_evaluation()
         reduced = fold(window, self.epoch_totals, self.device)
         totals = self.epoch_totals
-        expected = self.train_loader.samples_in_batches(self.steps_per_epoch)
+        steps = self._steps_in_epoch()
+        expected = self.train_loader.samples_in_batches(steps)
         if int(totals["samples"]) != expected:
             raise InvariantError(
                 f"epoch {state.epoch} trained {int(totals['samples'])} samples over all ranks, but its "
-                f"{self.steps_per_epoch} steps per rank over data.train ({self.cfg.data.train}) hold {expected}"
+                f"{steps} steps per rank over data.train ({self.cfg.data.train}) hold {expected}"
             )
         # The plateau rule watches the validation error (He et al. 2015, Section 3.4); the training error if no
         # validation set is configured.
@@ -314,7 +333,25 @@ class _Trainer:
             bf16=self.at.bf16,
             epoch=self.state.epoch,
             val_uri=self.cfg.data.val,
+            classes=self.val_classes,
         )
+
+    def _final_evaluation(self) -> dict[str, float]:
+        """After the last epoch: each protocol of `recipe.eval.protocols` over the whole val set (He et al. 2015,
+        Section 3.4); its loader lives only for the pass."""
+        metrics: dict[str, float] = {}
+        for protocol in self.cfg.recipe.eval.protocols:
+            loader = setup.build_final_loader(self.cfg, self.at, protocol)
+            metrics |= evaluate_protocol(
+                self.model,
+                loader,
+                self.device,
+                bf16=self.at.bf16,
+                protocol=protocol,
+                val_uri=self.cfg.data.val,
+                chunk=self.cfg.per_worker_batch,
+            )
+        return metrics
 
     # ---- reporting ---------------------------------------------------------------------------------------------
 

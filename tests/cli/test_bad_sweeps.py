@@ -31,9 +31,9 @@ BAD_SWEEPS = [
         "unknown-axis",
         "name: s\n" + DATA + "grid:\n  colour: [red]\n",
         "grid.colour: unknown axis; choose among seed, arch, base_width, depth, num_classes, residual, shortcut, "
-        "variant, zero_init_residual, batch_size, channels_last, compile, epochs, gamma, image_size, label_smoothing, "
-        "lr, lr_reference_batch, milestones, momentum, plateau_patience, precision, preset, resize_size, schedule, "
-        "steps_per_epoch, warmup_epochs, weight_decay",
+        "variant, zero_init_residual, batch_size, channels_last, compile, epochs, error_warmup, eval, gamma, "
+        "image_size, label_smoothing, lr, lr_reference_batch, max_steps, milestone_unit, milestones, momentum, "
+        "plateau_patience, precision, preset, resize_size, schedule, steps_per_epoch, warmup_epochs, weight_decay",
     ),
     (
         "empty-axis",
@@ -43,9 +43,10 @@ BAD_SWEEPS = [
     (
         "unknown-key",
         "name: s\n" + DATA + "recipe:\n  learning_rate: 0.1\n",
-        "recipe.learning_rate: unknown key; valid keys here: batch_size, channels_last, compile, epochs, gamma, "
-        "image_size, label_smoothing, lr, lr_reference_batch, milestones, momentum, plateau_patience, precision, "
-        "preset, resize_size, schedule, steps_per_epoch, warmup_epochs, weight_decay",
+        "recipe.learning_rate: unknown key; valid keys here: batch_size, channels_last, compile, epochs, error_warmup, "
+        "eval, gamma, image_size, label_smoothing, lr, lr_reference_batch, max_steps, milestone_unit, milestones, "
+        "momentum, plateau_patience, precision, preset, resize_size, schedule, steps_per_epoch, warmup_epochs, "
+        "weight_decay",
     ),
     (
         "string-number",
@@ -89,6 +90,19 @@ BAD_SWEEPS = [
         "schedule would never divide the learning rate there; choose milestones of at most 20, or train more epochs",
     ),
     (
+        "step-milestones-beyond-max-steps",
+        "name: s\n" + DATA + "recipe: {max_steps: 64000, milestone_unit: step, milestones: [32000, 68000]}\n",
+        "recipe.milestones: [32000, 68000] reaches beyond recipe.max_steps=64000 (steps [68000] never come), so the "
+        "step schedule would never divide the learning rate there; choose milestones of at most 64000, or train "
+        "more steps",
+    ),
+    (
+        "chaos-beyond-max-steps",
+        "name: s\n" + DATA + "recipe: {max_steps: 10}\nchaos: {kill_rank: 0, at_step: 11}\n",
+        "chaos.at_step: 11 is beyond the last step of every trial (at most 10 = recipe.max_steps), so the fault "
+        "would never fire; choose 1..10",
+    ),
+    (
         "val-is-train",
         "name: s\ndata: {train: /shards/train, val: /shards/train/}\n",
         "data.val: /shards/train/ is data.train too: errors on the training images measure memorisation, not "
@@ -106,6 +120,32 @@ BAD_SWEEPS = [
         "max_concurrent_trials: 0 is out of range; write a whole number > 0, e.g. max_concurrent_trials: 4",
     ),
     ("yaml-syntax", "name: s\ndata: [train\n", "not valid YAML at line 3, column 1; fix the syntax there"),
+    (
+        "max-steps-and-epochs",
+        "name: s\n" + DATA + "recipe: {max_steps: 64000, epochs: 3}\n",
+        "recipe.max_steps: replaces recipe.epochs (training stops after max_steps); remove epochs",
+    ),
+    (
+        "protocols-without-val",
+        "name: s\n" + DATA + "recipe: {eval: {protocols: [ten_crop]}}\n",
+        "recipe.eval.protocols: ['ten_crop'] evaluate on data.val, which is not set; add data.val or remove the "
+        "protocols",
+    ),
+    (
+        "unknown-protocol",
+        "name: s\ndata: {train: /t, val: /v}\nrecipe: {eval: {protocols: [five_crop]}}\n",
+        "recipe.eval.protocols[0]: 'five_crop' is not one of 'ten_crop' or 'multi_scale'; write one of them",
+    ),
+    (
+        "no-scales",
+        "name: s\ndata: {train: /t, val: /v}\nrecipe: {eval: {protocols: [multi_scale], scales: []}}\n",
+        "recipe.eval.scales: [] must be distinct positive shorter sides, e.g. [224, 256, 384, 480, 640]",
+    ),
+    (
+        "step-milestones-on-plateau",
+        "name: s\n" + DATA + "recipe: {milestone_unit: step, schedule: plateau}\n",
+        "recipe: milestone_unit 'step' counts the milestones of schedule 'step', not 'plateau'",
+    ),
 ]
 
 

@@ -14,6 +14,7 @@ from orchestrator.sweep.config import load_sweep
 from orchestrator.sweep.layout import (
     SweepPaths,
     create_sweep,
+    expand,
     fetch_progress,
     load_sweep_progress,
     load_sweep_record,
@@ -54,10 +55,16 @@ def test_status_list_report_cancel_without_a_cluster(home: Path, tmp_path: Path)
     assert reported.exit_code == 0, reported.output
     text = (tmp_path / "r" / "report.md").read_text()
     # The quick start validates on its training images (allow_val_equals_train): every row says so.
-    assert "| 000-residual † | ResNet-18 (B) | SUCCEEDED | 30.00 | 10.00 | - | - | - |" in text
-    assert "| 001-plain † | plain-18 | PENDING | - | - | 27.94 | - | Table 2 (10-crop) |" in text
+    assert (
+        "| 000-residual † | ResNet-18 (B) | SUCCEEDED | unknown | center crop | 30.00 | 10.00 | - | - | - | - |" in text
+    )
+    assert (
+        "| 001-plain † | plain-18 | PENDING | unknown | - | - | - | (27.94) not compared: no validation yet | - "
+        "| 10-crop | Table 2 (ILSVRC-2012 val) |"
+    ) in text
     assert text.endswith(f"\n\n{VAL_IS_TRAIN_NOTE}\n")
     assert (tmp_path / "r" / "report.png").stat().st_size > 0
+    assert not (tmp_path / "r" / "curves.png").exists()  # no trial has an MLflow run yet
 
     cancelled = runner.invoke(app, ["cancel", record.sweep_id])
     assert cancelled.exit_code == 0, cancelled.output
@@ -99,6 +106,52 @@ def test_status_and_report_say_why_a_trial_failed_and_name_the_champion(home: Pa
         .read_text()
         .endswith("\nChampion: quickstart version 2 (val top-1 error 87.50%, sweep quickstart-old).\n")
     )
+
+
+def test_report_of_a_sweep_with_final_protocols_and_mlflow_curves(home: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator.sweep.tracking import Tracker
+
+    source = tmp_path / "sweep.yaml"
+    quickstart = (EXAMPLES / "quickstart.yaml").read_text()
+    source.write_text(quickstart.replace("recipe:\n", "recipe:\n  eval: {protocols: [ten_crop]}\n", 1))
+    record = create_sweep(source, load_sweep(source))
+    trials = expand(record.sweep_id, load_sweep(source))
+    tracker = Tracker(record.tracking_uri, record.experiment, home / "artifacts")
+    parent = tracker.parent_run(record.sweep_id, source)
+    progress = load_sweep_progress(record.sweep_id)
+    for index, trial in enumerate(progress.trials):
+        trial.mlflow_run_id = tracker.child_run(parent, record.sweep_id, trials[index])
+        for step, err in ((4, 0.9 - 0.1 * index), (8, 0.8 - 0.1 * index)):
+            tracker.log_metrics(trial.mlflow_run_id, {"train_top1_err": err, "val_top1_err": err + 0.05}, step)
+        progress.move(trial.id, TrialState.RUNNING)
+        progress.move(trial.id, TrialState.SUCCEEDED)
+        trial.metrics = {
+            "val_top1_err": 0.5,
+            "val_top5_err": 0.2,
+            "val_classes": 1000.0,
+            "val_samples": 1000.0,
+            "final_ten_crop_top1_err": 0.45,
+            "final_ten_crop_top5_err": 0.15,
+        }
+    save_model(sweep_paths(record.sweep_id).progress, progress)
+
+    reported = CliRunner().invoke(app, ["report", record.sweep_id, "-o", str(tmp_path / "r")])
+    assert reported.exit_code == 0, reported.output
+    assert (
+        "| 001-plain † | plain-18 | SUCCEEDED | 1000 classes, 1,000 images | 10-crop | 45.00 | 15.00 | (27.94) not "
+        "comparable: different data | - | 10-crop | Table 2 (ILSVRC-2012 val) |"
+    ) in reported.stdout
+    assert (
+        f"wrote {tmp_path / 'r' / 'report.md'}, {tmp_path / 'r' / 'report.png'}, {tmp_path / 'r' / 'curves.png'}"
+        in (" ".join(reported.stdout.split()))
+    )
+    assert (tmp_path / "r" / "curves.png").stat().st_size > 0
+    history = MlflowClient(record.tracking_uri).get_metric_history(
+        progress.trials[1].mlflow_run_id or "", "val_top1_err"
+    )
+    assert sorted((h.step, round(h.value, 6)) for h in history) == [(4, 0.85), (8, 0.75)]
 
 
 def test_a_remote_drivers_progress_is_read_from_the_sweep_storage(home: Path, tmp_path: Path) -> None:

@@ -179,3 +179,47 @@ def test_mlflow_service_is_the_uri_the_pods_are_given() -> None:
     assert config["data"]["MLFLOW_TRACKING_URI"] == url
     deployment_labels = _one("Deployment")["spec"]["template"]["metadata"]["labels"]
     assert service["spec"]["selector"].items() <= deployment_labels.items()
+
+
+def _all_containers(node: Any) -> list[dict[str, Any]]:
+    """Every container of every pod template in a manifest (Deployments, Ray head and worker groups, ...)."""
+    found: list[dict[str, Any]] = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("containers", "initContainers") and isinstance(value, list):
+                found += value
+            else:
+                found += _all_containers(value)
+    elif isinstance(node, list):
+        for item in node:
+            found += _all_containers(item)
+    return found
+
+
+def test_no_secret_reaches_a_command_line() -> None:
+    # Arguments are visible to anyone who can read the pod spec and, expanded, to `ps` in the container; secrets
+    # travel as env vars from a Secret (which MLflow and Ray read themselves), never as `$(VAR)` in argv.
+    containers = [c for doc in DOCS for c in _all_containers(doc)]
+    assert {c["name"] for c in containers} >= {"mlflow", "ray-head"}
+    job_entrypoint = _one("RayJob")["spec"]["entrypoint"]
+    for name, argv in [(c["name"], [*c.get("command", []), *c.get("args", [])]) for c in containers] + [
+        ("rayjob entrypoint", [job_entrypoint])
+    ]:
+        for arg in argv:
+            assert "$(" not in arg and "${" not in arg, f"{name}: {arg!r} expands a variable into the command line"
+            assert not any(word in arg.upper() for word in ("PASSWORD", "SECRET", "TOKEN", "STORE_URI")), (
+                f"{name}: {arg!r} puts a secret on the command line"
+            )
+
+
+def test_the_mlflow_server_reads_its_store_uri_from_the_secret_env_var() -> None:
+    # What lets the Deployment drop `--backend-store-uri` from argv: the installed `mlflow server` takes both
+    # options from these variables, and the Deployment sets them from the Secret and the ConfigMap.
+    from mlflow.cli import server
+
+    envvars = {param.name: param.envvar for param in server.params}
+    assert envvars["backend_store_uri"] == "MLFLOW_BACKEND_STORE_URI"
+    assert envvars["artifacts_destination"] == "MLFLOW_ARTIFACTS_DESTINATION"
+    env = {v["name"]: v["valueFrom"] for v in _one("Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["MLFLOW_BACKEND_STORE_URI"] == {"secretKeyRef": {"name": "resnet-orch-mlflow-db", "key": "uri"}}
+    assert "configMapKeyRef" in env["MLFLOW_ARTIFACTS_DESTINATION"]

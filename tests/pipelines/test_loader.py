@@ -163,7 +163,7 @@ def test_val_center_and_ten_crop(backend: Backend, tiny_shards_local: str) -> No
     plain = next(iter(make_loader(spec, 0, 1, CPU)))
     assert plain.images.shape == (48, 3, 64, 64)
     assert plain.labels.tolist() == next(iter(make_loader(spec, 0, 1, CPU))).labels.tolist()  # unshuffled
-    ten = next(iter(make_loader(spec.model_copy(update={"ten_crop": True}), 0, 1, CPU)))
+    ten = next(iter(make_loader(spec.model_copy(update={"protocol": "ten_crop"}), 0, 1, CPU)))
     assert ten.images.shape == (48, 10, 3, 64, 64)
     # crop 5 is the center crop (the plain val view), crop 9 its mirror image
     torch.testing.assert_close(ten.images[:, 4], plain.images, atol=1e-3, rtol=0)
@@ -178,8 +178,10 @@ def test_state_of_another_rank_is_refused(tiny_shards_local: str) -> None:
 
 
 def test_bad_spec_names_the_field() -> None:
-    with pytest.raises(ValueError, match="ten_crop"):
-        LoaderSpec(uri="/x", batch_size=4, ten_crop=True)
+    with pytest.raises(ValueError, match="protocol 'ten_crop': only for split='val'"):
+        LoaderSpec(uri="/x", batch_size=4, protocol="ten_crop")
+    with pytest.raises(ValueError, match="scales: give them with protocol='multi_scale'"):
+        LoaderSpec(uri="/x", batch_size=4, split="val", protocol="multi_scale")
     with pytest.raises(ValueError, match="batch_size"):
         LoaderSpec(uri="/x", batch_size=0)
     with pytest.raises(ValueError, match="unsupported scheme"):

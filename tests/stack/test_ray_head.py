@@ -1,12 +1,17 @@
-"""The one `ray start --head` command line (ray_head.head_launch) of the local head, for `up` and `submit` alike."""
+"""The one `ray start --head` command line (ray_head.head_launch) of the local head, for `up` and `submit` alike, and
+its auth token."""
 
 from __future__ import annotations
 
 import json
 import re
+import stat
 from pathlib import Path
 
-from orchestrator.stack.ray_head import TRIAL_DRIVER_RESOURCE, TRIAL_DRIVER_SLOTS, head_launch
+import pytest
+
+from orchestrator.stack.processes import executable
+from orchestrator.stack.ray_head import TRIAL_DRIVER_RESOURCE, TRIAL_DRIVER_SLOTS, ensure_auth_token, head_launch
 
 
 def _flags(cmd: list[str]) -> dict[str, str]:
@@ -42,3 +47,14 @@ def test_stack_options_block_and_bind_elsewhere(tmp_path: Path) -> None:
     assert flags["node-ip-address"] == flags["dashboard-host"] == "10.0.0.5"
     # Off loopback Ray may pick the routable IP itself: the macOS switch would pin it to loopback.
     assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in launch.env
+
+
+def test_the_auth_token_is_readable_by_this_user_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The head listens on 127.0.0.1, which every local user reaches; Ray itself writes the token 0644.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(key, raising=False)
+    ensure_auth_token(executable("ray"))
+    token = tmp_path / ".ray" / "auth_token"
+    assert len(token.read_text().strip()) >= 32
+    assert stat.S_IMODE(token.stat().st_mode) == 0o600

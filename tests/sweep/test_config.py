@@ -324,3 +324,31 @@ def test_cli_validate_exits_2_with_every_message_and_no_traceback(tmp_path: Path
         "max_concurrent_trials, max_failures, model, name, recipe, resources, seed, storage, tracking",
     ]
     assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.parametrize(
+    ("tracking", "expected"),
+    [
+        (
+            {"registered_model": "it's"},
+            "tracking.registered_model: \"it's\" is not a valid model name; use letters, digits, '-', '_' or '.'",
+        ),
+        ({"registered_model": "net@v2"}, "tracking.registered_model: 'net@v2' is not a valid model name"),
+        ({"experiment": "../elsewhere"}, "tracking.experiment: '../elsewhere' climbs out of its folder ('..')"),
+        ({"experiment": "/abs"}, "tracking.experiment: '/abs' is an absolute path"),
+        (
+            {"uri": "https://me:hunter2@mlflow.example:5000"},
+            "tracking.uri: https://mlflow.example:5000 is given with a password; write the URI without it",
+        ),
+    ],
+)
+def test_tracking_names_and_uri_are_checked(tracking: dict[str, str], expected: str) -> None:
+    # Model names go into `models:/NAME@alias` URIs and MLflow filters, experiment names become a folder of the
+    # embedded store, and the URI is stored and printed: none may smuggle in syntax, a path or a password.
+    text = error_text(tracking=tracking)
+    assert text.startswith(f"sweep.yaml: {expected}")
+    assert "hunter2" not in text
+
+
+def test_experiment_names_may_hold_spaces_and_quotes() -> None:
+    assert sweep(tracking={"experiment": 'it\'s "ResNet" v2'}).tracking.experiment == 'it\'s "ResNet" v2'

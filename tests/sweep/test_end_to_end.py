@@ -84,6 +84,9 @@ def test_quickstart_end_to_end(orch_home: Path, mlflow_server: str, sample_shard
         chaos={"kill_rank": 1, "at_step": 5},
         tracking={"uri": mlflow_server, "experiment": "e2e", "registered_model": "quickstart-e2e"},
     )
+    sweep = yaml.safe_load(path.read_text())
+    sweep["recipe"]["eval"] = {"protocols": ["ten_crop"]}  # the paper's testing, after each trial's last epoch
+    path.write_text(yaml.safe_dump(sweep), encoding="utf-8")
     submitted = resnet_orch("submit", str(path), "--wait")
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     sweep_id = _submitted_id(submitted.stdout)
@@ -128,6 +131,9 @@ def test_quickstart_end_to_end(orch_home: Path, mlflow_server: str, sample_shard
     killed = next(c for c in children if c.data.tags["resnet_orch.trial_id"] == "001-steps_per_epoch2")
     assert killed.data.params["model.depth"] == "18"
     assert "system/cpu_utilization_percentage" in killed.data.metrics
+    # The final 10-crop numbers went to MLflow with the last epoch's report, as `status` shows them.
+    final = trials["001-steps_per_epoch2"]["metrics"]["final_ten_crop_top1_err"]
+    assert killed.data.metrics["final_ten_crop_top1_err"] == pytest.approx(final, abs=1e-12)
     assert [a.path for a in client.list_artifacts(killed.info.run_id, "curves")] == ["curves/curves.png"]
     assert "checkpoint/model.pt" in [a.path for a in client.list_artifacts(killed.info.run_id, "checkpoint")]
     assert [a.path for a in client.list_artifacts(parents[0].info.run_id, "curves")] == ["curves/figure4.png"]
@@ -150,10 +156,15 @@ def test_quickstart_end_to_end(orch_home: Path, mlflow_server: str, sample_shard
     report_dir = tmp_path / "report"
     reported = resnet_orch("report", sweep_id, "-o", str(report_dir))
     assert reported.returncode == 0, reported.stderr
-    report = (report_dir / "report.md").read_text()
-    assert "| 000-steps_per_epoch1 † | ResNet-18 (B) | SUCCEEDED |" in report
-    assert f"Champion: quickstart-e2e version {champion.version} (val top-1 error " in report
+    report_md = (report_dir / "report.md").read_text()
+    # Validated on its training images (the quick start's allow_val_equals_train): the row is marked.
+    row = "| 000-steps_per_epoch1 † | ResNet-18 (B) | SUCCEEDED | 1000 classes, 1,000 images | 10-crop |"
+    assert row in report_md
+    assert f"Champion: quickstart-e2e version {champion.version} (val top-1 error " in report_md
     assert (report_dir / "report.png").stat().st_size > 0
+    assert (report_dir / "curves.png").stat().st_size > 0  # Figure 4 style, from the MLflow history
+    for trial in trials.values():
+        assert trial["metrics"]["final_ten_crop_samples"] == 1000
 
 
 def _history(client: MlflowClient, run_id: str, metric: str) -> list[Any]:

@@ -1,4 +1,4 @@
-"""The driver job's side of a sweep: which cluster is this machine, and what a driver gets from this machine."""
+"""The driver job's side of a sweep: which cluster is this machine (what a driver gets from it: test_job_env.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.sweep.jobs import driver_env, is_this_machine, started_here
+from orchestrator.sweep import jobs
+from orchestrator.sweep.jobs import is_this_machine, started_here
 
 
 @pytest.mark.parametrize(
@@ -24,19 +25,30 @@ def test_an_address_this_home_did_not_start_is_another_cluster(home: Path) -> No
     assert started_here("http://127.0.0.1:8265") is False
 
 
-def test_a_remote_driver_gets_no_machine_local_aws_profile_or_home() -> None:
-    environ = {
-        "AWS_ENDPOINT_URL": "http://10.0.0.5:8333",
-        "AWS_PROFILE": "laptop",
-        "AWS_SHARED_CREDENTIALS_FILE": "/home/me/.aws/credentials",
-        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-        "RESNET_ORCH_HOME": "/home/me/.resnet-orch",
-        "RAY_AUTH_MODE": "token",
-        "HOME": "/home/me",
-    }
-    assert driver_env(environ, local=False) == {
-        "AWS_ENDPOINT_URL": "http://10.0.0.5:8333",
-        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
-        "RAY_AUTH_MODE": "token",
-    }
-    assert driver_env(environ, local=True) == {k: v for k, v in environ.items() if k != "HOME"}
+class _AgentlessHead:
+    """A Jobs API that answers as Ray's does while the head's job agent has not registered, `busy` times."""
+
+    def __init__(
+        self, busy: int, error: str = "Request failed with status code 500: No available agent to submit job"
+    ) -> None:
+        self.busy, self.error, self.calls = busy, error, 0
+
+    def submit_job(self, **job: object) -> str:
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise RuntimeError(self.error)
+        return str(job["submission_id"])
+
+
+def test_submit_waits_for_the_head_job_agent_and_gives_up_on_other_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = _AgentlessHead(busy=2)
+    monkeypatch.setattr(jobs, "_job_client", lambda address: head)
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    assert jobs._submit_when_agent_ready("http://127.0.0.1:1", submission_id="s1", entrypoint="x") == "s1"
+    assert head.calls == 3
+
+    other = _AgentlessHead(busy=1, error="Request failed with status code 400: bad runtime_env")
+    monkeypatch.setattr(jobs, "_job_client", lambda address: other)
+    with pytest.raises(RuntimeError, match="bad runtime_env"):
+        jobs._submit_when_agent_ready("http://127.0.0.1:1", submission_id="s2", entrypoint="x")
+    assert other.calls == 1

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from orchestrator.sweep.config import load_sweep
+import pytest
+
+from orchestrator.sweep.config import ConfigError, load_sweep
 from orchestrator.sweep.layout import create_sweep, load_sweep_progress, new_sweep_id, sweep_paths
 from orchestrator.sweep.state import TrialState
 
@@ -34,3 +36,11 @@ def test_embedded_defaults(home: Path) -> None:
     record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
     assert record.tracking_uri == f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     assert record.storage == f"{home / 'storage'}/{record.sweep_id}"
+
+
+def test_a_tracking_uri_with_a_password_is_never_recorded(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # It would be stored in record.json and printed by `submit`; the credentials belong in their own variables.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "https://alice:hunter2@mlflow.example")
+    with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI carries a password; set it without one"):
+        create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    assert not (home / "sweeps").exists()

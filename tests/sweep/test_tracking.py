@@ -15,7 +15,7 @@ from orchestrator.sweep.tracking import (
     TAG_ATTEMPTS,
     TAG_PARENT,
     Tracker,
-    filter_value,
+    filter_literal,
     flatten,
     log_trial_model,
     mark_killed,
@@ -141,7 +141,7 @@ def test_resume_settles_trials_whose_model_is_registered(tracker: Tracker, tmp_p
 
 def _register(tracker: Tracker, name: str, sweep_id: str, val_top1_err: float, tmp_path: Path) -> str:
     """A version of `name` from sweep `sweep_id` carrying its metric tag, as `trial_trainable` registers it."""
-    if not tracker.client.search_registered_models(f"name = {filter_value(name)}"):
+    if not tracker.client.search_registered_models(f"name = {filter_literal(name)}"):
         tracker.client.create_registered_model(name)
     tags = {"resnet_orch.sweep_id": sweep_id, "val_top1_err": str(val_top1_err)}
     return str(tracker.client.create_model_version(name, str(tmp_path / "model"), tags=tags).version)
@@ -174,9 +174,37 @@ def test_the_champion_moves_only_to_a_strictly_better_version_across_sweeps(
     assert tracker.champion(name) == Champion(model=name, version="6", val_top1_err=0.1999, sweep_id="sweep-3")
 
 
-def test_filter_values_are_quoted_with_the_quote_they_do_not_hold() -> None:
-    assert filter_value("plain") == "'plain'"
-    assert filter_value("Bob's") == '"Bob\'s"'
-    assert filter_value('say "hi"') == "'say \"hi\"'"
-    with pytest.raises(ValueError, match="cannot be searched"):
-        filter_value("both ' and \"")
+def test_filter_literal_quotes_a_value_never_lets_it_become_syntax() -> None:
+    assert filter_literal("plain") == "'plain'"
+    assert filter_literal("it's") == '"it\'s"'
+    assert filter_literal('say "hi"') == "'say \"hi\"'"
+    for unwritable in ("both ' and \"", "ends in \\"):
+        with pytest.raises(ValueError, match="cannot be searched for in MLflow"):
+            filter_literal(unwritable)
+
+
+@pytest.mark.parametrize("quote", ["'", '"'])
+def test_names_with_quotes_are_found_as_values(tmp_path: Path, quote: str) -> None:
+    # Interpolated unquoted, each of these names broke the filter (MlflowException) or changed what it matched.
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", f"it{quote}s an experiment", tmp_path / "artifacts")
+    sweep_id, model_name = f"sweep{quote} and tags.x = {quote}", f"it{quote}s {quote}model"
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text("name: track\n", encoding="utf-8")
+    (trial,) = parse_sweep({**SWEEP, "grid": {}}).expand(storage_root=str(tmp_path / "storage"))
+    trial = trial.model_copy(update={"trial_id": f"000{quote}trial"})
+    parent = tracker.parent_run(sweep_id, sweep_file)
+    child = tracker.child_run(parent, sweep_id, trial)
+    assert tracker.parent_run(sweep_id, sweep_file) == parent  # found again, not duplicated
+    assert tracker.child_run(parent, sweep_id, trial) == child
+    assert len(tracker.client.search_runs([tracker.experiment_id])) == 2
+
+    for name in (model_name, f"it{quote}s"):  # a model whose name is a prefix of the other must not match it
+        tracker.client.create_registered_model(name)
+    tracker.client.create_model_version(f"it{quote}s", str(tmp_path / "other"), run_id=child)
+    version = tracker.client.create_model_version(model_name, str(tmp_path / "model"), run_id=child)
+    tracker.client.set_model_version_tag(model_name, version.version, "resnet_orch.sweep_id", sweep_id)
+    tracker.client.set_model_version_tag(model_name, version.version, "val_top1_err", "0.25")
+    assert tracker.version_of_run(model_name, child) == "1"
+    crowned = tracker.crown_champion(model_name, sweep_id)
+    assert crowned is not None and (crowned.version, crowned.val_top1_err) == ("1", 0.25)
+    assert str(tracker.client.get_model_version_by_alias(model_name, CHAMPION).version) == "1"
