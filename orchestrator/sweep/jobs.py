@@ -199,17 +199,23 @@ def submit_driver(record: SweepRecord, *, resume: bool, address: str, local: boo
 
 
 def _submit_when_agent_ready(address: str, **job: Any) -> str:
-    """`submit_job`, retried while the head has no job agent yet (up to AGENT_WAIT_S); any other error at once."""
-    client = _job_client(address)
+    """`submit_job`, retried (up to AGENT_WAIT_S) while the head has no job agent yet or drops the connection, as a
+    busy head's dashboard does; any other error at once. The submission id is fixed, so a request that reached the
+    head before its connection dropped is found on the retry ("already exists") instead of running twice."""
     deadline = time.monotonic() + AGENT_WAIT_S
     delay = 0.5
+    dropped = False
     while True:
         try:
-            job_id: str = client.submit_job(**job)
+            job_id: str = _job_client(address).submit_job(**job)
             return job_id
-        except RuntimeError as exc:
-            if _NO_AGENT not in str(exc) or time.monotonic() + delay > deadline:
+        except (RuntimeError, OSError) as exc:  # requests' errors are OSErrors
+            if dropped and "already exists" in str(exc):
+                return str(job["submission_id"])
+            retry = isinstance(exc, OSError) or _NO_AGENT in str(exc)
+            if not retry or time.monotonic() + delay > deadline:
                 raise
+            dropped = dropped or isinstance(exc, OSError)
         time.sleep(delay)
         delay = min(delay * 2, 5.0)
 

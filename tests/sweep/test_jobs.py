@@ -32,12 +32,29 @@ class _AgentlessHead:
         self, busy: int, error: str = "Request failed with status code 500: No available agent to submit job"
     ) -> None:
         self.busy, self.error, self.calls = busy, error, 0
+        self.submitted: set[str] = set()
 
     def submit_job(self, **job: object) -> str:
         self.calls += 1
         if self.calls <= self.busy:
             raise RuntimeError(self.error)
+        if job["submission_id"] in self.submitted:
+            raise RuntimeError(
+                f"Request failed with status code 400: Job with submission_id {job['submission_id']} "
+                "already exists. Please use a different submission_id."
+            )
+        self.submitted.add(str(job["submission_id"]))
         return str(job["submission_id"])
+
+
+class _DroppingHead(_AgentlessHead):
+    """A busy head that takes the job, then drops the connection before answering."""
+
+    def submit_job(self, **job: object) -> str:
+        if not self.submitted:
+            super().submit_job(**job)
+            raise ConnectionError("('Connection aborted.', RemoteDisconnected('Remote end closed connection'))")
+        return super().submit_job(**job)
 
 
 def test_submit_waits_for_the_head_job_agent_and_gives_up_on_other_errors(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -52,3 +69,11 @@ def test_submit_waits_for_the_head_job_agent_and_gives_up_on_other_errors(monkey
     with pytest.raises(RuntimeError, match="bad runtime_env"):
         jobs._submit_when_agent_ready("http://127.0.0.1:1", submission_id="s2", entrypoint="x")
     assert other.calls == 1
+
+
+def test_submit_after_a_dropped_connection_finds_the_job_it_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    head = _DroppingHead(busy=0)
+    monkeypatch.setattr(jobs, "_job_client", lambda address: head)
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    assert jobs._submit_when_agent_ready("http://127.0.0.1:1", submission_id="s1", entrypoint="x") == "s1"
+    assert head.submitted == {"s1"} and head.calls == 2
