@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow.fs
 import torch
 
+from orchestrator.training.metric_names import STEP
 from pipelines.files import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -341,7 +342,7 @@ def unsent_reports(state: TrainState, registered: str | None) -> list[dict[str, 
     (`registered`, its path; None: none), in step order: those the sweep may never have received. Ray Train
     registers a checkpoint when it passes its report on, so everything up to that one arrived."""
     after = checkpoint_step(registered) if registered is not None else -1
-    reports = {int(r["step"]): r for r in [*state.epoch_reports, state.report] if r and int(r["step"]) > after}
+    reports = {int(r[STEP]): r for r in [*state.epoch_reports, state.report] if r and int(r[STEP]) > after}
     return [reports[step] for step in sorted(reports)]
 
 
