@@ -60,7 +60,7 @@ WORKERS = 2
 WARMUP_STEPS = 5  # GPU part
 
 
-def trial_config(name: str, shards: str, storage: str, epochs: int, chaos: ChaosConfig | None = None) -> TrialConfig:
+def trial_config(name: str, shards: str, storage: str, epochs: int, chaos: tuple[ChaosConfig, ...] = ()) -> TrialConfig:
     return TrialConfig(
         trial_id=name,
         sweep_name="bench-overhead",
@@ -240,7 +240,7 @@ def main() -> None:
         with in_process_ray(num_cpus=WORKERS + 2):
             ray_time, submit_s, _ = ray_run(base, Path(tmp, "reports.jsonl"))
             torch_time = statistics.fmean([torch_before, torch_step_time(base)])
-            chaos = trial_config("overhead-kill", shards, storage, 1, ChaosConfig(kill_rank=1, at_step=8))
+            chaos = trial_config("overhead-kill", shards, storage, 1, (ChaosConfig(kill_rank=1, at_step=8),))
             kill_s = kill_to_next_step(chaos, storage, Path(tmp, "reports-kill.jsonl"))
         numbers: dict[str, float] = {
             "ray_step_time_s": ray_time,

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.sweep import cross_checks
 from orchestrator.sweep.config_errors import PathError, describe_errors, describe_value
 from orchestrator.sweep.job_env import has_password
 from orchestrator.sweep.strict import Strict
@@ -229,6 +230,13 @@ class DataConfig(_Strict):
     val: str | None = Field(default=None, examples=["s3://bucket/imagenet/val"])
     backend: Literal["auto", "dali", "torch"] = "auto"
     num_threads: int = Field(default=4, gt=0)
+    # Validating on the training images measures memorisation, not generalisation: refused unless said on purpose
+    # (a smoke run on a sample too small to split); `report` then marks the errors as training-set errors.
+    allow_val_equals_train: bool = False
+
+    @property
+    def val_is_train(self) -> bool:
+        return self.val is not None and cross_checks.same_location(self.val, self.train)
 
 
 class ResourcesConfig(_Strict):
@@ -290,12 +298,25 @@ class TrackingConfig(_Strict):
 
 
 class ChaosConfig(_Strict):
-    """Fault injection for drills: SIGKILL `kill_rank` at `at_step` of each trial's first attempt only."""
+    """One injected fault for drills: SIGKILL `kill_rank` at `at_step` of attempt `attempt` of every trial.
+
+    `chaos:` takes one fault or a list of them; a fault on a later attempt (`attempt: 1`) kills the restarted
+    attempt too, so a drill can fail a trial twice.
+    """
 
     kill_rank: int = Field(ge=0, examples=[0])
     at_step: int = Field(gt=0, examples=[100])
     # `checkpoint`: die while writing the checkpoint of `at_step` (a checkpoint step), so the previous one is used.
     during: Literal["step", "checkpoint"] = "step"
+    # 0: the trial's first attempt; 1: the first restart; ...
+    attempt: int = Field(default=0, ge=0)
+
+
+def _as_faults(value: Any) -> Any:
+    """`chaos:` as a list of faults: one mapping is a list of one, nothing is an empty list."""
+    if value is None:
+        return ()
+    return [value] if isinstance(value, dict | ChaosConfig) else value
 
 
 class TrialConfig(_Strict):
@@ -311,9 +332,14 @@ class TrialConfig(_Strict):
     checkpoint: CheckpointConfig
     storage: str
     max_failures: int = Field(ge=0)
-    chaos: ChaosConfig | None = None
+    chaos: tuple[ChaosConfig, ...] = Field(default=(), strict=False)
     # The submitted sweep's id (`layout.expand` sets it): the trial's Ray Train run and live metrics are named by it.
     sweep_id: str | None = None
+
+    @field_validator("chaos", mode="before")
+    @classmethod
+    def _fault_list(cls, value: Any) -> Any:
+        return _as_faults(value)
 
     @field_validator("model")
     @classmethod
@@ -362,7 +388,8 @@ class SweepConfig(_Strict):
     # True: `storage` is a path every node mounts (NFS, EFS, Lustre), so a multi-node cluster may use it.
     shared_filesystem: bool = False
     tracking: TrackingConfig = TrackingConfig()
-    chaos: ChaosConfig | None = None
+    # One fault (a mapping) or a list of them.
+    chaos: tuple[ChaosConfig, ...] = Field(default=(), strict=False, examples=[{"kill_rank": 0, "at_step": 100}])
     # Stops trials early (Ray Tune's ASHA or median stopping), samples recipe axes, limits what the sweep spends:
     # `tuning_config.py`.
     scheduler: SchedulerConfig | None = None
@@ -370,6 +397,11 @@ class SweepConfig(_Strict):
     # Draws of `search:` per grid point (Ray Tune's `num_samples`), seeded by `seed`.
     num_samples: int = Field(default=1, gt=0)
     budget: BudgetConfig | None = None
+
+    @field_validator("chaos", mode="before")
+    @classmethod
+    def _fault_list(cls, value: Any) -> Any:
+        return _as_faults(value)
 
     @field_validator("name")
     @classmethod
@@ -392,34 +424,14 @@ class SweepConfig(_Strict):
             for index, value in enumerate(values):
                 _check_axis_value(self, axis, index, value)
         check_tuning(self, _RECIPE_AXES, lambda loc, axis, value: _check_axis_value(self, axis, 0, value, loc))
-        for trial in self._combinations():
-            workers = self.resources.workers
-            batch = trial["recipe"].batch_size
-            if batch % workers:
-                raise PathError(
-                    ("recipe", "batch_size"),
-                    f"{batch} is not divisible by resources.workers={workers}; choose a multiple of {workers}",
-                )
-        if self.recipe.max_steps is not None and ("epochs" in self.recipe.model_fields_set or "epochs" in self.grid):
-            raise PathError(
-                ("recipe", "max_steps"), "replaces recipe.epochs (training stops after max_steps); remove epochs"
-            )
-        if "max_steps" in self.grid and ("epochs" in self.recipe.model_fields_set or "epochs" in self.grid):
-            raise PathError(
-                ("grid", "max_steps"), "replaces recipe.epochs (training stops after max_steps); remove epochs"
-            )
-        protocols = {p for trial in self._combinations() for p in trial["recipe"].eval.protocols}
-        if protocols and self.data.val is None:
-            raise PathError(
-                ("recipe", "eval", "protocols"),
-                f"{sorted(protocols)} evaluate on data.val, which is not set; add data.val or remove the protocols",
-            )
-        if self.chaos is not None and self.chaos.kill_rank >= self.resources.workers:
-            raise PathError(
-                ("chaos", "kill_rank"),
-                f"{self.chaos.kill_rank} is not a rank of a {self.resources.workers}-worker trial; "
-                f"choose 0..{self.resources.workers - 1}",
-            )
+        recipes = [c["recipe"] for c in self._combinations()]
+        cross_checks.check_stop(self.recipe, self.grid)
+        milestones_given = "milestones" in self.recipe.model_fields_set or "milestones" in self.grid
+        for recipe in recipes:
+            cross_checks.check_recipe(recipe, self.resources.workers, milestones_given=milestones_given)
+        cross_checks.check_protocols(recipes, self.data)
+        cross_checks.check_faults(self.chaos, self.resources.workers, recipes)
+        cross_checks.check_val(self.data)
         return self
 
     def _combinations(self) -> list[dict[str, Any]]:

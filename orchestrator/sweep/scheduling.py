@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 TUNE_RUN_NAME = "tune"
 RESTART_KEY = "resnet_orch_restarting"
+FAILURE_KEY = "resnet_orch_failure"
 # One grid-search axis whose values are whole trials (the sweep's own grid is expanded by `SweepConfig.expand`).
 PARAM_KEY = "sweep_trial"
 # How often the driver writes what the sweep has spent of its budget when no trial event does.
@@ -131,7 +132,25 @@ class PlacementNotice(WorkerGroupCallback):
 
 
 def trial_trainable(config: dict[str, Any]) -> None:
-    """One Tune trial: train (Ray Train, restarts inside), then register the final model from this driver."""
+    """One Tune trial: train (Ray Train, restarts inside), then register the final model from this driver.
+
+    A trial that fails reports why in one line (`FAILURE_KEY`) before its error ends the Tune trial, so the sweep's
+    progress, and `status`, say it without anyone reading a traceback.
+    """
+    try:
+        _train_and_register(config)
+    except Exception as exc:
+        tune.report({FAILURE_KEY: one_line(str(exc))})
+        raise
+
+
+def one_line(text: str, limit: int = 600) -> str:
+    """`text` on one line (whitespace runs folded), cut to `limit` characters."""
+    folded = " ".join(text.split())
+    return folded if len(folded) <= limit else folded[: limit - 3] + "..."
+
+
+def _train_and_register(config: dict[str, Any]) -> None:
     from orchestrator.training.checkpointing import read_model_state
     from orchestrator.training.trial import open_checkpoint, run_trial
 
@@ -263,7 +282,9 @@ class SweepCallback(tune.Callback):
             self._tracker = Tracker(r.tracking_uri, r.experiment, _artifact_root(r.tracking_uri))
         return self._tracker
 
-    def _update(self, trial: Any, new: TrialState | None = None, *, error: str | None = None) -> str:
+    def _update(
+        self, trial: Any, new: TrialState | None = None, *, error: str | None = None, reason: str | None = None
+    ) -> str:
         trial_id = _trial_id(trial)
         progress = _load(self.paths)
         status = progress.trial(trial_id)
@@ -274,7 +295,7 @@ class SweepCallback(tune.Callback):
         if new == TrialState.SUCCEEDED and status.state == TrialState.PENDING:
             progress.move(trial_id, TrialState.RUNNING)  # its model was registered before its workers reported
         if new is not None and status.state != new:
-            progress.move(trial_id, new, error=error)
+            progress.move(trial_id, new, error=error, reason=reason)
         self._save(progress)
         return trial_id
 
@@ -299,10 +320,15 @@ class SweepCallback(tune.Callback):
                 status.waiting = None
                 if status.state == TrialState.PENDING:
                     progress.move(trial_id, TrialState.RUNNING)
-            save_progress(self.record, self.paths, progress)
+            self._save(progress)
             return
         if status.state == TrialState.PENDING:
             progress.move(trial_id, TrialState.RUNNING)
+        if FAILURE_KEY in result:
+            # The trial's last word before its error (`trial_trainable`); `on_trial_error` follows and keeps it.
+            status.reason = str(result[FAILURE_KEY])
+            self._save(progress)
+            return
         if result.get(RESTART_KEY):
             logger.warning(
                 "trial %s: restarting (a worker failed; Ray Train restarts from the last checkpoint)", trial_id
@@ -350,7 +376,11 @@ class SweepCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         error_file = getattr(trial, "error_file", None)
         error = error_file and Path(error_file).read_text(encoding="utf-8", errors="replace")[-2000:]
-        trial_id = self._update(trial, TrialState.FAILED, error=error or "failed (see `resnet-orch logs`)")
+        error = error or "failed (see `resnet-orch logs`)"
+        reported = _load(self.paths).trial(_trial_id(trial)).reason
+        # Without the trial's own reason (it died before it could say), the traceback's last line.
+        last_line = next((line for line in reversed(error.splitlines()) if line.strip()), error)
+        trial_id = self._update(trial, TrialState.FAILED, error=error, reason=reported or one_line(last_line))
         self.tracker.finish(self.run_ids[trial_id], TrialState.FAILED.value, succeeded=False)
 
 
@@ -451,9 +481,9 @@ def _finish(
     if spent is not None:
         stop_unfinished(tracker, progress, spent)
     _log_sweep_curves(tracker, progress, parent_run_id)
-    best = tracker.crown_champion(record.registered_model, record.sweep_id)
-    if best is not None:
-        logger.info("champion: %s version %s (%s=%.4f)", record.registered_model, best[0], RANK_METRIC, best[1])
+    progress.champion = tracker.crown_champion(record.registered_model, record.sweep_id)
+    if progress.champion is not None:
+        logger.info("champion: %s", progress.champion.describe())
     progress.state = final_sweep_state([t.state for t in progress.trials])
     if progress.state == SweepState.BUDGET_EXHAUSTED:
         progress.error = spent

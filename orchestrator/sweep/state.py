@@ -117,7 +117,8 @@ class TrialStatus(BaseModel):
     attempts: int = 0
     metrics: dict[str, float] = Field(default_factory=dict)
     mlflow_run_id: str | None = None
-    error: str | None = None
+    error: str | None = None  # the end of the failed trial's traceback (`resnet-orch logs SWEEP TRIAL`)
+    reason: str | None = None  # why it failed, in one line (the restart policy's verdict, the error message)
     # Why a trial that Tune started has not moved on (`waiting for nodes`: its workers' placement group is not
     # ready); `status` shows it after the state. Cleared by every state change.
     waiting: str | None = None
@@ -141,6 +142,30 @@ class SweepRecord(BaseModel):
     local: bool = True
 
 
+class Champion(BaseModel):
+    """The registered model's `champion` alias once a sweep has finished: the version with the lowest validation
+    top-1 error of every sweep registering under that name (a sweep's best takes it only by being strictly better)."""
+
+    model: str  # registered model name
+    version: str
+    val_top1_err: float
+    sweep_id: str | None = None  # the sweep that registered that version
+    # This sweep's best version, when it did not beat the champion (None: it is the champion, or had no version).
+    challenger_version: str | None = None
+    challenger_val_top1_err: float | None = None
+
+    def describe(self) -> str:
+        """`quickstart version 3 (val top-1 error 12.50%, sweep quickstart-...)` and, if kept, the challenger."""
+        source = f", sweep {self.sweep_id}" if self.sweep_id else ""
+        text = f"{self.model} version {self.version} (val top-1 error {100 * self.val_top1_err:.2f}%{source})"
+        if self.challenger_version is not None and self.challenger_val_top1_err is not None:
+            text += (
+                f"; kept: this sweep's best, version {self.challenger_version} at "
+                f"{100 * self.challenger_val_top1_err:.2f}%, is not better"
+            )
+        return text
+
+
 class SweepProgress(BaseModel):
     """What the driver knows: rewritten (atomically) on every trial event. One writer at a time."""
 
@@ -150,6 +175,7 @@ class SweepProgress(BaseModel):
     trials: list[TrialStatus]
     error: str | None = None  # why the driver gave up on the whole sweep
     budget_used: BudgetUse = Field(default_factory=BudgetUse)
+    champion: Champion | None = None  # set when the sweep's driver finishes
     updated_at: float = Field(default_factory=time.time)
 
     def trial(self, trial_id: str) -> TrialStatus:
@@ -158,15 +184,17 @@ class SweepProgress(BaseModel):
                 return trial
         raise KeyError(f"sweep {self.sweep} has no trial {trial_id!r}")
 
-    def move(self, trial_id: str, new: TrialState, *, error: str | None = None) -> TrialStatus:
+    def move(
+        self, trial_id: str, new: TrialState, *, error: str | None = None, reason: str | None = None
+    ) -> TrialStatus:
         trial = self.trial(trial_id)
         check_transition(trial.state, new)
         trial.state = new
         trial.waiting = None
-        if error is not None:
-            trial.error = error
+        if error is not None or reason is not None:
+            trial.error, trial.reason = error, reason
         elif new in (TrialState.RUNNING, TrialState.SUCCEEDED):
-            trial.error = None
+            trial.error = trial.reason = None
         return trial
 
     def requeue_unfinished(self) -> list[str]:
@@ -190,6 +218,7 @@ class SweepProgress(BaseModel):
             "state": self.state.value,
             "budget_used": self.budget_used.model_dump(mode="json"),
             "trials": [t.model_dump(mode="json") for t in self.trials],
+            "champion": self.champion.model_dump(mode="json") if self.champion is not None else None,
         }
 
 

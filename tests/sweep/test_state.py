@@ -8,6 +8,7 @@ import pytest
 
 from orchestrator.sweep.state import (
     TRANSITIONS,
+    Champion,
     InvalidTransition,
     SweepProgress,
     SweepState,
@@ -149,6 +150,26 @@ def test_progress_round_trip_and_json_shape(tmp_path: Path) -> None:
     assert load_progress(path) == progress
     assert not list(tmp_path.glob(".*.tmp"))  # the atomic write left no temp file
     payload = progress.as_json()
-    assert set(payload) == {"sweep", "state", "budget_used", "trials"}
-    assert set(payload["trials"][0]) >= {"id", "config", "state", "attempts", "metrics", "mlflow_run_id"}
+    assert set(payload) == {"sweep", "state", "budget_used", "trials", "champion"}
+    assert set(payload["trials"][0]) >= {"id", "config", "state", "attempts", "metrics", "mlflow_run_id", "reason"}
     assert payload["trials"][0]["state"] == "RUNNING"
+
+
+def test_a_failed_trial_keeps_its_reason_until_it_runs_again() -> None:
+    progress = _progress(TrialState.RUNNING)
+    trial_id = progress.trials[0].id
+    progress.move(trial_id, TrialState.FAILED, error="Traceback ...\nRuntimeError: boom", reason="boom")
+    assert (progress.trials[0].error, progress.trials[0].reason) == ("Traceback ...\nRuntimeError: boom", "boom")
+    progress.requeue_unfinished()
+    assert progress.trials[0].reason == "boom"  # PENDING again, the last failure still explains it
+    progress.move(trial_id, TrialState.RUNNING)
+    assert (progress.trials[0].error, progress.trials[0].reason) == (None, None)
+
+
+def test_champion_says_which_version_and_why_it_was_kept() -> None:
+    crowned = Champion(model="m", version="3", val_top1_err=0.125, sweep_id="m-1")
+    assert crowned.describe() == "m version 3 (val top-1 error 12.50%, sweep m-1)"
+    kept = crowned.model_copy(update={"challenger_version": "5", "challenger_val_top1_err": 0.125})
+    assert kept.describe() == (
+        "m version 3 (val top-1 error 12.50%, sweep m-1); kept: this sweep's best, version 5 at 12.50%, is not better"
+    )

@@ -62,7 +62,7 @@ def _sweep(tmp_path: Path, shards: str, **overrides: Any) -> Path:
             "precision": "fp32",
             "schedule": "cosine",
         },
-        "data": {"train": shards, "val": shards, "num_threads": 1},
+        "data": {"train": shards, "val": shards, "allow_val_equals_train": True, "num_threads": 1},
         "resources": {"workers": 2, "cpus_per_worker": 1},
         "max_concurrent_trials": 1,
         "checkpoint": {"every_steps": 2, "keep": 3},

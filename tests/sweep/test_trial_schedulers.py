@@ -13,7 +13,7 @@ from ray.tune.schedulers import ASHAScheduler, MedianStoppingRule, TrialSchedule
 from orchestrator.sweep.config import parse_sweep
 from orchestrator.sweep.trial_schedulers import EpochEnds, build_scheduler
 
-BASE: dict[str, Any] = {"name": "t", "data": {"train": "/shards", "val": "/shards"}, "recipe": {"epochs": 20}}
+BASE: dict[str, Any] = {"name": "t", "data": {"train": "/shards/train", "val": "/shards/val"}, "recipe": {"epochs": 20}}
 CONTINUE, STOP = TrialScheduler.CONTINUE, TrialScheduler.STOP
 
 

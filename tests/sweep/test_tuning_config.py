@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.sweep.config import ConfigError, parse_sweep
 
-BASE: dict[str, Any] = {"name": "t", "data": {"train": "/shards", "val": "/shards"}}
+BASE: dict[str, Any] = {"name": "t", "data": {"train": "/shards/train", "val": "/shards/val"}}
 
 
 def test_search_draws_num_samples_per_grid_point_from_tune_seeded_by_the_sweep_seed() -> None:
