@@ -21,6 +21,7 @@ from orchestrator.sweep.layout import create_sweep, embedded_tracking_uri, load_
 from orchestrator.sweep.scheduling import run_sweep
 from orchestrator.sweep.state import SweepProgress, SweepState, TrialState
 from tests.learnable_images import CLASSES, VAL_PER_CLASS
+from tests.s3_environment import s3_environment
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -55,7 +56,7 @@ def home(tmp_path_factory: pytest.TempPathFactory, s3_server: SeaweedFS) -> Iter
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RESNET_ORCH_HOME", str(home))
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        with in_process_ray(num_cpus=3, trial_drivers=True):
+        with s3_environment(s3_server), in_process_ray(num_cpus=3, trial_drivers=True):
             yield home
 
 

@@ -39,6 +39,7 @@ from orchestrator.training.checkpointing import (
 )
 from orchestrator.training.trial import TrialResult, open_checkpoint, run_trial, storage_location
 from tests.learnable_images import TRAIN_PER_CLASS, VAL_PER_CLASS
+from tests.s3_environment import s3_environment
 from tests.training.checkpoint_tampering import flip_bit, plant_payload, truncate
 
 pytestmark = pytest.mark.timeout(1800)
@@ -60,8 +61,8 @@ EPOCH_KEYS = ("epoch_samples", "epoch_train_loss", "val_samples", "val_top1_err"
 
 @pytest.fixture(scope="module")
 def ray_cluster(s3_server: SeaweedFS) -> Iterator[None]:
-    # Started after the S3 server: Ray's workers inherit the AWS_* variables that point at it.
-    with in_process_ray(num_cpus=4):
+    # Ray's workers inherit the AWS_* variables that point at the S3 server, set as it gives them.
+    with s3_environment(s3_server), in_process_ray(num_cpus=4):
         yield
 
 
