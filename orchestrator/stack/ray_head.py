@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.stack import processes
-from orchestrator.stack.processes import LOOPBACK, ServiceRecord, free_port
+from orchestrator.stack.processes import LOOPBACK, ServiceRecord, environment, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def in_process_ray(num_cpus: int, *, trial_drivers: bool = False) -> Iterator[No
             ray.shutdown()
         return
     dashboard_port = free_port()
-    with _environment(DASHBOARD_METRIC_PORT=str(free_port()), AUTOSCALER_METRIC_PORT=str(free_port())):
+    with environment(DASHBOARD_METRIC_PORT=str(free_port()), AUTOSCALER_METRIC_PORT=str(free_port())):
         ray.init(
             num_cpus=num_cpus,
             resources={TRIAL_DRIVER_RESOURCE: TRIAL_DRIVER_SLOTS},
@@ -167,25 +167,10 @@ def in_process_ray(num_cpus: int, *, trial_drivers: bool = False) -> Iterator[No
             dashboard_port=dashboard_port,
         )
     try:
-        with _environment(RAY_ADDRESS=f"http://{LOOPBACK}:{dashboard_port}"):
+        with environment(RAY_ADDRESS=f"http://{LOOPBACK}:{dashboard_port}"):
             yield
     finally:
         ray.shutdown()
-
-
-@contextlib.contextmanager
-def _environment(**values: str) -> Iterator[None]:
-    """These environment variables set while the context lasts, the previous values back afterwards."""
-    saved = {key: os.environ.get(key) for key in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def start(
