@@ -43,6 +43,7 @@ import numpy as np
 import pytest
 
 from orchestrator.stack.seaweedfs import SeaweedFS
+from tests.s3_environment import s3_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
@@ -94,11 +95,7 @@ def _restore_rng() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[SeaweedFS]:
-    with SeaweedFS() as server, pytest.MonkeyPatch.context() as mp:
-        for key, value in server.aws_env().items():
-            mp.setenv(key, value)
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
-            mp.delenv(key, raising=False)
+    with SeaweedFS() as server, s3_environment(server):
         yield server
 
 
