@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from orchestrator.sweep.config import TrialConfig
-from orchestrator.sweep.tracking import models_uri, pull_model
+from orchestrator.sweep.tracking import models_uri, pull_model, use_store
 
 PullFormat = Literal["export", "torchscript", "state-dict"]
 PULL_FORMATS: tuple[str, ...] = get_args(PullFormat)
@@ -28,13 +28,11 @@ _EXAMPLE_BATCH = 2
 
 def write_model_file(tracking_uri: str, model_uri: str, output: Path, fmt: PullFormat = "export") -> Path:
     """Write the registered model `model_uri` (`name@alias`, `name/3`, `models:/...`) to `output` as `fmt`."""
-    import mlflow
     import torch
     from mlflow.models import get_model_info
 
     # get_model_info resolves `models:/` through the process's registry: the store given here, not MLflow's default.
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    use_store(tracking_uri)
     info = get_model_info(models_uri(model_uri))
     module = pull_model(tracking_uri, model_uri)
     shape = info.signature.inputs.inputs[0].shape

@@ -269,8 +269,7 @@ def log_trial_model(
     with torch.no_grad():
         output = model(example)
     signature = infer_signature(example.numpy(), output.numpy())
-    mlflow.set_tracking_uri(tracker.tracking_uri)
-    mlflow.set_registry_uri(tracker.tracking_uri)
+    use_store(tracker.tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             model,
@@ -300,10 +299,17 @@ def models_uri(model_uri: str) -> str:
     return model_uri if model_uri.startswith(("models:/", "runs:/")) else f"models:/{model_uri}"
 
 
+def use_store(tracking_uri: str) -> None:
+    """Point this process's MLflow fluent API (runs and the `models:/` registry) at `tracking_uri`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+
+
 def pull_model(tracking_uri: str, model_uri: str) -> Any:
     """`models:/name@alias` (or `name@alias`, `name/3`) -> the module `mlflow.pytorch.load_model` gives."""
     import mlflow.pytorch
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
+    use_store(tracking_uri)
     return mlflow.pytorch.load_model(models_uri(model_uri), map_location="cpu")
