@@ -62,7 +62,7 @@ WORKERS = 2
 WARMUP_STEPS = 5  # GPU part
 
 
-def trial_config(name: str, shards: str, storage: str, epochs: int, chaos: ChaosConfig | None = None) -> TrialConfig:
+def trial_config(name: str, shards: str, storage: str, epochs: int, chaos: tuple[ChaosConfig, ...] = ()) -> TrialConfig:
     return TrialConfig(
         trial_id=name,
         sweep_name="bench-overhead",
@@ -226,7 +226,7 @@ def main() -> None:
         with in_process_ray(num_cpus=WORKERS + 2):
             if not args.only_startup:
                 numbers |= step_time_rounds(shards, storage, Path(tmp), args.epochs, args.rounds)
-                chaos = trial_config("overhead-kill", shards, storage, 1, ChaosConfig(kill_rank=1, at_step=8))
+                chaos = trial_config("overhead-kill", shards, storage, 1, (ChaosConfig(kill_rank=1, at_step=8),))
                 numbers["kill_to_next_step_s"] = kill_to_next_step(chaos, storage, Path(tmp, "reports-kill.jsonl"))
             numbers |= per_trial_overhead(shards, storage, max(2, args.trials))
         numbers["load_average_1m"] = os.getloadavg()[0]

@@ -376,9 +376,10 @@ def _write_shard_task(task: tuple[ShardJob, ShardPlan, str]) -> dict[str, Any]:
     return job.write_shard(plan, plan_hash, map, lambda n: None)
 
 
-def read_manifest(uri: str) -> dict[str, Any]:
-    """The manifest of the shard set at `uri`; StorageError/ShardingError when absent or not ours."""
-    store = open_store(uri)
+def read_manifest(uri: str, store: Store | None = None) -> dict[str, Any]:
+    """The manifest of the shard set at `uri` (read through `store` if given); StorageError/ShardingError when absent
+    or not ours."""
+    store = store if store is not None else open_store(uri)
     if not store.exists(MANIFEST_NAME):
         raise ShardingError(
             f"{store.location.join(MANIFEST_NAME)} not found: {uri} is not a complete shard set; "

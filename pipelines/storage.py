@@ -147,15 +147,19 @@ class S3Settings:
         return pyarrow.fs.S3FileSystem(**kwargs)
 
 
-def s3_client() -> Any:
+def s3_client(**config: Any) -> Any:
     """boto3 S3 client from the standard AWS environment/profile (profiles and instance roles included);
-    path-style when an endpoint is set (see `S3Settings`)."""
+    path-style when an endpoint is set (see `S3Settings`). `config`: botocore `Config` options over the defaults
+    (e.g. short timeouts and one attempt for a quick look)."""
     import boto3
     from botocore.config import Config
 
     addressing = "path" if S3Settings.from_env().endpoint_url else "auto"
-    config = Config(s3={"addressing_style": addressing}, retries={"max_attempts": 5, "mode": "standard"})
-    return boto3.session.Session().client("s3", config=config)
+    options: dict[str, Any] = {
+        "s3": {"addressing_style": addressing},
+        "retries": {"max_attempts": 5, "mode": "standard"},
+    }
+    return boto3.session.Session().client("s3", config=Config(**(options | config)))
 
 
 def describe_s3_error(exc: Exception, uri: str) -> StorageError:
@@ -279,13 +283,15 @@ class S3Store:
             raise describe_s3_error(exc, self.location.join(name)) from exc
 
     def size(self, name: str) -> int | None:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
         except ClientError as exc:
             if str(exc.response.get("Error", {}).get("Code")) in {"404", "NoSuchKey", "NotFound"}:
                 return None
+            raise describe_s3_error(exc, self.location.join(name)) from exc
+        except BotoCoreError as exc:  # no credentials, no connection
             raise describe_s3_error(exc, self.location.join(name)) from exc
         return int(head["ContentLength"])
 
@@ -337,6 +343,7 @@ class S3Store:
         self._call("", "head_bucket")
 
 
-def open_store(uri: str) -> Store:
+def open_store(uri: str, **s3_config: Any) -> Store:
+    """The store at `uri`; `s3_config`: botocore options of its S3 client (see `s3_client`)."""
     location = parse_uri(uri)
-    return S3Store(location) if location.is_s3 else LocalStore(location)
+    return S3Store(location, s3_client(**s3_config)) if location.is_s3 else LocalStore(location)

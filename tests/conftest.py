@@ -16,6 +16,8 @@ Session-scoped (started once, cleaned up at the end):
 * `tiny_images_dir` -> Path: always generated, `TINY_CLASSES` classes x `TINY_PER_CLASS` small JPEGs +
   labels.tsv (seconds to decode on any backend); `tiny_shards_local` -> str: it sharded, 3+ shards;
   `tiny_shards_s3` -> str: the same in `s3_bucket`.
+* `learnable_shards_s3` -> (train URI, val URI): the ten texture classes of `tests/learnable_images.py` (a net
+  learns them in a few epochs; train and val images apart), written by `resnet-orch data shard` to S3.
 * `cifar_archive` -> Path: a small `cifar-10-python.tar.gz` in the real format (`write_cifar_archive`): five
   training batches of `CIFAR_PER_BATCH` images and a test batch of `CIFAR_TEST`, random pixels and labels.
 
@@ -41,6 +43,7 @@ import numpy as np
 import pytest
 
 from orchestrator.stack.seaweedfs import SeaweedFS
+from tests.s3_environment import s3_environment
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_SAMPLE = REPO_ROOT.parent / "shared" / "data" / "imagenet-sample"
@@ -92,11 +95,7 @@ def _restore_rng() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[SeaweedFS]:
-    with SeaweedFS() as server, pytest.MonkeyPatch.context() as mp:
-        for key, value in server.aws_env().items():
-            mp.setenv(key, value)
-        for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_PROFILE"):
-            mp.delenv(key, raising=False)
+    with SeaweedFS() as server, s3_environment(server):
         yield server
 
 
@@ -189,6 +188,20 @@ def tiny_shards_s3(tiny_images_dir: Path, s3_bucket: str) -> str:
     uri = f"s3://{s3_bucket}/tiny"
     shard_dataset(tiny_images_dir, uri, shard_bytes=60_000)
     return uri
+
+
+@pytest.fixture(scope="session")
+def learnable_shards_s3(tmp_path_factory: pytest.TempPathFactory, s3_bucket: str) -> tuple[str, str]:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from tests.learnable_images import TRAIN_PER_CLASS, VAL_PER_CLASS, write_dataset
+
+    root = write_dataset(tmp_path_factory.mktemp("learnable"), TRAIN_PER_CLASS, VAL_PER_CLASS)
+    uri = f"s3://{s3_bucket}/learnable"
+    done = CliRunner().invoke(app, ["data", "shard", str(root), uri, "--shard-size", "200KB", "--json"])
+    assert done.exit_code == 0, done.output
+    return f"{uri}/train", f"{uri}/val"
 
 
 def write_cifar_archive(path: Path, per_batch: int = CIFAR_PER_BATCH, test: int = CIFAR_TEST, seed: int = 0) -> Path:

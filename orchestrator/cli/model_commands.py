@@ -1,4 +1,5 @@
-"""`resnet-orch summary`: the layers, parameters and multiply-adds of a registered model (`models.summary`)."""
+"""`resnet-orch summary`: the layers, parameters and multiply-adds of a registered model (`models.summary`);
+`resnet-orch bench`: its training throughput on this machine, stored for `validate`'s GPU-hour estimates."""
 
 from __future__ import annotations
 
@@ -33,5 +34,30 @@ def summary(
     out().print(table)
 
 
+def bench(
+    name: str = typer.Argument(..., help="registered model, e.g. resnet50, test_resnet"),
+    image_size: int = typer.Option(224, min=8, help="input resolution the sweep trains at"),
+    batch_size: int = typer.Option(64, min=1, help="images per step on the one device"),
+    steps: int = typer.Option(20, min=1, help="timed steps (after 3 warm-up steps)"),
+) -> None:
+    """Measure training images/s of one device here (the first GPU, else the CPU) and store it under the home."""
+    from models import list_models
+    from orchestrator.sweep.layout import orch_home
+    from orchestrator.training.throughput import measure, save_figure
+
+    if name not in list_models():
+        raise fail(f"{name!r} is not a registered model; choose one of {', '.join(sorted(list_models()))}")
+    figure = measure(name, image_size, batch_size, steps)
+    path = save_figure(orch_home(), figure)
+    out().print(
+        f"{figure.model} at {figure.image_size}px on {figure.hardware}: {figure.images_per_s:,.1f} images/s "
+        f"({figure.macs_per_image / 1e9:.3f} GMACs per image, batch {figure.batch_size}, {figure.steps} steps); "
+        f"stored in {path}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
 def register(app: typer.Typer) -> None:
+    app.command("bench", help="Training throughput of a model on this machine, for validate's estimates.")(bench)
     app.command("summary", help="Layers, parameters and multiply-adds of a registered model.")(summary)

@@ -7,6 +7,7 @@ prints. Bad input (a sweep file, an unknown sweep id) prints one clear message a
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -24,10 +25,11 @@ from orchestrator.sweep.layout import (
     list_sweep_ids,
     load_sweep_progress,
     load_sweep_record,
+    orch_home,
     preview,
     resolve_sweep_id,
 )
-from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState, TrialState
+from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState
 from orchestrator.training.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S
 
 
@@ -36,6 +38,19 @@ def _load(path: Path) -> SweepConfig:
         return load_sweep(path)
     except ConfigError as exc:
         raise fail(str(exc)) from None
+
+
+def _check_data(sweep_file: Path, config: SweepConfig, *, on_this_machine: bool = True) -> None:
+    """Refuse (exit 2) a sweep whose shard sets are incomplete or do not fit its models; warn about those not
+    reachable from here."""
+    from orchestrator.sweep.data_check import DataError, check_data
+
+    try:
+        warnings = check_data(config, on_this_machine=on_this_machine)
+    except DataError as exc:
+        raise fail("\n".join(f"{sweep_file}: {line}" for line in str(exc).splitlines())) from None
+    for warning in warnings:
+        warn(f"{sweep_file}: {warning}")
 
 
 def _sweep_id(text: str | None) -> str:
@@ -52,15 +67,20 @@ def validate(
     sweep_file: Path = typer.Argument(..., help="the sweep YAML"),
     as_json: bool = typer.Option(False, "--json", help="print the trials as one JSON object"),
 ) -> None:
-    """Check a sweep file and print its expanded trials (nothing is submitted)."""
+    """Check a sweep file and its data, and print its expanded trials (nothing is submitted)."""
+    from orchestrator.sweep.estimate import add_estimates
+
     config = _load(sweep_file)
-    described = preview(config)
+    _check_data(sweep_file, config)
+    described = add_estimates(config, preview(config), orch_home())
     if as_json:
         out().print_json(json.dumps({"sweep": config.name, "trials": described}))
         return
     out().print(f"{sweep_file}: valid; sweep [bold]{config.name}[/bold]: {len(described)} trials")
     for item in described:
         out().print(f"\n[bold]{item['id']}[/bold]  {item['macs_per_image'] / 1e9:.3f} GMACs per image")
+        for line in item["estimate"]:
+            out().print(line, highlight=False, soft_wrap=True)
         out().print_json(json.dumps(item["config"]))
 
 
@@ -103,6 +123,9 @@ def submit(
 ) -> None:
     """Queue a sweep's trials on a Ray cluster; prints the sweep id."""
     config = _load(sweep_file)
+    # Paths of a remote cluster's nodes may not exist here: only a sweep for this machine's Ray must find them here.
+    remote = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    _check_data(sweep_file, config, on_this_machine=not remote)
     url, local = _cluster(address)
     try:
         record = create_sweep(sweep_file, config, ray_address=url)
@@ -156,10 +179,15 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 2) -> str:
 
 
 def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> Table:
-    table = Table(title=f"{sweep_id}: {state}")
+    caption = f"champion: {progress.champion.describe()}" if progress.champion is not None else None
+    table = Table(title=f"{sweep_id}: {state}", caption=caption)
     table.add_column("trial", no_wrap=True)
     for column in ("model", "residual", "shortcut", "state", "attempt", "epoch", "best top-1 err %", "images/s"):
         table.add_column(column)
+    # Why a trial failed, in its own words (the restart policy's verdict, the error), only when one did.
+    reasons = any(trial.reason for trial in progress.trials)
+    if reasons:
+        table.add_column("reason", overflow="fold")
     for trial in progress.trials:
         model = trial.config["model"]
         metrics = trial.metrics
@@ -173,6 +201,7 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
             _fmt(metrics.get(EPOCH), digits=0),
             _fmt(metrics.get(BEST_METRIC), 100.0),
             _fmt(metrics.get(IMAGES_PER_S), digits=1),
+            *([Text(trial.reason or "-")] if reasons else []),
         )
     return table
 
@@ -190,7 +219,10 @@ def status(
         typer.echo(json.dumps(payload))
         return
     out().print(_status_table(sweep_id, state, progress))
-    if progress.error:
+    if state == SweepState.BUDGET_EXHAUSTED:
+        # Not an error: the sweep did what its `budget:` allowed (the line names the limit and what was spent).
+        out().print(Text(f"{progress.error}; unfinished trials stopped or never started", style="yellow"))
+    elif progress.error:
         err().print(Text(f"sweep error: {progress.error}", style="red"), soft_wrap=True)
 
 
@@ -203,7 +235,7 @@ def list_sweeps() -> None:
     for sweep_id in list_sweep_ids():
         record = load_sweep_record(sweep_id)
         state, progress, _ = jobs.current_state(record)
-        done = sum(t.state == TrialState.SUCCEEDED for t in progress.trials)
+        done = sum(t.state.is_final for t in progress.trials)  # finished, or stopped early by the scheduler
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created_at))
         table.add_row(sweep_id, state.value, f"{done}/{len(progress.trials)}", created)
     out().print(table)
@@ -243,22 +275,33 @@ def cancel(sweep: str = typer.Argument(..., help="sweep id (or a unique prefix)"
 # ---- models and reports ----------------------------------------------------------------------------------------
 
 
+PULL_FORMATS = ("export", "torchscript", "state-dict")  # `sweep.model_files.PullFormat`, without importing it
+
+
 def pull(
     model: str = typer.Argument(..., help="NAME@ALIAS or NAME/VERSION, e.g. quickstart@champion"),
-    output: Path = typer.Option(..., "-o", "--output", help="the TorchScript file to write"),
+    output: Path = typer.Option(..., "-o", "--output", help="the file to write, e.g. model.pt2"),
+    fmt: str = typer.Option(
+        "export",
+        "--format",
+        help="export: a torch.export program (torch.export.load); torchscript: torch.jit.load; "
+        "state-dict: the weights with the model's registry name and kwargs (torch.load, weights_only=True)",
+    ),
     tracking_uri: str | None = typer.Option(None, "--tracking-uri", help="default: the embedded store"),
 ) -> None:
-    """Download a registered model as TorchScript (`torch.jit.load(path)`; no MLflow or resnet-orch needed)."""
+    """Download a registered model as one file that needs neither MLflow nor resnet-orch to load."""
+    if fmt not in PULL_FORMATS:
+        raise fail(f"--format {fmt!r}: choose one of {', '.join(PULL_FORMATS)}")
     from mlflow.exceptions import MlflowException
 
     from orchestrator.sweep.layout import tracking_uri as resolved_tracking_uri
-    from orchestrator.sweep.tracking import save_torchscript
+    from orchestrator.sweep.model_files import write_model_file
 
     try:
-        save_torchscript(resolved_tracking_uri(tracking_uri), model, output)
+        write_model_file(resolved_tracking_uri(tracking_uri), model, output, fmt)  # type: ignore[arg-type]
     except MlflowException as exc:
         raise fail(f"{model}: {exc.message}") from None
-    out().print(f"{model} -> {output}", highlight=False)
+    out().print(f"{model} -> {output} ({fmt})", highlight=False, soft_wrap=True)
 
 
 def report(
@@ -281,7 +324,8 @@ def report(
     except (MlflowException, OSError) as exc:
         warn(f"no curves: the MLflow store at {record.tracking_uri} did not answer ({type(exc).__name__}: {exc})")
         curves = {}
-    text, md, png, curves_png = write_report(progress.as_json()["trials"], sweep_id, output, curves)
+    champion = progress.champion.describe() if progress.champion is not None else None
+    text, md, png, curves_png = write_report(progress.as_json()["trials"], sweep_id, output, curves, champion)
     typer.echo(text)
     written = [str(path) for path in (md, png, curves_png) if path is not None]
     out().print(f"wrote {', '.join(written)}", highlight=False)

@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +78,24 @@ def child_env(**overrides: str) -> dict[str, str]:
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.update(overrides)
     return env
+
+
+@contextlib.contextmanager
+def environment(remove: tuple[str, ...] = (), **values: str) -> Iterator[None]:
+    """While the context lasts, this process's environment has `values` set and the `remove` names unset; every
+    variable it touched has its previous value (or absence) back afterwards."""
+    saved = {key: os.environ.get(key) for key in (*remove, *values)}
+    for key in remove:
+        os.environ.pop(key, None)
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def free_port(max_port: int = 65535) -> int:

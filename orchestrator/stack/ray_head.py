@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.stack import processes
-from orchestrator.stack.processes import LOOPBACK, ServiceRecord, free_port
+from orchestrator.stack.processes import LOOPBACK, ServiceRecord, environment, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -137,20 +137,38 @@ def gcs_healthy(dashboard_url: str) -> bool:
 
 
 @contextlib.contextmanager
-def in_process_ray(num_cpus: int) -> Iterator[None]:
+def in_process_ray(num_cpus: int, *, trial_drivers: bool = False) -> Iterator[None]:
     """A Ray started inside this process for `run_trial` called directly (tests, benchmarks), shut down after.
 
-    No head, no dashboard and no trial-driver resource: there is no Tune driver to schedule. Its workers inherit
-    this process's environment (e.g. the AWS_* variables of an S3 server started before).
+    No head and no dashboard, unless `trial_drivers=True`: then it is what a sweep's Tune driver
+    (`sweep.scheduling.run_sweep`, run in this process) needs of a head: the trial-driver resource, and the dashboard
+    that serves the state API, found through RAY_ADDRESS while the context lasts (as in a Ray job's driver). Its
+    workers inherit this process's environment (e.g. the AWS_* variables of an S3 server started before).
     """
     import ray
 
     # Token auth stays on without our help: with RAY_AUTH_MODE unset, `ray.init` turns it on for a new cluster and
     # refreshes the config Ray cached at import (setting the variable here, after `import ray`, would split the
     # modes of this process and its GCS).
-    ray.init(num_cpus=num_cpus, include_dashboard=False)
+    if not trial_drivers:
+        ray.init(num_cpus=num_cpus, include_dashboard=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+        return
+    dashboard_port = free_port()
+    with environment(DASHBOARD_METRIC_PORT=str(free_port()), AUTOSCALER_METRIC_PORT=str(free_port())):
+        ray.init(
+            num_cpus=num_cpus,
+            resources={TRIAL_DRIVER_RESOURCE: TRIAL_DRIVER_SLOTS},
+            include_dashboard=True,
+            dashboard_host=LOOPBACK,
+            dashboard_port=dashboard_port,
+        )
     try:
-        yield
+        with environment(RAY_ADDRESS=f"http://{LOOPBACK}:{dashboard_port}"):
+            yield
     finally:
         ray.shutdown()
 

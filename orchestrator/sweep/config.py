@@ -16,10 +16,13 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from orchestrator.sweep import cross_checks
 from orchestrator.sweep.config_errors import PathError, describe_errors, describe_value
 from orchestrator.sweep.job_env import has_password
+from orchestrator.sweep.strict import Strict
+from orchestrator.sweep.tuning_config import BudgetConfig, SchedulerConfig, SearchDomain, check_tuning, sample_search
 from pipelines.names import unsafe_name
 
 # The paper's ImageNet nets (Table 1) and its CIFAR-10 nets of 6n+2 layers (Section 4.2, Table 6).
@@ -39,10 +42,7 @@ class ConfigError(ValueError):
     """A sweep file that cannot run. The message names the file, the YAML path and the fix."""
 
 
-class _Strict(BaseModel):
-    # strict: YAML "0.1" (a string) is not a float, `yes` is not silently a bool; frozen: runtime state is
-    # never written into the parsed config (STYLE.md, torchvision's init_distributed_mode anti-pattern).
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+_Strict = Strict
 
 
 class ModelConfig(_Strict):
@@ -236,6 +236,13 @@ class DataConfig(_Strict):
     num_threads: int | None = Field(default=None, gt=0)
     # Batches DALI prepares ahead of the step; 2 measured best on the 2-core bench (docs/performance.md).
     prefetch_queue_depth: int = Field(default=2, gt=0)
+    # Validating on the training images measures memorisation, not generalisation: refused unless said on purpose
+    # (a smoke run on a sample too small to split); `report` then marks the errors as training-set errors.
+    allow_val_equals_train: bool = False
+
+    @property
+    def val_is_train(self) -> bool:
+        return self.val is not None and cross_checks.same_location(self.val, self.train)
 
 
 class ResourcesConfig(_Strict):
@@ -297,12 +304,25 @@ class TrackingConfig(_Strict):
 
 
 class ChaosConfig(_Strict):
-    """Fault injection for drills: SIGKILL `kill_rank` at `at_step` of each trial's first attempt only."""
+    """One injected fault for drills: SIGKILL `kill_rank` at `at_step` of attempt `attempt` of every trial.
+
+    `chaos:` takes one fault or a list of them; a fault on a later attempt (`attempt: 1`) kills the restarted
+    attempt too, so a drill can fail a trial twice.
+    """
 
     kill_rank: int = Field(ge=0, examples=[0])
     at_step: int = Field(gt=0, examples=[100])
     # `checkpoint`: die while writing the checkpoint of `at_step` (a checkpoint step), so the previous one is used.
     during: Literal["step", "checkpoint"] = "step"
+    # 0: the trial's first attempt; 1: the first restart; ...
+    attempt: int = Field(default=0, ge=0)
+
+
+def _as_faults(value: Any) -> Any:
+    """`chaos:` as a list of faults: one mapping is a list of one, nothing is an empty list."""
+    if value is None:
+        return ()
+    return [value] if isinstance(value, dict | ChaosConfig) else value
 
 
 class TrialConfig(_Strict):
@@ -318,9 +338,14 @@ class TrialConfig(_Strict):
     checkpoint: CheckpointConfig
     storage: str
     max_failures: int = Field(ge=0)
-    chaos: ChaosConfig | None = None
+    chaos: tuple[ChaosConfig, ...] = Field(default=(), strict=False)
     # The submitted sweep's id (`layout.expand` sets it): the trial's Ray Train run and live metrics are named by it.
     sweep_id: str | None = None
+
+    @field_validator("chaos", mode="before")
+    @classmethod
+    def _fault_list(cls, value: Any) -> Any:
+        return _as_faults(value)
 
     @field_validator("model")
     @classmethod
@@ -369,7 +394,20 @@ class SweepConfig(_Strict):
     # True: `storage` is a path every node mounts (NFS, EFS, Lustre), so a multi-node cluster may use it.
     shared_filesystem: bool = False
     tracking: TrackingConfig = TrackingConfig()
-    chaos: ChaosConfig | None = None
+    # One fault (a mapping) or a list of them.
+    chaos: tuple[ChaosConfig, ...] = Field(default=(), strict=False, examples=[{"kill_rank": 0, "at_step": 100}])
+    # Stops trials early (Ray Tune's ASHA or median stopping), samples recipe axes, limits what the sweep spends:
+    # `tuning_config.py`.
+    scheduler: SchedulerConfig | None = None
+    search: dict[str, SearchDomain] = Field(default_factory=dict, examples=[{"lr": {"loguniform": [0.01, 0.5]}}])
+    # Draws of `search:` per grid point (Ray Tune's `num_samples`), seeded by `seed`.
+    num_samples: int = Field(default=1, gt=0)
+    budget: BudgetConfig | None = None
+
+    @field_validator("chaos", mode="before")
+    @classmethod
+    def _fault_list(cls, value: Any) -> Any:
+        return _as_faults(value)
 
     @field_validator("name")
     @classmethod
@@ -391,41 +429,25 @@ class SweepConfig(_Strict):
                 raise PathError(("grid", axis), "is empty; list at least one value or remove the axis")
             for index, value in enumerate(values):
                 _check_axis_value(self, axis, index, value)
-        for trial in self._combinations():
-            workers = self.resources.workers
-            batch = trial["recipe"].batch_size
-            if batch % workers:
-                raise PathError(
-                    ("recipe", "batch_size"),
-                    f"{batch} is not divisible by resources.workers={workers}; choose a multiple of {workers}",
-                )
-        if self.recipe.max_steps is not None and ("epochs" in self.recipe.model_fields_set or "epochs" in self.grid):
-            raise PathError(
-                ("recipe", "max_steps"), "replaces recipe.epochs (training stops after max_steps); remove epochs"
-            )
-        if "max_steps" in self.grid and ("epochs" in self.recipe.model_fields_set or "epochs" in self.grid):
-            raise PathError(
-                ("grid", "max_steps"), "replaces recipe.epochs (training stops after max_steps); remove epochs"
-            )
-        protocols = {p for trial in self._combinations() for p in trial["recipe"].eval.protocols}
-        if protocols and self.data.val is None:
-            raise PathError(
-                ("recipe", "eval", "protocols"),
-                f"{sorted(protocols)} evaluate on data.val, which is not set; add data.val or remove the protocols",
-            )
-        if self.chaos is not None and self.chaos.kill_rank >= self.resources.workers:
-            raise PathError(
-                ("chaos", "kill_rank"),
-                f"{self.chaos.kill_rank} is not a rank of a {self.resources.workers}-worker trial; "
-                f"choose 0..{self.resources.workers - 1}",
-            )
+        check_tuning(self, _RECIPE_AXES, lambda loc, axis, value: _check_axis_value(self, axis, 0, value, loc))
+        recipes = [c["recipe"] for c in self._combinations()]
+        cross_checks.check_stop(self.recipe, self.grid)
+        milestones_given = "milestones" in self.recipe.model_fields_set or "milestones" in self.grid
+        for recipe in recipes:
+            cross_checks.check_recipe(recipe, self.resources.workers, milestones_given=milestones_given)
+        cross_checks.check_protocols(recipes, self.data)
+        cross_checks.check_faults(self.chaos, self.resources.workers, recipes)
+        cross_checks.check_val(self.data)
         return self
 
     def _combinations(self) -> list[dict[str, Any]]:
+        """Ray Tune's order: `num_samples` passes over the grid, each grid point with its own draw of `search:`."""
         axes = list(self.grid)
+        points = list(itertools.product(*(self.grid[a] for a in axes)))
+        draws = iter(sample_search(self.search, self.num_samples * len(points), self.seed))
         combos: list[dict[str, Any]] = []
-        for values in itertools.product(*(self.grid[a] for a in axes)):
-            chosen = dict(zip(axes, values, strict=True))
+        for values in [p for _ in range(self.num_samples) for p in points]:
+            chosen = {**dict(zip(axes, values, strict=True)), **next(draws)}
             model_overrides = {k: v for k, v in chosen.items() if k in _MODEL_AXES}
             recipe_overrides = {k: v for k, v in chosen.items() if k in _RECIPE_AXES}
             combos.append(
@@ -471,13 +493,17 @@ def trial_id(index: int, axes: dict[str, Any]) -> str:
             parts.append("residual" if value else "plain")
         elif isinstance(value, bool):
             parts.append(axis if value else f"no-{axis}")
+        elif isinstance(value, float):
+            parts.append(f"{axis}{value:.4g}")  # a sampled lr such as 0.0123456789 reads as lr0.01235
         else:
             parts.append(f"{axis}{value}".replace("/", "-"))
     return "-".join(parts)
 
 
-def _check_axis_value(sweep: SweepConfig, axis: str, index: int, value: Any) -> None:
-    loc = ("grid", axis, index)
+def _check_axis_value(
+    sweep: SweepConfig, axis: str, index: int, value: Any, loc: tuple[str | int, ...] | None = None
+) -> None:
+    loc = loc or ("grid", axis, index)
     if axis == "seed":
         if type(value) is not int:
             raise PathError(loc, f"{value!r} is not an integer seed; write whole numbers, e.g. seed: [0, 1, 2]")

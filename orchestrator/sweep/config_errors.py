@@ -75,9 +75,13 @@ def _members(annotation: Any) -> tuple[Any, ...]:
 
 
 def _section(field: FieldInfo | None) -> type[BaseModel] | None:
-    nested = (
-        [m for m in _members(field.annotation) if isinstance(m, type) and issubclass(m, BaseModel)] if field else []
-    )
+    """The config class a field holds: itself, or the items of a list of them (`chaos: [{...}, {...}]`)."""
+    members = [
+        item
+        for member in (_members(field.annotation) if field else ())
+        for item in (get_args(member) if get_origin(member) in (list, tuple) else (member,))
+    ]
+    nested = [m for m in members if isinstance(m, type) and issubclass(m, BaseModel)]
     return nested[0] if nested else None
 
 
@@ -97,6 +101,8 @@ def _site(loc: Loc, root: type[BaseModel]) -> _Site:
             cls = _section(field)
             if cls is None and len(_members(field.annotation)) > 1 and parts and isinstance(parts[0], str):
                 parts.pop(0)  # e.g. ("recipe", "warmup_epochs", "float"): the tag of the union member that failed
+        elif isinstance(part, int) and cls is not None:
+            owner = None  # an item of a list of sections: its keys are the section's
         else:
             cls = None
     return _Site(tuple(path), owner, field)

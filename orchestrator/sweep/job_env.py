@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from orchestrator.stack.processes import environment
 from pipelines.files import write_atomic
 
 FORWARDED_PREFIXES = ("AWS_", "MLFLOW_", "RESNET_ORCH_")
@@ -168,19 +169,9 @@ def aws_keys_in_a_file() -> Iterator[None]:
     if not keys:
         yield
         return
-    saved = {name: os.environ.get(name) for name in (*keys, "AWS_SHARED_CREDENTIALS_FILE", "AWS_PROFILE")}
     with tempfile.TemporaryDirectory(prefix="resnet-orch-driver-") as folder:  # 0700
         path = Path(folder) / "credentials"
         entries = {TUNE_COPIED_AWS[name]: value for name, value in keys.items()}
         write_atomic(path, f"[{DRIVER_PROFILE}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()), mode=0o600)
-        for name in keys:
-            del os.environ[name]
-        os.environ.update(AWS_SHARED_CREDENTIALS_FILE=str(path), AWS_PROFILE=DRIVER_PROFILE)
-        try:
+        with environment(tuple(keys), AWS_SHARED_CREDENTIALS_FILE=str(path), AWS_PROFILE=DRIVER_PROFILE):
             yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value

@@ -117,6 +117,7 @@ class ReportRow:
     val_classes: int | None
     val_samples: int | None
     paper: list[PaperResult] = field(default_factory=list)
+    val_is_train: bool = False  # validated on its own training images (`data.allow_val_equals_train`)
 
     def ours_for(self, protocol: str) -> Measured | None:
         """Our number with `protocol` if the trial measured it, else the center crop's (a mismatch to mark)."""
@@ -169,6 +170,7 @@ def rows_from_trials(trials: Sequence[Mapping[str, Any]]) -> list[ReportRow]:
                 val_classes=None if classes is None else int(classes),
                 val_samples=None if samples is None else int(samples),
                 paper=paper,
+                val_is_train=bool(trial["config"].get("data", {}).get("allow_val_equals_train")),
             )
         )
     return rows
@@ -178,6 +180,14 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+# The mark of a trial validated on its training images, and the note that explains it under the table.
+VAL_IS_TRAIN_MARK = "†"
+VAL_IS_TRAIN_NOTE = (
+    f"{VAL_IS_TRAIN_MARK} validated on its own training images (data.allow_val_equals_train): training-set errors, "
+    "not comparable to the paper's validation errors."
+)
+
+
 def _val_set(row: ReportRow) -> str:
     if row.val_classes is None or row.val_samples is None:
         return "unknown"
@@ -185,7 +195,8 @@ def _val_set(row: ReportRow) -> str:
 
 
 def _line(row: ReportRow, ours: Measured | None, ref: PaperResult | None) -> str:
-    cells = [row.trial_id, row.architecture, row.state, _val_set(row)]
+    trial = f"{row.trial_id} {VAL_IS_TRAIN_MARK}" if row.val_is_train else row.trial_id
+    cells = [trial, row.architecture, row.state, _val_set(row)]
     cells += [ours.label if ours else "-", _num(ours.top1 if ours else None), _num(ours.top5 if ours else None)]
     if ref is None:
         return "| " + " | ".join([*cells, "-", "-", "-", "-"]) + " |"
@@ -200,7 +211,7 @@ def _line(row: ReportRow, ours: Measured | None, ref: PaperResult | None) -> str
     return "| " + " | ".join([*cells, *paper, protocol, source]) + " |"
 
 
-def markdown(rows: Sequence[ReportRow], title: str) -> str:
+def markdown(rows: Sequence[ReportRow], title: str, champion: str | None = None) -> str:
     lines = [
         f"# {title}",
         "",
@@ -217,6 +228,10 @@ def markdown(rows: Sequence[ReportRow], title: str) -> str:
             lines += [_line(row, row.ours_for(ref.protocol), ref) for ref in row.paper]
         else:
             lines += [_line(row, ours, None) for ours in row.measured.values()] or [_line(row, None, None)]
+    if any(row.val_is_train for row in rows):
+        lines += ["", VAL_IS_TRAIN_NOTE]
+    if champion is not None:
+        lines += ["", f"Champion: {champion}."]
     return "\n".join(lines) + "\n"
 
 
@@ -256,14 +271,19 @@ Curves = Mapping[str, Mapping[str, list[tuple[int, float]]]]
 
 
 def write_report(
-    trials: Sequence[Mapping[str, Any]], sweep_id: str, output: Path, curves: Curves | None = None
+    trials: Sequence[Mapping[str, Any]],
+    sweep_id: str,
+    output: Path,
+    curves: Curves | None = None,
+    champion: str | None = None,
 ) -> tuple[str, Path, Path, Path | None]:
     """`report.md` and `report.png` of a sweep's trials (`status --json` objects) in `output`, and `curves.png` (Figure
     4 style) when `curves` (trial id -> metric -> [(step, error)], from MLflow) has any; returns (the Markdown, the
-    paths of the three files, the curves' None when not drawn)."""
+    paths of the three files, the curves' None when not drawn). The Markdown names the registered model's
+    `champion` if given."""
     rows = rows_from_trials(trials)
     output.mkdir(parents=True, exist_ok=True)
-    text = markdown(rows, f"Sweep {sweep_id}")
+    text = markdown(rows, f"Sweep {sweep_id}", champion)
     md, png = output / "report.md", output / "report.png"
     md.write_text(text, encoding="utf-8")
     plot_comparison(rows, png, sweep_id)

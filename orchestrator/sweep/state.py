@@ -25,29 +25,42 @@ class TrialState(StrEnum):
     SUCCEEDED = "SUCCEEDED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    # The trial scheduler (`scheduler:`, e.g. ASHA) ended it early: a normal outcome, its checkpoints kept.
+    STOPPED = "STOPPED"
+    # The sweep's `budget:` ran out while it ran or before it started.
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
 
     @property
     def is_terminal(self) -> bool:
         """No further progress in this run of the sweep driver (a `resume` may re-queue FAILED/CANCELLED)."""
         return self in _TERMINAL
 
+    @property
+    def is_final(self) -> bool:
+        """Never run again, by this driver or a `resume`: finished, or stopped early by the trial scheduler."""
+        return self in (TrialState.SUCCEEDED, TrialState.STOPPED)
 
-_TERMINAL = frozenset({TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED})
+
+_TERMINAL = frozenset(
+    {TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.STOPPED, TrialState.BUDGET_EXHAUSTED}
+)
 
 # Every allowed edge in one place. RUNNING/RESTARTING -> PENDING: the sweep driver died and `resume` queues the
-# trial again; FAILED/CANCELLED -> PENDING: `resume` retries what did not finish. SUCCEEDED is final: a resumed
-# sweep never re-runs a finished trial.
+# trial again; FAILED/CANCELLED/BUDGET_EXHAUSTED -> PENDING: `resume` retries what did not finish (a budget that is
+# still spent starts none of them: `budget.py`). SUCCEEDED and STOPPED are final: a resumed sweep never re-runs a
+# finished trial, nor one its trial scheduler stopped. PENDING -> BUDGET_EXHAUSTED: the budget ran out before the
+# trial started.
 TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
-    TrialState.PENDING: frozenset({TrialState.RUNNING, TrialState.FAILED, TrialState.CANCELLED}),
-    TrialState.RUNNING: frozenset(
-        {TrialState.RESTARTING, TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.PENDING}
+    TrialState.PENDING: frozenset(
+        {TrialState.RUNNING, TrialState.FAILED, TrialState.CANCELLED, TrialState.BUDGET_EXHAUSTED}
     ),
-    TrialState.RESTARTING: frozenset(
-        {TrialState.RUNNING, TrialState.SUCCEEDED, TrialState.FAILED, TrialState.CANCELLED, TrialState.PENDING}
-    ),
+    TrialState.RUNNING: frozenset({TrialState.RESTARTING, TrialState.PENDING, *_TERMINAL}),
+    TrialState.RESTARTING: frozenset({TrialState.RUNNING, TrialState.PENDING, *_TERMINAL}),
     TrialState.SUCCEEDED: frozenset(),
+    TrialState.STOPPED: frozenset(),
     TrialState.FAILED: frozenset({TrialState.PENDING}),
     TrialState.CANCELLED: frozenset({TrialState.PENDING}),
+    TrialState.BUDGET_EXHAUSTED: frozenset({TrialState.PENDING}),
 }
 
 
@@ -68,21 +81,31 @@ class SweepState(StrEnum):
     FAILED = "FAILED"  # the driver finished and at least one trial failed
     CANCELLED = "CANCELLED"
     INTERRUPTED = "INTERRUPTED"  # the driver died with trials unfinished: `resnet-orch resume SWEEP`
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"  # `budget:` ran out; unfinished trials were stopped or never started
 
     @property
     def is_terminal(self) -> bool:
-        return self in (SweepState.SUCCEEDED, SweepState.FAILED, SweepState.CANCELLED)
+        return self in (SweepState.SUCCEEDED, SweepState.FAILED, SweepState.CANCELLED, SweepState.BUDGET_EXHAUSTED)
 
 
 def final_sweep_state(trial_states: list[TrialState]) -> SweepState:
-    """The sweep's state once its driver has returned."""
+    """The sweep's state once its driver has returned (a trial its scheduler stopped early counts as finished)."""
     if any(not s.is_terminal for s in trial_states):
         return SweepState.INTERRUPTED
     if any(s == TrialState.CANCELLED for s in trial_states):
         return SweepState.CANCELLED
+    if any(s == TrialState.BUDGET_EXHAUSTED for s in trial_states):
+        return SweepState.BUDGET_EXHAUSTED
     if any(s == TrialState.FAILED for s in trial_states):
         return SweepState.FAILED
     return SweepState.SUCCEEDED
+
+
+class BudgetUse(BaseModel):
+    """What the sweep has spent of its `budget:` over all its driver runs (a `resume` adds to it)."""
+
+    wall_s: float = 0.0  # seconds a driver of this sweep ran trials
+    gpu_s: float = 0.0  # GPU-seconds its running trials held (GPUs per trial x seconds running)
 
 
 class TrialStatus(BaseModel):
@@ -94,7 +117,8 @@ class TrialStatus(BaseModel):
     attempts: int = 0
     metrics: dict[str, float] = Field(default_factory=dict)
     mlflow_run_id: str | None = None
-    error: str | None = None
+    error: str | None = None  # the end of the failed trial's traceback (`resnet-orch logs SWEEP TRIAL`)
+    reason: str | None = None  # why it failed, in one line (the restart policy's verdict, the error message)
     # Why a trial that Tune started has not moved on (`waiting for nodes`: its workers' placement group is not
     # ready); `status` shows it after the state. Cleared by every state change.
     waiting: str | None = None
@@ -118,6 +142,30 @@ class SweepRecord(BaseModel):
     local: bool = True
 
 
+class Champion(BaseModel):
+    """The registered model's `champion` alias once a sweep has finished: the version with the lowest validation
+    top-1 error of every sweep registering under that name (a sweep's best takes it only by being strictly better)."""
+
+    model: str  # registered model name
+    version: str
+    val_top1_err: float
+    sweep_id: str | None = None  # the sweep that registered that version
+    # This sweep's best version, when it did not beat the champion (None: it is the champion, or had no version).
+    challenger_version: str | None = None
+    challenger_val_top1_err: float | None = None
+
+    def describe(self) -> str:
+        """`quickstart version 3 (val top-1 error 12.50%, sweep quickstart-...)` and, if kept, the challenger."""
+        source = f", sweep {self.sweep_id}" if self.sweep_id else ""
+        text = f"{self.model} version {self.version} (val top-1 error {100 * self.val_top1_err:.2f}%{source})"
+        if self.challenger_version is not None and self.challenger_val_top1_err is not None:
+            text += (
+                f"; kept: this sweep's best, version {self.challenger_version} at "
+                f"{100 * self.challenger_val_top1_err:.2f}%, is not better"
+            )
+        return text
+
+
 class SweepProgress(BaseModel):
     """What the driver knows: rewritten (atomically) on every trial event. One writer at a time."""
 
@@ -126,6 +174,8 @@ class SweepProgress(BaseModel):
     parent_run_id: str | None = None
     trials: list[TrialStatus]
     error: str | None = None  # why the driver gave up on the whole sweep
+    budget_used: BudgetUse = Field(default_factory=BudgetUse)
+    champion: Champion | None = None  # set when the sweep's driver finishes
     updated_at: float = Field(default_factory=time.time)
 
     def trial(self, trial_id: str) -> TrialStatus:
@@ -134,22 +184,24 @@ class SweepProgress(BaseModel):
                 return trial
         raise KeyError(f"sweep {self.sweep} has no trial {trial_id!r}")
 
-    def move(self, trial_id: str, new: TrialState, *, error: str | None = None) -> TrialStatus:
+    def move(
+        self, trial_id: str, new: TrialState, *, error: str | None = None, reason: str | None = None
+    ) -> TrialStatus:
         trial = self.trial(trial_id)
         check_transition(trial.state, new)
         trial.state = new
         trial.waiting = None
-        if error is not None:
-            trial.error = error
+        if error is not None or reason is not None:
+            trial.error, trial.reason = error, reason
         elif new in (TrialState.RUNNING, TrialState.SUCCEEDED):
-            trial.error = None
+            trial.error = trial.reason = None
         return trial
 
     def requeue_unfinished(self) -> list[str]:
-        """Before a resume: every trial that has not succeeded goes back to PENDING."""
+        """Before a resume: every trial that has not finished (nor was stopped early) goes back to PENDING."""
         requeued = []
         for trial in self.trials:
-            if trial.state != TrialState.SUCCEEDED and trial.state != TrialState.PENDING:
+            if not trial.state.is_final and trial.state != TrialState.PENDING:
                 self.move(trial.id, TrialState.PENDING)
                 requeued.append(trial.id)
         return requeued
@@ -164,7 +216,9 @@ class SweepProgress(BaseModel):
         return {
             "sweep": self.sweep,
             "state": self.state.value,
+            "budget_used": self.budget_used.model_dump(mode="json"),
             "trials": [t.model_dump(mode="json") for t in self.trials],
+            "champion": self.champion.model_dump(mode="json") if self.champion is not None else None,
         }
 
 

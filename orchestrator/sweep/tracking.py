@@ -21,6 +21,7 @@ from mlflow.entities import Metric, RunStatus
 from mlflow.tracking import MlflowClient
 
 from orchestrator.sweep.config import TrialConfig
+from orchestrator.sweep.state import Champion
 from orchestrator.training.metric_names import CURVE_METRICS, RANK_METRIC
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ TAG_KIND = "resnet_orch.kind"
 TAG_ATTEMPTS = "resnet_orch.attempts"
 TAG_STATE = "resnet_orch.state"
 TAG_PARENT = "mlflow.parentRunId"
+# On a trial's run that the trial scheduler (`scheduler:`) stopped early: the run is FINISHED, not KILLED.
+TAG_STOPPED_EARLY = "stopped_early"
 CHAMPION = "champion"
 
 
@@ -106,10 +109,13 @@ class Tracker:
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         return run_id
 
-    def child_run(self, parent_run_id: str, sweep_id: str, trial: TrialConfig) -> str:
+    def child_run(self, parent_run_id: str, sweep_id: str, trial: TrialConfig, *, reopen: bool = True) -> str:
+        """The trial's run, created on first use; an existing one is marked RUNNING again when `reopen` (a resume
+        that runs the trial again; a finished or early-stopped trial's run keeps its end)."""
         run_id = self._find(**{TAG_SWEEP: sweep_id, TAG_TRIAL: trial.trial_id, TAG_KIND: "trial"})
         if run_id is not None:
-            self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            if reopen:
+                self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return run_id
         tags = {TAG_SWEEP: sweep_id, TAG_TRIAL: trial.trial_id, TAG_KIND: "trial", TAG_PARENT: parent_run_id}
         run = self.client.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
@@ -136,6 +142,18 @@ class Tracker:
         self.client.set_tag(run_id, TAG_STATE, state)
         status = RunStatus.FINISHED if succeeded else RunStatus.FAILED
         self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+
+    def stopped(self, run_id: str, state: str, *, early: bool) -> None:
+        """End a run that Tune stopped: FINISHED with `stopped_early` when its trial scheduler decided (a normal
+        outcome), KILLED when the budget ran out (it did not get to finish)."""
+        self.client.set_tag(run_id, TAG_STATE, state)
+        if early:
+            self.client.set_tag(run_id, TAG_STOPPED_EARLY, "true")
+        status = RunStatus.FINISHED if early else RunStatus.KILLED
+        self.client.set_terminated(run_id, status=RunStatus.to_string(status))
+
+    def was_stopped_early(self, run_id: str) -> bool:
+        return self.client.get_run(run_id).data.tags.get(TAG_STOPPED_EARLY) == "true"
 
     def history(self, run_id: str, metric: str) -> list[tuple[int, float]]:
         return metric_history(self.client, run_id, metric)
@@ -165,20 +183,49 @@ class Tracker:
         versions = self.client.search_model_versions(query)
         return str(versions[0].version) if versions else None
 
-    def crown_champion(self, model_name: str, sweep_id: str) -> tuple[str, float] | None:
-        """Give the `champion` alias to this sweep's registered version with the lowest top-1 error."""
-        best: tuple[str, float] | None = None
+    def champion(self, model_name: str) -> Champion | None:
+        """The version the `champion` alias points at, with its metric (+inf if it was registered without one)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            version = self.client.get_model_version_by_alias(model_name, CHAMPION)
+        except MlflowException:
+            return None  # no such model or no alias yet
+        return Champion(
+            model=model_name,
+            version=str(version.version),
+            val_top1_err=float(version.tags.get(RANK_METRIC, math.inf)),
+            sweep_id=version.tags.get(TAG_SWEEP),
+        )
+
+    def crown_champion(self, model_name: str, sweep_id: str) -> Champion | None:
+        """Give the `champion` alias to this sweep's best registered version (lowest top-1 error; ties go to the
+        earliest version) if it is strictly better than the current champion, from whichever sweep registered
+        that one; otherwise the champion stays. Returns the champion after the decision (None: there is none)."""
+        best: tuple[float, int] | None = None
         for version in self.client.search_model_versions(f"name = {filter_literal(model_name)}"):
             if version.tags.get(TAG_SWEEP) != sweep_id or RANK_METRIC not in version.tags:
                 continue
-            err = float(version.tags[RANK_METRIC])
-            # Ties go to the earliest version, so the choice does not depend on the listing order.
-            if best is None or (err, int(version.version)) < (best[1], int(best[0])):
-                best = (str(version.version), err)
-        if best is not None:
-            self.client.set_registered_model_alias(model_name, CHAMPION, best[0])
-            logger.info("%s version %s is the champion (%s=%.4f)", model_name, best[0], RANK_METRIC, best[1])
-        return best
+            candidate = (float(version.tags[RANK_METRIC]), int(version.version))
+            best = candidate if best is None or candidate < best else best
+        current = self.champion(model_name)
+        if best is None:
+            return current
+        err, number = best
+        if current is not None and not err < current.val_top1_err:
+            logger.info(
+                "%s version %s stays the champion (%s=%.4f); this sweep's best, version %d (%.4f), is not better",
+                model_name,
+                current.version,
+                RANK_METRIC,
+                current.val_top1_err,
+                number,
+                err,
+            )
+            return current.model_copy(update={"challenger_version": str(number), "challenger_val_top1_err": err})
+        self.client.set_registered_model_alias(model_name, CHAMPION, str(number))
+        logger.info("%s version %d is the champion (%s=%.4f)", model_name, number, RANK_METRIC, err)
+        return Champion(model=model_name, version=str(number), val_top1_err=err, sweep_id=sweep_id)
 
 
 def metric_history(client: MlflowClient, run_id: str, metric: str) -> list[tuple[int, float]]:
@@ -222,8 +269,7 @@ def log_trial_model(
     with torch.no_grad():
         output = model(example)
     signature = infer_signature(example.numpy(), output.numpy())
-    mlflow.set_tracking_uri(tracker.tracking_uri)
-    mlflow.set_registry_uri(tracker.tracking_uri)
+    use_store(tracker.tracking_uri)
     with mlflow.start_run(run_id=run_id):
         info = mlflow.pytorch.log_model(
             model,
@@ -248,34 +294,22 @@ def mark_killed(tracking_uri: str, run_ids: Iterable[str]) -> None:
         client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.KILLED))
 
 
-def _models_uri(model_uri: str) -> str:
+def models_uri(model_uri: str) -> str:
+    """`name@alias`, `name/3` or a full `models:/...`/`runs:/...` URI -> the URI MLflow reads."""
     return model_uri if model_uri.startswith(("models:/", "runs:/")) else f"models:/{model_uri}"
+
+
+def use_store(tracking_uri: str) -> None:
+    """Point this process's MLflow fluent API (runs and the `models:/` registry) at `tracking_uri`."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
 
 
 def pull_model(tracking_uri: str, model_uri: str) -> Any:
     """`models:/name@alias` (or `name@alias`, `name/3`) -> the module `mlflow.pytorch.load_model` gives."""
     import mlflow.pytorch
 
-    mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_registry_uri(tracking_uri)
-    return mlflow.pytorch.load_model(_models_uri(model_uri), map_location="cpu")
-
-
-def save_torchscript(tracking_uri: str, model_uri: str, output: Path) -> Path:
-    """Write the registered model as a self-contained TorchScript file (`torch.jit.load(output)`).
-
-    MLflow's pt2 format loads as a `torch.export` graph module, which `torch.save` cannot pickle; tracing it gives
-    a file that needs neither MLflow nor this package. The trace example takes the logged signature's shape, with
-    a batch of 2 so the batch dimension stays free.
-    """
-    import torch
-    from mlflow.models import get_model_info
-
-    module = pull_model(tracking_uri, model_uri)
-    shape = get_model_info(_models_uri(model_uri)).signature.inputs.inputs[0].shape
-    example = torch.randn(2, *shape[1:])
-    with torch.no_grad():
-        traced = torch.jit.trace(module, example, check_trace=False)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(traced, str(output))
-    return output
+    use_store(tracking_uri)
+    return mlflow.pytorch.load_model(models_uri(model_uri), map_location="cpu")

@@ -4,7 +4,7 @@ Checkpoint directory layout (one per `ray.train.report`, persisted by Ray Train 
 
     model.pt          the model's `state_dict` (no DDP `module.` prefix; loadable by `models.get_model(...)`)
     train_state.pt    step/epoch/attempt, optimizer, LR schedule, and per rank: loader position, RNG states,
-                      samples trained this epoch; plus the trial's per-step loss history
+                      samples trained this epoch; plus the trial's per-step loss and learning-rate history
     manifest.json     written last: format version, step, and the size and SHA-256 of each file above
 
 A directory is complete only when `manifest.json` is present and matches the files (`read_checkpoint` refuses
@@ -13,12 +13,19 @@ no directory that could be reported or loaded as the latest. Ray Train registers
 every rank has reported and the upload finished, so a kill during the upload leaves the previous one as latest.
 The loader's mid-epoch position lives in the same checkpoint as the weights: a restart resumes at exactly the
 batch that would have come next (ray-project/ray#37633, #48224 replay or skip data without this).
+
+Both files hold only tensors and plain values (numbers, strings, lists, dicts) and are read with
+`torch.load(weights_only=True)`: a file that would run code when unpickled (anyone who can write to the storage
+could plant one) is refused, never executed. `load_newest_checkpoint` resumes from the newest checkpoint that
+reads, skipping with a warning each one that is corrupt or refused.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -31,9 +38,13 @@ import numpy as np
 import pyarrow.fs
 import torch
 
+from orchestrator.training.metric_names import STEP
 from pipelines.files import sha256_file
 
-FORMAT_VERSION = 1
+logger = logging.getLogger(__name__)
+
+# 2: every object in train_state.pt is one `torch.load(weights_only=True)` accepts (numpy's RNG state as a list).
+FORMAT_VERSION = 2
 MODEL_FILE = "model.pt"
 STATE_FILE = "train_state.pt"
 MANIFEST_FILE = "manifest.json"
@@ -67,10 +78,17 @@ class TrainState:
     # Rank 0's training loss of every completed step, in step order: the audit trail that shows a restart
     # reproduced the uninterrupted run.
     step_losses: list[float] = field(default_factory=list)
+    # The learning rate of every completed step, in step order (the same audit for the schedule and its state).
+    step_lrs: list[float] = field(default_factory=list)
     # Global samples trained in each completed epoch.
     epoch_sizes: list[int] = field(default_factory=list)
     # Sums over all ranks for the current epoch so far (samples, loss, correct top-1/top-5, timings).
     epoch_totals: dict[str, float] = field(default_factory=dict)
+    # The metrics of every epoch-end report so far, and of the report this checkpoint went with: a worker killed
+    # between a report and Ray Train's next poll of the workers takes that report with it, so a restart re-sends
+    # those its checkpoint has and Ray Train had not registered (`unsent_reports`).
+    epoch_reports: list[dict[str, Any]] = field(default_factory=list)
+    report: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,8 +100,11 @@ class TrainState:
             "schedule": self.schedule,
             "ranks": [vars(r) for r in self.ranks],
             "step_losses": self.step_losses,
+            "step_lrs": self.step_lrs,
             "epoch_sizes": self.epoch_sizes,
             "epoch_totals": self.epoch_totals,
+            "epoch_reports": self.epoch_reports,
+            "report": self.report,
         }
 
     @classmethod
@@ -92,9 +113,11 @@ class TrainState:
 
 
 def capture_rng() -> dict[str, Any]:
+    """This process's RNG states, as tensors and plain values (what a weights-only `torch.load` reads back)."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": [str(name), [int(k) for k in keys], int(pos), int(has_gauss), float(cached_gaussian)],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -104,7 +127,8 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -182,13 +206,32 @@ def read_manifest(directory: Path) -> dict[str, Any]:
     return manifest
 
 
+def _load(path: Path, map_location: str | torch.device) -> Any:
+    """`torch.load` of tensors and plain containers only; anything else is a `CheckpointError`, never executed."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch names the offending global ("... unsupported GLOBAL posix.system ...") among lines of advice.
+        lines = [line.strip() for line in str(exc).splitlines() if "unsupported" in line.lower()]
+        detail = f" ({lines[0].rstrip('.')})" if lines else ""
+        raise CheckpointError(
+            f"{path} holds objects besides tensors and plain values{detail}: refused without running them; it was "
+            "not written by resnet-orch or has been tampered with"
+        ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise CheckpointError(f"{path} cannot be read ({type(exc).__name__}: {exc}): the file is corrupt") from None
+
+
 def read_checkpoint(directory: Path, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], TrainState]:
-    """(model state_dict, TrainState) of a complete checkpoint."""
+    """(model state_dict, TrainState) of a complete checkpoint; `CheckpointError` if corrupt or refused."""
     directory = Path(directory)
     read_manifest(directory)
-    # weights_only=False: the train state holds numpy RNG tuples; these files are our own, written above.
-    model_state = torch.load(directory / MODEL_FILE, map_location=map_location, weights_only=True)
-    state = TrainState.from_dict(torch.load(directory / STATE_FILE, map_location="cpu", weights_only=False))
+    model_state = _load(directory / MODEL_FILE, map_location)
+    data = _load(directory / STATE_FILE, "cpu")
+    try:
+        state = TrainState.from_dict(data)
+    except (TypeError, KeyError) as exc:
+        raise CheckpointError(f"{directory / STATE_FILE} is not a training state ({exc})") from None
     return model_state, state
 
 
@@ -196,7 +239,7 @@ def read_model_state(directory: Path, map_location: str | torch.device = "cpu") 
     """Only the weights (for evaluation or model registration)."""
     directory = Path(directory)
     read_manifest(directory)
-    weights: dict[str, Any] = torch.load(directory / MODEL_FILE, map_location=map_location, weights_only=True)
+    weights: dict[str, Any] = _load(directory / MODEL_FILE, map_location)
     return weights
 
 
@@ -219,16 +262,10 @@ def count_attempts(fs: pyarrow.fs.FileSystem, trial_fs_path: str) -> int:
     return sum(1 for info in fs.get_file_info(selector) if info.base_name.startswith("attempt-"))
 
 
-def latest_complete_checkpoint(fs: pyarrow.fs.FileSystem, trial_fs_path: str) -> str | None:
-    """The trial's checkpoint with the most steps whose files are all in storage at their manifest's sizes.
-
-    Ray Train registers a reported checkpoint only at its next poll of the workers (every ~2 s), so a worker that
-    dies right after a report can leave a complete checkpoint that `ray.train.get_checkpoint()` does not know.
-    Any complete checkpoint is a consistent snapshot (loader position and RNGs included), so resuming from the
-    newest loses the least work. Directories are named by `checkpoint_dir_name` and so sort by step.
-    """
+def checkpoint_dirs(fs: pyarrow.fs.FileSystem, trial_fs_path: str) -> list[str]:
+    """The trial's checkpoint directories, newest first (`checkpoint_dir_name` sorts by step)."""
     selector = pyarrow.fs.FileSelector(trial_fs_path, allow_not_found=True)
-    candidates = sorted(
+    return sorted(
         (
             info.path
             for info in fs.get_file_info(selector)
@@ -237,17 +274,82 @@ def latest_complete_checkpoint(fs: pyarrow.fs.FileSystem, trial_fs_path: str) ->
         key=lambda path: path.rsplit("/", 1)[-1],
         reverse=True,
     )
-    for path in candidates:
-        try:
-            with fs.open_input_stream(f"{path}/{MANIFEST_FILE}") as stream:
-                manifest = json.loads(stream.read())
-        except (FileNotFoundError, OSError, ValueError):
-            continue
-        files = manifest.get("files", {})
-        infos = fs.get_file_info([f"{path}/{name}" for name in files])
-        if all(info.size == spec["bytes"] for info, spec in zip(infos, files.values(), strict=True)):
-            return str(path)
+
+
+def _incomplete(fs: pyarrow.fs.FileSystem, path: str) -> str | None:
+    """Why the checkpoint at `path` is not completely in storage (no manifest, a file missing or of another size
+    than the manifest says: an upload that never finished, a truncated file); None when it is."""
+    try:
+        with fs.open_input_stream(f"{path}/{MANIFEST_FILE}") as stream:
+            manifest = json.loads(stream.read())
+    except (FileNotFoundError, OSError, ValueError):
+        return f"no readable {MANIFEST_FILE}: the checkpoint was not completely written"
+    files = manifest.get("files", {})
+    infos = fs.get_file_info([f"{path}/{name}" for name in files])
+    for info, (name, spec) in zip(infos, files.items(), strict=True):
+        if info.size != spec["bytes"]:
+            size = "missing" if info.type == pyarrow.fs.FileType.NotFound else f"{info.size} bytes"
+            return f"{name} is {size}, {MANIFEST_FILE} says {spec['bytes']} bytes: the file is truncated or incomplete"
     return None
+
+
+def latest_complete_checkpoint(fs: pyarrow.fs.FileSystem, trial_fs_path: str) -> str | None:
+    """The trial's checkpoint with the most steps whose files are all in storage at their manifest's sizes.
+
+    Ray Train registers a reported checkpoint only at its next poll of the workers (every ~2 s), so a worker that
+    dies right after a report can leave a complete checkpoint that `ray.train.get_checkpoint()` does not know.
+    Any complete checkpoint is a consistent snapshot (loader position and RNGs included), so resuming from the
+    newest loses the least work.
+    """
+    return next((path for path in checkpoint_dirs(fs, trial_fs_path) if _incomplete(fs, path) is None), None)
+
+
+def load_newest_checkpoint(
+    fs: pyarrow.fs.FileSystem, trial_fs_path: str, map_location: str | torch.device = "cpu"
+) -> tuple[str, dict[str, Any], TrainState] | None:
+    """(path, model state_dict, TrainState) of the trial's newest checkpoint that reads completely; None if the
+    trial has no checkpoint directory.
+
+    A checkpoint that does not (incomplete, truncated, a hash mismatch, a file refused as unsafe) is skipped with a
+    warning naming it, and the one before it is tried: a corrupt latest checkpoint costs the steps since the
+    previous one instead of failing every restart. `CheckpointError` when there are checkpoints but none reads.
+    """
+    skipped: list[str] = []
+    for path in checkpoint_dirs(fs, trial_fs_path):
+        with tempfile.TemporaryDirectory(prefix="resnet-orch-resume-") as tmp:
+            try:
+                reason = _incomplete(fs, path)
+                if reason is not None:
+                    raise CheckpointError(reason)
+                pyarrow.fs.copy_files(
+                    path, tmp, source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
+                )
+                model_state, state = read_checkpoint(Path(tmp), map_location)
+            except CheckpointError as exc:
+                # Name the files in storage, not in the local copy.
+                why = str(exc).replace(f"{tmp}/", "")
+                logger.warning("skipping checkpoint %s: %s; trying the one before it", path, why)
+                skipped.append(f"{path}: {why}")
+                continue
+        return path, model_state, state
+    if skipped:
+        raise CheckpointError(f"no checkpoint of {trial_fs_path} can be read: " + "; ".join(skipped))
+    return None
+
+
+def unsent_reports(state: TrainState, registered: str | None) -> list[dict[str, Any]]:
+    """The reports of `state` (its epoch ends and its own) after the checkpoint Ray Train last registered
+    (`registered`, its path; None: none), in step order: those the sweep may never have received. Ray Train
+    registers a checkpoint when it passes its report on, so everything up to that one arrived."""
+    after = checkpoint_step(registered) if registered is not None else -1
+    reports = {int(r[STEP]): r for r in [*state.epoch_reports, state.report] if r and int(r[STEP]) > after}
+    return [reports[step] for step in sorted(reports)]
+
+
+def checkpoint_step(path: str) -> int:
+    """The step in a checkpoint directory's name (`checkpoint_dir_name`)."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    return int(name.removeprefix(CHECKPOINT_PREFIX).split("-", 1)[0])
 
 
 def checkpoint_dir_name(step: int, attempt: int) -> str:

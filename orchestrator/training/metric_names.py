@@ -130,6 +130,20 @@ BEST_METRIC = "best_val_top1_err"
 # Error curves (the paper's Figure 4): training and validation top-1 error against iterations.
 CURVE_METRICS: tuple[str, ...] = (TRAIN_TOP1_ERR, VAL_TOP1_ERR)
 
+# What a trial scheduler (`scheduler.metric` in sweep.yaml) may rank trials by: values every epoch-end report carries
+# (the validation ones need `data.val`). Mid-epoch reports carry NaN for them and are not shown to the scheduler.
+SCHEDULABLE: tuple[str, ...] = (
+    VAL_TOP1_ERR,
+    VAL_TOP5_ERR,
+    VAL_LOSS,
+    EPOCH_TRAIN_LOSS,
+    EPOCH_TRAIN_TOP1_ERR,
+    EPOCH_TRAIN_TOP5_ERR,
+)
+VALIDATION: tuple[str, ...] = (VAL_TOP1_ERR, VAL_TOP5_ERR, VAL_LOSS)
+# The scheduler's clock: epochs completed (the epoch-end report's `EPOCH` + 1), added on the driver.
+EPOCHS_DONE = "epochs_done"
+
 # Live Ray metrics (training/live_metrics.py), updated between reports: each worker's gauges and counter, tagged with
 # LIVE_TAGS. Ray's Prometheus export (each node's `--metrics-export-port`) names them `ray_<LIVE_PREFIX><name>`, a
 # counter with `_total` appended; infra/grafana/resnet-orch.json has a panel per series.

@@ -20,6 +20,7 @@ from torch import nn
 
 from models import get_model
 from orchestrator.sweep.config import TrialConfig
+from orchestrator.sweep.data_check import check_num_classes
 from pipelines.loader import Loader, LoaderSpec
 from pipelines.loader_factory import make_loader
 from pipelines.sharding import read_manifest
@@ -157,32 +158,6 @@ def build_loaders(cfg: TrialConfig, at: Placement) -> tuple[Loader, Loader | Non
         if uri is not None:
             check_num_classes(cfg.model.resolved_num_classes, read_manifest(uri)["classes"], split, uri)
     return train, val
-
-
-def check_num_classes(num_classes: int, dataset_classes: dict[str, int], split: str, uri: str) -> None:
-    """Refuse a classifier that cannot output every class index of the shards at `uri` (`data.<split>`).
-
-    `dataset_classes` is the manifest's wnid -> class index map. Fewer outputs than classes would fail inside the
-    loss on the first out-of-range label (a device-side assert on GPU); more outputs than classes only train logits
-    no label ever asks for, which is legitimate (a subset, the CI sample) but worth a warning.
-    """
-    classes = max(dataset_classes.values(), default=-1) + 1
-    if classes > num_classes:
-        raise ValueError(
-            f"model.num_classes is {num_classes} but data.{split} ({uri}) has {classes} classes; "
-            f"set model.num_classes: {classes} in the sweep file"
-        )
-    if classes < num_classes:
-        logger.warning(
-            "model.num_classes is %d but data.%s (%s) has %d classes: %d outputs never see a label; "
-            "set model.num_classes: %d unless that is intended",
-            num_classes,
-            split,
-            uri,
-            classes,
-            num_classes - classes,
-            classes,
-        )
 
 
 def steps_per_epoch(cfg: TrialConfig, train: Loader) -> int:

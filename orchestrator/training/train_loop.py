@@ -40,15 +40,17 @@ from orchestrator.training.accounting import (
 )
 from orchestrator.training.chaos import Point, maybe_kill, should_kill
 from orchestrator.training.checkpointing import (
+    CheckpointError,
     RankState,
     TrainState,
     capture_rng,
     checkpoint_dir_name,
-    latest_complete_checkpoint,
+    load_newest_checkpoint,
     read_checkpoint,
     register_attempt,
     restore_rng,
     seed_everything,
+    unsent_reports,
     write_checkpoint,
 )
 from orchestrator.training.evaluation import evaluate, evaluate_protocol, no_validation
@@ -127,6 +129,7 @@ class _Trainer:
         )
         self.epoch_totals = zero_totals()
         self.resumed_from_step = -1
+        self.unsent: list[dict[str, Any]] = []  # reports of the checkpoint resumed from to send again
         self.resume_loader = self._restore()
         self._wrap_and_optimize()
         self.first_step_unix_s = math.nan
@@ -148,26 +151,43 @@ class _Trainer:
 
     # ---- resuming ----------------------------------------------------------------------------------------------
 
-    def _latest_checkpoint(self) -> ray.train.Checkpoint | None:
-        """The newest complete checkpoint in the trial's storage, else Ray's latest registered one; rank 0 picks."""
+    def _newest_checkpoint(self) -> tuple[str | None, dict[str, Any] | None, TrainState | None]:
+        """Rank 0 picks the newest checkpoint in the trial's storage that reads (skipping corrupt or refused ones,
+        see `load_newest_checkpoint`); every rank gets its path, and rank 0 the state it already read."""
         fs = self.storage.storage_filesystem
-        newest = latest_complete_checkpoint(fs, self.storage.experiment_fs_path) if self.rank == 0 else None
-        newest = setup.broadcast(newest, self.device)
-        if newest is not None:
-            return ray.train.Checkpoint(newest, filesystem=fs)
-        return ray.train.get_checkpoint()
+        found, problem = None, None
+        if self.rank == 0:
+            try:
+                found = load_newest_checkpoint(fs, self.storage.experiment_fs_path, map_location=self.device)
+            except CheckpointError as exc:
+                problem = str(exc)
+        path, problem = setup.broadcast((found[0] if found else None, problem), self.device)
+        if problem is not None:
+            raise CheckpointError(problem)
+        if found is not None:
+            return found
+        if path is not None:
+            with ray.train.Checkpoint(path, filesystem=fs).as_directory() as directory:
+                return (path, *read_checkpoint(Path(directory), map_location=self.device))
+        # No checkpoint directory in the trial's storage: Ray's latest registered one, if it knows one.
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None, None, None
+        with checkpoint.as_directory() as directory:
+            return (checkpoint.path, *read_checkpoint(Path(directory), map_location=self.device))
 
     def _restore(self) -> dict[str, Any] | None:
-        """Load the latest checkpoint, if any, into the model, schedule and RNGs; return this rank's loader state."""
-        checkpoint = self._latest_checkpoint()
-        if checkpoint is None:
+        """Load the newest readable checkpoint, if any, into the model, schedule and RNGs; return this rank's loader
+        state."""
+        path, model_state, state = self._newest_checkpoint()
+        if model_state is None or state is None:
             seed_everything(self.cfg.seed + self.rank)
             return None
-        with checkpoint.as_directory() as directory:
-            model_state, state = read_checkpoint(Path(directory))
+        registered = ray.train.get_checkpoint()
+        self.unsent = setup.broadcast(unsent_reports(state, registered.path if registered else None), self.device)
         if len(state.ranks) != self.world:
             raise ValueError(
-                f"the checkpoint at {checkpoint.path} was written by {len(state.ranks)} workers, this attempt has "
+                f"the checkpoint at {path} was written by {len(state.ranks)} workers, this attempt has "
                 f"{self.world}; resources.workers must stay the same to resume exactly"
             )
         self.model.load_state_dict(model_state)
@@ -178,18 +198,21 @@ class _Trainer:
         self.state = state
         self.resumed_from_step = state.step
         logger.info(
-            "rank %d resumes attempt %d from step %d (epoch %d, step %d of it)",
+            "rank %d resumes attempt %d from step %d (epoch %d, step %d of it) of %s",
             self.rank,
             self.attempt,
             state.step,
             state.epoch,
             state.epoch_step,
+            path,
         )
         return rank_state.loader
 
     # ---- training ----------------------------------------------------------------------------------------------
 
     def run(self) -> None:
+        for metrics in self.unsent:
+            ray.train.report(metrics)  # every rank: Ray Train counts reports per rank
         for epoch in range(self.state.epoch, self.epochs):
             if self.resume_loader is not None:
                 # Restored first, then moved to `epoch`: a state saved at an epoch's end stands before this epoch.
@@ -250,6 +273,7 @@ class _Trainer:
             window.add(sums, waited, time.perf_counter() - started)
             live.add(sums)
             self.pending_losses.append(loss.detach())
+            state.step_lrs.append(lr)
             if self.progress.steps_done == 1:
                 self.first_step_unix_s = time.time()
             self._chaos("step")
@@ -340,6 +364,9 @@ class _Trainer:
             train_loss=metrics[m.TRAIN_LOSS],
             data_wait_frac=metrics[m.DATA_WAIT_FRAC],
         )
+        self.state.report = metrics
+        if epoch_end:
+            self.state.epoch_reports.append(metrics)
         self._capture_state()
         self._publish(metrics)
 

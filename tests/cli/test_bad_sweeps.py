@@ -65,6 +65,51 @@ BAD_SWEEPS = [
         "chaos.kill_rank: 2 is not a rank of a 2-worker trial; choose 0..1",
     ),
     (
+        "chaos-rank-of-two",
+        "name: s\n" + DATA + "resources: {workers: 2}\n"
+        "chaos: [{kill_rank: 1, at_step: 5}, {kill_rank: 3, at_step: 9}]\n",
+        "chaos[1].kill_rank: 3 is not a rank of a 2-worker trial; choose 0..1",
+    ),
+    (
+        "chaos-never-fires",
+        "name: s\n" + DATA + "grid: {steps_per_epoch: [4, 8]}\nrecipe: {epochs: 3}\n"
+        "chaos: {kill_rank: 0, at_step: 25}\n",
+        "chaos.at_step: 25 is beyond the last step of every trial (at most 24 = recipe.epochs x "
+        "recipe.steps_per_epoch), so the fault would never fire; choose 1..24",
+    ),
+    (
+        "milestones-beyond-epochs",
+        "name: s\n" + DATA + "recipe: {epochs: 10, milestones: [5, 30]}\n",
+        "recipe.milestones: [5, 30] reaches beyond recipe.epochs=10 (epochs [30] never come), so the step schedule "
+        "would never divide the learning rate there; choose milestones of at most 10, or train more epochs",
+    ),
+    (
+        "milestones-beyond-swept-epochs",
+        "name: s\n" + DATA + "grid: {epochs: [90, 20]}\nrecipe: {milestones: [30, 60]}\n",
+        "recipe.milestones: [30, 60] reaches beyond recipe.epochs=20 (epochs [30, 60] never come), so the step "
+        "schedule would never divide the learning rate there; choose milestones of at most 20, or train more epochs",
+    ),
+    (
+        "step-milestones-beyond-max-steps",
+        "name: s\n" + DATA + "recipe: {max_steps: 64000, milestone_unit: step, milestones: [32000, 68000]}\n",
+        "recipe.milestones: [32000, 68000] reaches beyond recipe.max_steps=64000 (steps [68000] never come), so the "
+        "step schedule would never divide the learning rate there; choose milestones of at most 64000, or train "
+        "more steps",
+    ),
+    (
+        "chaos-beyond-max-steps",
+        "name: s\n" + DATA + "recipe: {max_steps: 10}\nchaos: {kill_rank: 0, at_step: 11}\n",
+        "chaos.at_step: 11 is beyond the last step of every trial (at most 10 = recipe.max_steps), so the fault "
+        "would never fire; choose 1..10",
+    ),
+    (
+        "val-is-train",
+        "name: s\ndata: {train: /shards/train, val: /shards/train/}\n",
+        "data.val: /shards/train/ is data.train too: errors on the training images measure memorisation, not "
+        "generalisation; give a held-out shard set (`resnet-orch data shard` of the val split), or set "
+        "data.allow_val_equals_train: true for a smoke run",
+    ),
+    (
         "name",
         "name: 'bad name'\n" + DATA,
         "name: 'bad name' is not a valid sweep name; use letters, digits, '-', '_' or '.' (at most 63 characters)",

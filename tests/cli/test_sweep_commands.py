@@ -21,7 +21,8 @@ from orchestrator.sweep.layout import (
     save_progress,
     sweep_paths,
 )
-from orchestrator.sweep.state import SweepState, TrialState, save_model
+from orchestrator.sweep.report import VAL_IS_TRAIN_NOTE
+from orchestrator.sweep.state import Champion, SweepState, TrialState, save_model
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -53,13 +54,15 @@ def test_status_list_report_cancel_without_a_cluster(home: Path, tmp_path: Path)
     reported = runner.invoke(app, ["report", record.sweep_id, "-o", str(tmp_path / "r")])
     assert reported.exit_code == 0, reported.output
     text = (tmp_path / "r" / "report.md").read_text()
+    # The quick start validates on its training images (allow_val_equals_train): every row says so.
     assert (
-        "| 000-residual | ResNet-18 (B) | SUCCEEDED | unknown | center crop | 30.00 | 10.00 | - | - | - | - |" in text
+        "| 000-residual † | ResNet-18 (B) | SUCCEEDED | unknown | center crop | 30.00 | 10.00 | - | - | - | - |" in text
     )
     assert (
-        "| 001-plain | plain-18 | PENDING | unknown | - | - | - | (27.94) not compared: no validation yet | - "
+        "| 001-plain † | plain-18 | PENDING | unknown | - | - | - | (27.94) not compared: no validation yet | - "
         "| 10-crop | Table 2 (ILSVRC-2012 val) |"
     ) in text
+    assert text.endswith(f"\n\n{VAL_IS_TRAIN_NOTE}\n")
     assert (tmp_path / "r" / "report.png").stat().st_size > 0
     assert not (tmp_path / "r" / "curves.png").exists()  # no trial has an MLflow run yet
 
@@ -68,6 +71,41 @@ def test_status_list_report_cancel_without_a_cluster(home: Path, tmp_path: Path)
     status = json.loads(runner.invoke(app, ["status", record.sweep_id, "--json"]).stdout)
     assert status["state"] == "CANCELLED"
     assert [t["state"] for t in status["trials"]] == ["SUCCEEDED", "CANCELLED"]
+
+
+def test_status_and_report_say_why_a_trial_failed_and_name_the_champion(home: Path, tmp_path: Path) -> None:
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    progress = load_sweep_progress(record.sweep_id)
+    reason = "trial 001-plain failed after 1 attempt(s): config error before the first training step; ..."
+    for trial_id in ("000-residual", "001-plain"):
+        progress.move(trial_id, TrialState.RUNNING)
+    progress.move("000-residual", TrialState.SUCCEEDED)
+    progress.move("001-plain", TrialState.FAILED, error="Traceback (most recent call last):\n...", reason=reason)
+    progress.champion = Champion(model="quickstart", version="2", val_top1_err=0.875, sweep_id="quickstart-old")
+    progress.state = SweepState.FAILED
+    save_model(sweep_paths(record.sweep_id).progress, progress)
+    runner = CliRunner()
+
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert [t["reason"] for t in status["trials"]] == [None, reason]
+    assert status["champion"] == {
+        "model": "quickstart",
+        "version": "2",
+        "val_top1_err": 0.875,
+        "sweep_id": "quickstart-old",
+        "challenger_version": None,
+        "challenger_val_top1_err": None,
+    }
+    table = runner.invoke(app, ["status"], env={"COLUMNS": "400"}).stdout
+    assert f"│ {reason} │" in table
+    assert "champion: quickstart version 2 (val top-1 error 87.50%, sweep quickstart-old)" in table
+    reported = runner.invoke(app, ["report", record.sweep_id, "-o", str(tmp_path / "r")])
+    assert reported.exit_code == 0, reported.output
+    assert (
+        (tmp_path / "r" / "report.md")
+        .read_text()
+        .endswith("\nChampion: quickstart version 2 (val top-1 error 87.50%, sweep quickstart-old).\n")
+    )
 
 
 def test_report_of_a_sweep_with_final_protocols_and_mlflow_curves(home: Path, tmp_path: Path) -> None:
@@ -102,7 +140,7 @@ def test_report_of_a_sweep_with_final_protocols_and_mlflow_curves(home: Path, tm
     reported = CliRunner().invoke(app, ["report", record.sweep_id, "-o", str(tmp_path / "r")])
     assert reported.exit_code == 0, reported.output
     assert (
-        "| 001-plain | plain-18 | SUCCEEDED | 1000 classes, 1,000 images | 10-crop | 45.00 | 15.00 | (27.94) not "
+        "| 001-plain † | plain-18 | SUCCEEDED | 1000 classes, 1,000 images | 10-crop | 45.00 | 15.00 | (27.94) not "
         "comparable: different data | - | 10-crop | Table 2 (ILSVRC-2012 val) |"
     ) in reported.stdout
     assert (
@@ -151,8 +189,18 @@ def test_a_remote_drivers_progress_is_read_from_the_sweep_storage(home: Path, tm
 
 def test_validate_prints_trials_and_macs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RESNET_ORCH_HOME", str(tmp_path / "home"))
-    result = CliRunner().invoke(app, ["validate", str(EXAMPLES / "deep_bottleneck.yaml"), "--json"])
+    # No S3 credentials here: the example's ImageNet bucket is out of reach, so its data is not checked (a warning).
+    for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    example = EXAMPLES / "deep_bottleneck.yaml"
+    result = CliRunner().invoke(app, ["validate", str(example), "--json"])
     assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines() == [
+        f"warning: {example}: data.{split} not checked: s3://imagenet/shards/{split}/manifest.json: no AWS "
+        "credentials found; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        for split in ("train", "val")
+    ]
     payload = json.loads(result.stdout)
     assert [t["id"] for t in payload["trials"]] == ["000-depth50", "001-depth101", "002-depth152"]
     # He et al. 2015, Table 1: 3.8, 7.6 and 11.3 x 10^9 FLOPs (multiply-adds) at 224 px.
@@ -160,3 +208,25 @@ def test_validate_prints_trials_and_macs(tmp_path: Path, monkeypatch: pytest.Mon
     assert gmacs == [3.9, 7.6, 11.3]
     assert payload["trials"][2]["config"]["model"]["depth"] == 152
     assert not (tmp_path / "home").exists()  # validate submits nothing
+
+
+def test_status_of_a_sweep_whose_budget_ran_out(home: Path) -> None:
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    progress = load_sweep_progress(record.sweep_id)
+    progress.move("000-residual", TrialState.RUNNING)
+    progress.move("000-residual", TrialState.STOPPED)
+    progress.move("001-plain", TrialState.BUDGET_EXHAUSTED, error="not started: budget exhausted")
+    progress.state = SweepState.BUDGET_EXHAUSTED
+    progress.error = "budget exhausted: 2.001 of budget.max_wall_hours=2.0 spent"
+    save_model(sweep_paths(record.sweep_id).progress, progress)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["status", record.sweep_id], env={"COLUMNS": "200"})
+    assert shown.exit_code == 0
+    assert f"{record.sweep_id}: BUDGET_EXHAUSTED" in shown.stdout
+    assert "STOPPED" in shown.stdout and "sweep error" not in shown.output
+    assert (
+        "budget exhausted: 2.001 of budget.max_wall_hours=2.0 spent; unfinished trials stopped or never started"
+        in shown.stdout
+    )
+    listed = runner.invoke(app, ["list"], env={"COLUMNS": "200"}).stdout
+    assert "BUDGET_EXHAUSTED" in listed and "1/2" in listed  # the early-stopped trial counts as done

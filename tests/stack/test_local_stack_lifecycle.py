@@ -33,7 +33,7 @@ _TINY_SWEEP = """
 name: {name}
 model: {{arch: test_resnet, num_classes: {classes}}}
 recipe: {{image_size: 32, resize_size: 36, batch_size: 4, epochs: 1, steps_per_epoch: 2, precision: fp32}}
-data: {{train: {shards}, val: {shards}, num_threads: 1}}
+data: {{train: {shards}, val: {shards}, allow_val_equals_train: true, num_threads: 1}}
 resources: {{workers: 1, cpus_per_worker: 1}}
 """
 _ON_THE_STACK = """storage: {storage}

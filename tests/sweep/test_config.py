@@ -105,6 +105,31 @@ def test_linear_lr_scaling_and_auto_warmup() -> None:
     assert sweep(recipe={"warmup_epochs": 2}).expand("/s")[0].recipe.resolved_warmup_epochs == 2
 
 
+def test_chaos_takes_one_fault_or_a_list_and_every_trial_carries_them() -> None:
+    one = sweep(resources={"workers": 2}, chaos={"kill_rank": 1, "at_step": 5}).expand("/s")[0]
+    assert [(f.kill_rank, f.at_step, f.attempt) for f in one.chaos] == [(1, 5, 0)]
+    faults = [{"kill_rank": 1, "at_step": 5}, {"kill_rank": 0, "at_step": 9, "attempt": 1}]
+    two = sweep(resources={"workers": 2}, chaos=faults, grid={"seed": [0, 1]}).expand("/s")
+    assert [[(f.kill_rank, f.at_step, f.attempt) for f in t.chaos] for t in two] == [[(1, 5, 0), (0, 9, 1)]] * 2
+    assert sweep().expand("/s")[0].chaos == ()
+    # The trial config a worker receives (JSON) reads back the same.
+    assert TrialConfig.model_validate(two[0].model_dump(mode="json")).chaos == two[0].chaos
+
+
+def test_what_the_cross_checks_let_through() -> None:
+    # The default milestones (torchvision's 90-epoch schedule) are not the file's intent; a milestone at the last
+    # epoch is not beyond it; other schedules ignore milestones.
+    assert sweep(recipe={"epochs": 2}).expand("/s")[0].recipe.milestones == (30, 60, 80)
+    sweep(recipe={"epochs": 2, "milestones": [2]})
+    sweep(recipe={"epochs": 2, "milestones": [30], "schedule": "cosine"})
+    # Validation on the training shards when the file says so; a fault some trial of the grid reaches.
+    same = {"train": "s3://bucket/train", "val": "s3://bucket/train/", "allow_val_equals_train": True}
+    assert sweep(data=same).data.val_is_train
+    assert not sweep(data={"train": "s3://bucket/train", "val": "s3://bucket/val"}).data.val_is_train
+    sweep(grid={"steps_per_epoch": [2, 8]}, recipe={"epochs": 3}, chaos={"kill_rank": 0, "at_step": 24})
+    sweep(chaos={"kill_rank": 0, "at_step": 10_000})  # uncapped epochs: the data decides (`data_check`)
+
+
 def test_per_worker_batch() -> None:
     assert sweep(resources={"workers": 4}).expand("/s")[0].per_worker_batch == 64
 
@@ -129,6 +154,11 @@ def test_per_worker_batch() -> None:
         (
             {"chaos": {"kill_rank": 1, "at_step": 5}},
             "sweep.yaml: chaos.kill_rank: 1 is not a rank of a 1-worker trial; choose 0..0",
+        ),
+        (
+            {"recipe": {"epochs": 3, "steps_per_epoch": 4}, "chaos": [{"kill_rank": 0, "at_step": 13}]},
+            "sweep.yaml: chaos.at_step: 13 is beyond the last step of every trial (at most 12 = recipe.epochs x "
+            "recipe.steps_per_epoch), so the fault would never fire; choose 1..12",
         ),
         (
             {"recipe": {"image_size": 300}},
@@ -212,12 +242,12 @@ SCHEMA_ERRORS = [
         {"checkpoint": {"every": 5}},
         "checkpoint.every: unknown key; did you mean every_steps? valid keys here: every_steps, keep",
     ),
-    ({"modle": {}}, "modle: unknown key; did you mean model? valid keys here: chaos, checkpoint, data, grid,"),
+    ({"modle": {}}, "modle: unknown key; did you mean model? valid keys here: budget, chaos, checkpoint, data, grid,"),
     ({"recipe": {"learning_rate": 0.1}}, "recipe.learning_rate: unknown key; valid keys here: batch_size,"),
     ({"grid": {"dept": [18]}}, "grid.dept: unknown axis; did you mean depth? choose among seed, arch,"),
     # Missing key: an example to add.
     ({"data": {}}, "data.train: is required; add it, e.g. train: 's3://bucket/imagenet/train'"),
-    ({"chaos": {"kill_rank": 0}}, "chaos.at_step: is required; add it, e.g. at_step: 100"),
+    ({"chaos": {"kill_rank": 0}}, "chaos[0].at_step: is required; add it, e.g. at_step: 100"),
     # Grid values get the same hints, written as list items.
     ({"grid": {"lr": [0.1, "0.2"]}}, "grid.lr[1]: '0.2' is text (quoted), not a number; write it without quotes: 0.2"),
     (
@@ -290,9 +320,9 @@ def test_cli_validate_exits_2_with_every_message_and_no_traceback(tmp_path: Path
         f"error: {bad}: recipe.lr: '0.1' is text (quoted), not a number; write it without quotes: lr: 0.1",
         f"{bad}: recipe.weight_decay: '1e-4' is text to YAML, not a number (an exponent needs a dot: 1.0e-4); "
         "write weight_decay: 0.0001",
-        f"{bad}: modle: unknown key; did you mean model? valid keys here: chaos, checkpoint, data, grid, "
-        "max_concurrent_trials, max_failures, model, name, recipe, resources, seed, shared_filesystem, storage, "
-        "tracking",
+        f"{bad}: modle: unknown key; did you mean model? valid keys here: budget, chaos, checkpoint, data, grid, "
+        "max_concurrent_trials, max_failures, model, name, num_samples, recipe, resources, scheduler, search, seed, "
+        "shared_filesystem, storage, tracking",
     ]
     assert "Traceback" not in done.stdout + done.stderr
 

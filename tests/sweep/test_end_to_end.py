@@ -27,11 +27,11 @@ def resnet_orch(*args: str, timeout: float = 900) -> subprocess.CompletedProcess
     return subprocess.run([RESNET_ORCH, *args], capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def _sweep_file(tmp_path: Path, shards: str, **overrides: Any) -> Path:
+def _sweep_file(tmp_path: Path, shards: str, epochs: int = 1, **overrides: Any) -> Path:
     """The shipped quickstart, pointed at the test shards, made tiny: 2 trials of 2 CPU workers each."""
     sweep = yaml.safe_load((EXAMPLES / "quickstart.yaml").read_text())
     sweep["data"].update(train=shards, val=shards)
-    sweep["recipe"].update(epochs=1, steps_per_epoch=4, batch_size=16)
+    sweep["recipe"].update(epochs=epochs, steps_per_epoch=4, batch_size=16)
     sweep["checkpoint"] = {"every_steps": 2, "keep": 2}
     sweep.update(overrides)
     path = tmp_path / "sweep.yaml"
@@ -74,11 +74,13 @@ def _top1_err(model: torch.nn.Module, shards: str, image_size: int, resize_size:
 
 @pytest.mark.slow
 def test_quickstart_end_to_end(orch_home: Path, mlflow_server: str, sample_shards_local: str, tmp_path: Path) -> None:
-    # Trial 001 runs 6 steps and rank 1 dies after step 5 (first attempt only); trial 000 stops at step 3, before it.
+    # The quick start's shape over 3 epochs: trial 001 runs 3 x 2 steps and rank 1 dies after step 5 (in its third
+    # epoch, first attempt only); trial 000 stops at step 3, before it.
     path = _sweep_file(
         tmp_path,
         sample_shards_local,
-        grid={"steps_per_epoch": [3, 6]},
+        epochs=3,
+        grid={"steps_per_epoch": [1, 2]},
         chaos={"kill_rank": 1, "at_step": 5},
         tracking={"uri": mlflow_server, "experiment": "e2e", "registered_model": "quickstart-e2e"},
     )
@@ -94,16 +96,16 @@ def test_quickstart_end_to_end(orch_home: Path, mlflow_server: str, sample_shard
     status = _status(sweep_id)
     assert status["state"] == "SUCCEEDED"
     trials = {t["id"]: t for t in status["trials"]}
-    assert list(trials) == ["000-steps_per_epoch3", "001-steps_per_epoch6"]
+    assert list(trials) == ["000-steps_per_epoch1", "001-steps_per_epoch2"]
     assert [t["state"] for t in trials.values()] == ["SUCCEEDED", "SUCCEEDED"]
     assert [t["attempts"] for t in trials.values()] == [1, 2]  # one restart, in the killed trial only
     for trial in trials.values():
         assert {"train_loss", "val_top1_err", "val_top5_err", "images_per_s"} <= set(trial["metrics"])
         assert 0.0 <= trial["metrics"]["val_top1_err"] <= 1.0
-    assert trials["001-steps_per_epoch6"]["metrics"]["step"] == 6
+    assert trials["001-steps_per_epoch2"]["metrics"]["step"] == 6
     driver_log = (orch_home / "sweeps" / sweep_id / "driver.log").read_text()
-    assert driver_log.count("trial 001-steps_per_epoch6: restarting") == 1
-    assert "trial 000-steps_per_epoch3: restarting" not in driver_log
+    assert driver_log.count("trial 001-steps_per_epoch2: restarting") == 1
+    assert "trial 000-steps_per_epoch1: restarting" not in driver_log
 
     client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
     experiment = client.get_experiment_by_name("e2e")
@@ -115,13 +117,22 @@ def test_quickstart_end_to_end(orch_home: Path, mlflow_server: str, sample_shard
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parents[0].info.run_id}
     assert {c.info.run_id for c in children} == {t["mlflow_run_id"] for t in trials.values()}
     attempts = {c.data.tags["resnet_orch.trial_id"]: c.data.tags["resnet_orch.attempts"] for c in children}
-    assert attempts == {"000-steps_per_epoch3": "1", "001-steps_per_epoch6": "2"}
+    assert attempts == {"000-steps_per_epoch1": "1", "001-steps_per_epoch2": "2"}
     assert {c.info.status for c in runs} == {"FINISHED"}
-    killed = next(c for c in children if c.data.tags["resnet_orch.trial_id"] == "001-steps_per_epoch6")
+    # Three complete validation passes per trial, the killed one included: every sample of the 1,000, every epoch.
+    for child in children:
+        run_id = child.info.run_id
+        steps_per_epoch = int(child.data.tags["resnet_orch.trial_id"][-1])
+        assert [m.value for m in _history(client, run_id, "val_samples")] == [1000.0] * 3
+        assert [m.value for m in _history(client, run_id, "epoch_samples")] == [16.0 * steps_per_epoch] * 3
+        val_losses = [m.value for m in _history(client, run_id, "val_loss")]
+        assert len(val_losses) == 3 and all(math.isfinite(v) and v > 0 for v in val_losses)
+        assert len(_history(client, run_id, "val_top1_err")) == 3
+    killed = next(c for c in children if c.data.tags["resnet_orch.trial_id"] == "001-steps_per_epoch2")
     assert killed.data.params["model.depth"] == "18"
     assert "system/cpu_utilization_percentage" in killed.data.metrics
     # The final 10-crop numbers went to MLflow with the last epoch's report, as `status` shows them.
-    final = trials["001-steps_per_epoch6"]["metrics"]["final_ten_crop_top1_err"]
+    final = trials["001-steps_per_epoch2"]["metrics"]["final_ten_crop_top1_err"]
     assert killed.data.metrics["final_ten_crop_top1_err"] == pytest.approx(final, abs=1e-12)
     assert [a.path for a in client.list_artifacts(killed.info.run_id, "curves")] == ["curves/curves.png"]
     assert "checkpoint/model.pt" in [a.path for a in client.list_artifacts(killed.info.run_id, "checkpoint")]
@@ -133,22 +144,31 @@ def test_quickstart_end_to_end(orch_home: Path, mlflow_server: str, sample_shard
     best = min(float(v.tags["val_top1_err"]) for v in versions)
     assert float(champion.tags["val_top1_err"]) == best
 
-    out = tmp_path / "champion.pt"
+    out = tmp_path / "champion.pt2"
     pulled = resnet_orch("pull", "quickstart-e2e@champion", "-o", str(out), "--tracking-uri", mlflow_server)
     assert pulled.returncode == 0, pulled.stderr
-    model = torch.jit.load(str(out))
+    model = torch.export.load(str(out)).module()
     logged = float(champion.tags["val_top1_err"])
     assert math.isclose(_top1_err(model, sample_shards_local, 64, 72), logged, abs_tol=1e-6)
+    assert status["champion"]["version"] == str(champion.version)
+    assert status["champion"]["val_top1_err"] == logged
 
     report_dir = tmp_path / "report"
     reported = resnet_orch("report", sweep_id, "-o", str(report_dir))
     assert reported.returncode == 0, reported.stderr
     report_md = (report_dir / "report.md").read_text()
-    assert "| 000-steps_per_epoch3 | ResNet-18 (B) | SUCCEEDED | 1000 classes, 1,000 images | 10-crop |" in report_md
+    # Validated on its training images (the quick start's allow_val_equals_train): the row is marked.
+    row = "| 000-steps_per_epoch1 † | ResNet-18 (B) | SUCCEEDED | 1000 classes, 1,000 images | 10-crop |"
+    assert row in report_md
+    assert f"Champion: quickstart-e2e version {champion.version} (val top-1 error " in report_md
     assert (report_dir / "report.png").stat().st_size > 0
     assert (report_dir / "curves.png").stat().st_size > 0  # Figure 4 style, from the MLflow history
     for trial in trials.values():
         assert trial["metrics"]["final_ten_crop_samples"] == 1000
+
+
+def _history(client: MlflowClient, run_id: str, metric: str) -> list[Any]:
+    return sorted(client.get_metric_history(run_id, metric), key=lambda m: m.step)
 
 
 def _driver_pid(sweep_dir: Path) -> int | None:
@@ -255,3 +275,40 @@ def _train_actors(ray_temp_dir: str) -> list[str]:
                 if "RayTrainWorker" in title or "TrainController" in title:
                     found.append(title)
     return found
+
+
+@pytest.mark.slow
+def test_asha_sweep_of_four_on_the_sample(
+    orch_home: Path, mlflow_server: str, sample_shards_local: str, tmp_path: Path
+) -> None:
+    # lr 50 blows the classifier up in a few steps: both such trials are worse at their first epoch end than the
+    # median of those before them, and ASHA (rung at 1 epoch, reduction factor 2) stops them there.
+    path = _sweep_file(
+        tmp_path,
+        sample_shards_local,
+        grid={"lr": [0.05, 50.0], "seed": [1, 2]},
+        scheduler={"type": "asha", "metric": "val_loss", "mode": "min", "grace_epochs": 1, "reduction_factor": 2},
+        max_concurrent_trials=1,
+        tracking={"uri": mlflow_server, "experiment": "asha", "registered_model": "asha-e2e"},
+    )
+    sweep = yaml.safe_load(path.read_text())
+    sweep["recipe"].update(epochs=2, steps_per_epoch=3)
+    path.write_text(yaml.safe_dump(sweep), encoding="utf-8")
+    submitted = resnet_orch("submit", str(path), "--wait")
+    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    sweep_id = _submitted_id(submitted.stdout)
+    status = _status(sweep_id)
+    assert status["state"] == "SUCCEEDED"
+    states = {t["id"]: t["state"] for t in status["trials"]}
+    assert states["000-lr0.05-seed1"] == "SUCCEEDED"
+    assert states["002-lr50-seed1"] == "STOPPED" and states["003-lr50-seed2"] == "STOPPED"
+    table = resnet_orch("status", sweep_id).stdout
+    assert table.count("STOPPED") == sum(s == "STOPPED" for s in states.values())
+
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    for trial in status["trials"]:
+        run = client.get_run(trial["mlflow_run_id"])
+        assert run.info.status == "FINISHED"
+        assert run.data.tags.get("stopped_early") == ("true" if trial["state"] == "STOPPED" else None)
+    versions = client.search_model_versions("name = 'asha-e2e'")
+    assert len(versions) == sum(s == "SUCCEEDED" for s in states.values())

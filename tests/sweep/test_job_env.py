@@ -153,7 +153,7 @@ _SWEEP = """
 name: secrets
 model: {{arch: test_resnet, num_classes: 8}}
 recipe: {{image_size: 32, resize_size: 36, batch_size: 4, epochs: 1, steps_per_epoch: 2, precision: fp32}}
-data: {{train: {shards}, val: {shards}, num_threads: 1, backend: torch}}
+data: {{train: {shards}, val: {shards}, allow_val_equals_train: true, num_threads: 1, backend: torch}}
 resources: {{workers: 1, cpus_per_worker: 1}}
 checkpoint: {{every_steps: 2, keep: 1}}
 storage: s3://{bucket}/sweeps

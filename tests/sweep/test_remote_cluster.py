@@ -30,7 +30,7 @@ name: {name}
 grid: {{residual: [true, false]}}
 model: {{arch: test_resnet, num_classes: 8}}
 recipe: {{image_size: 32, resize_size: 36, batch_size: 4, epochs: {epochs}, steps_per_epoch: 2, precision: fp32}}
-data: {{train: {shards}, val: {shards}, num_threads: 1}}
+data: {{train: {shards}, val: {shards}, allow_val_equals_train: true, num_threads: 1}}
 resources: {{workers: 1, cpus_per_worker: 1}}
 storage: s3://{bucket}/sweeps
 tracking: {{experiment: {name}, registered_model: {name}}}

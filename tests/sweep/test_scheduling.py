@@ -75,3 +75,14 @@ def test_a_restored_callback_writes_into_the_resuming_drivers_sweep_dir(
 
     assert load_progress(second.progress).trial("000-residual").state == TrialState.RUNNING
     assert load_progress(first.progress).trial("000-residual").state == TrialState.PENDING
+
+
+def test_sweep_callback_hooks_are_tunes() -> None:
+    # A misspelt hook (`on_step` for `on_step_end`) is never called and fails silently: the budget would never run out.
+    from ray import tune
+
+    from orchestrator.sweep.scheduling import SweepCallback
+
+    hooks = [name for name in vars(SweepCallback) if name.startswith("on_")]
+    assert "on_step_end" in hooks
+    assert [name for name in hooks if not hasattr(tune.Callback, name)] == []

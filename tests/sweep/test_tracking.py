@@ -9,6 +9,7 @@ import torch
 
 from models import get_model
 from orchestrator.sweep.config import TrialConfig, parse_sweep
+from orchestrator.sweep.state import Champion
 from orchestrator.sweep.tracking import (
     CHAMPION,
     TAG_ATTEMPTS,
@@ -20,7 +21,6 @@ from orchestrator.sweep.tracking import (
     mark_killed,
     numeric_metrics,
     pull_model,
-    save_torchscript,
 )
 
 SWEEP = {
@@ -105,21 +105,19 @@ def test_registry_champion_and_pull(tracker: Tracker, tmp_path: Path) -> None:
         )
         models[version] = model
     assert sorted(models) == ["1", "2"]
-    assert tracker.crown_champion("track-model", "track-1") == ("2", 0.20)
+    assert tracker.crown_champion("track-model", "track-1") == Champion(
+        model="track-model", version="2", val_top1_err=0.20, sweep_id="track-1"
+    )
     assert str(tracker.client.get_model_version_by_alias("track-model", CHAMPION).version) == "2"
 
     pulled = pull_model(tracker.tracking_uri, f"track-model@{CHAMPION}")
     images = torch.randn(5, 3, 32, 32)  # a batch size other than the logged example's
     with torch.no_grad():
         torch.testing.assert_close(pulled(images), models["2"].eval()(images))
-    path = save_torchscript(tracker.tracking_uri, f"track-model@{CHAMPION}", tmp_path / "out.pt")
-    scripted = torch.jit.load(str(path))
-    with torch.no_grad():
-        torch.testing.assert_close(scripted(images), models["2"](images))
 
 
 def test_resume_settles_trials_whose_model_is_registered(tracker: Tracker, tmp_path: Path) -> None:
-    from orchestrator.sweep.scheduling import settle_registered
+    from orchestrator.sweep.recovery import settle_registered
     from orchestrator.sweep.state import SweepProgress, TrialState, TrialStatus
 
     _, trials, _, run_ids = _sweep_runs(tracker, tmp_path)
@@ -139,6 +137,41 @@ def test_resume_settles_trials_whose_model_is_registered(tracker: Tracker, tmp_p
     assert settle_registered(tracker, "track-model", progress) == [trials[0].trial_id]
     assert [t.state for t in progress.trials] == [TrialState.SUCCEEDED, TrialState.PENDING]
     assert tracker.client.get_run(run_ids[0]).info.status == "FINISHED"
+
+
+def _register(tracker: Tracker, name: str, sweep_id: str, val_top1_err: float, tmp_path: Path) -> str:
+    """A version of `name` from sweep `sweep_id` carrying its metric tag, as `trial_trainable` registers it."""
+    if not tracker.client.search_registered_models(f"name = {filter_literal(name)}"):
+        tracker.client.create_registered_model(name)
+    tags = {"resnet_orch.sweep_id": sweep_id, "val_top1_err": str(val_top1_err)}
+    return str(tracker.client.create_model_version(name, str(tmp_path / "model"), tags=tags).version)
+
+
+@pytest.mark.parametrize("name", ["track-model", "Bob's model"])
+def test_the_champion_moves_only_to_a_strictly_better_version_across_sweeps(
+    tracker: Tracker, tmp_path: Path, name: str
+) -> None:
+    assert tracker.crown_champion(name, "sweep-1") is None  # nothing registered yet
+    for err in (0.30, 0.20, 0.20):
+        _register(tracker, name, "sweep-1", err, tmp_path)
+    first = tracker.crown_champion(name, "sweep-1")
+    # The lowest error; of two equal ones, the earlier version.
+    assert first == Champion(model=name, version="2", val_top1_err=0.20, sweep_id="sweep-1")
+
+    # A later sweep under the same name whose best only ties: the champion stays, and says who challenged it.
+    _register(tracker, name, "sweep-2", 0.25, tmp_path)
+    _register(tracker, name, "sweep-2", 0.20, tmp_path)
+    kept = tracker.crown_champion(name, "sweep-2")
+    assert kept == first.model_copy(update={"challenger_version": "5", "challenger_val_top1_err": 0.20})
+    assert str(tracker.client.get_model_version_by_alias(name, CHAMPION).version) == "2"
+
+    # A strictly better one takes it, even though an earlier sweep set it.
+    _register(tracker, name, "sweep-3", 0.1999, tmp_path)
+    assert tracker.crown_champion(name, "sweep-3") == Champion(
+        model=name, version="6", val_top1_err=0.1999, sweep_id="sweep-3"
+    )
+    assert str(tracker.client.get_model_version_by_alias(name, CHAMPION).version) == "6"
+    assert tracker.champion(name) == Champion(model=name, version="6", val_top1_err=0.1999, sweep_id="sweep-3")
 
 
 def test_filter_literal_quotes_a_value_never_lets_it_become_syntax() -> None:
@@ -172,5 +205,6 @@ def test_names_with_quotes_are_found_as_values(tmp_path: Path, quote: str) -> No
     tracker.client.set_model_version_tag(model_name, version.version, "resnet_orch.sweep_id", sweep_id)
     tracker.client.set_model_version_tag(model_name, version.version, "val_top1_err", "0.25")
     assert tracker.version_of_run(model_name, child) == "1"
-    assert tracker.crown_champion(model_name, sweep_id) == ("1", 0.25)
+    crowned = tracker.crown_champion(model_name, sweep_id)
+    assert crowned is not None and (crowned.version, crowned.val_top1_err) == ("1", 0.25)
     assert str(tracker.client.get_model_version_by_alias(model_name, CHAMPION).version) == "1"

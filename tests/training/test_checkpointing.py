@@ -1,9 +1,16 @@
-"""Checkpoint files: complete or absent, verified on read; attempt markers on a pyarrow filesystem."""
+"""Checkpoint files: complete or absent, verified on read, loaded as data (never run); a corrupt or tampered latest
+checkpoint gives way to the one before it; attempt markers on a pyarrow filesystem."""
 
 from __future__ import annotations
 
+import json
+import logging
+import random
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.fs
 import pytest
 import torch
@@ -11,17 +18,22 @@ import torch
 from orchestrator.training.checkpointing import (
     MANIFEST_FILE,
     MODEL_FILE,
+    STATE_FILE,
     CheckpointError,
     RankState,
     TrainState,
     capture_rng,
+    checkpoint_dir_name,
     count_attempts,
     latest_complete_checkpoint,
+    load_newest_checkpoint,
     read_checkpoint,
     register_attempt,
     restore_rng,
+    unsent_reports,
     write_checkpoint,
 )
+from tests.training.checkpoint_tampering import flip_bit, malicious_state, plant_payload, truncate
 
 
 def _state(step: int = 7) -> TrainState:
@@ -49,11 +61,42 @@ def test_round_trip(tmp_path: Path) -> None:
     assert state.epoch_totals == {"samples": 96.0}
 
 
-def test_rng_states_restore_the_same_draws(tmp_path: Path) -> None:
-    saved = capture_rng()
-    first = torch.rand(3)
-    restore_rng(saved)
-    assert torch.equal(torch.rand(3), first)
+def test_unsent_reports_are_those_after_the_registered_checkpoint_once_each(tmp_path: Path) -> None:
+    # Epochs of 8 steps, a checkpoint every 3: the checkpoint of step 17 went with the report of step 15 after the
+    # epoch ends at 8 and 16 (the report of step 17 is its own).
+    ends = [{"step": 8, "is_epoch_end": True}, {"step": 16, "is_epoch_end": True}]
+    state = _state(step=17)
+    state.epoch_reports, state.report = ends, {"step": 17, "is_epoch_end": False}
+    _, state = read_checkpoint(write_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(1)}, state))
+
+    def registered(step: int) -> str:
+        return f"s3://bucket/trial/{checkpoint_dir_name(step, attempt=1)}"
+
+    # Ray Train registered this very checkpoint: nothing was lost, nothing is sent twice.
+    assert unsent_reports(state, registered(17)) == []
+    assert unsent_reports(state, registered(21)) == []  # a newer one (this one was an older, readable fallback)
+    # Its own report died with the worker before Ray Train collected it.
+    assert unsent_reports(state, registered(16)) == [{"step": 17, "is_epoch_end": False}]
+    # The epoch end of step 16 too (no later report repeats its validation); a mid-epoch report in between (step
+    # 12) is not kept.
+    assert [r["step"] for r in unsent_reports(state, registered(12))] == [16, 17]
+    # Nothing registered in this run: every epoch end and its own, in step order.
+    assert [r["step"] for r in unsent_reports(state, None)] == [8, 16, 17]
+    # A checkpoint taken at an epoch end: its own report is that epoch's, sent once.
+    state.epoch_reports, state.report = ends, ends[-1]
+    assert unsent_reports(state, registered(8)) == [ends[-1]]
+
+
+def test_rng_states_restore_the_same_draws_after_a_weights_only_round_trip(tmp_path: Path) -> None:
+    np.random.standard_normal()  # leaves a cached Gaussian in numpy's legacy state, part of what must come back
+    state = _state()
+    first = (random.random(), float(np.random.standard_normal()), np.random.randint(1 << 30), torch.rand(3))
+    _, loaded = read_checkpoint(write_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(1)}, state))
+    random.seed(99), np.random.seed(99), torch.manual_seed(99)
+    restore_rng(loaded.ranks[0].rng)
+    again = (random.random(), float(np.random.standard_normal()), np.random.randint(1 << 30), torch.rand(3))
+    assert again[:3] == first[:3]
+    assert torch.equal(again[3], first[3])
 
 
 def test_writer_killed_halfway_leaves_no_checkpoint(tmp_path: Path) -> None:
@@ -90,3 +133,78 @@ def test_attempts_and_latest_complete(tmp_path: Path) -> None:
     (tmp_path / "trial" / "checkpoint-step000000030-attempt1").mkdir()  # an upload that never completed
     latest = latest_complete_checkpoint(fs, trial)
     assert latest is not None and latest.endswith("checkpoint-step000000020-attempt1")
+
+
+def _trial_with_checkpoints(tmp_path: Path, steps: list[int]) -> tuple[pyarrow.fs.FileSystem, str, list[str]]:
+    fs, trial = pyarrow.fs.LocalFileSystem(), tmp_path / "trial"
+    paths = []
+    for step in steps:
+        directory = trial / f"checkpoint-step{step:09d}-attempt0"
+        write_checkpoint(directory, {"w": torch.full((4,), float(step))}, _state(step))
+        paths.append(str(directory))
+    return fs, str(trial), paths
+
+
+def test_a_tampered_train_state_is_refused_and_its_payload_never_runs(tmp_path: Path) -> None:
+    marker = tmp_path / "payload-ran"
+    fs, _, [path] = _trial_with_checkpoints(tmp_path, [10])
+    plant_payload(fs, path, str(marker))
+    with pytest.raises(CheckpointError, match=r"GLOBAL posix\.system.*refused without running them"):
+        read_checkpoint(Path(path))
+    assert not marker.exists()
+    # The payload is real: an unsafe load (what reading the train state used to be) runs it.
+    unsafe = f"import torch; torch.load({str(Path(path) / STATE_FILE)!r}, weights_only=False)"
+    subprocess.run([sys.executable, "-c", unsafe], check=True, capture_output=True)
+    assert marker.exists()
+
+
+def test_resume_skips_corrupt_and_tampered_checkpoints_naming_each(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    marker = tmp_path / "payload-ran"
+    fs, trial, paths = _trial_with_checkpoints(tmp_path, [10, 20, 30, 40])
+    truncate(fs, paths[3], MODEL_FILE)  # newest: a file cut short
+    flip_bit(fs, paths[2], STATE_FILE)  # a flipped bit, same size
+    plant_payload(fs, paths[1], str(marker))  # a pickle that runs code, its manifest made to agree
+    with caplog.at_level(logging.WARNING, logger="orchestrator.training.checkpointing"):
+        found = load_newest_checkpoint(fs, trial)
+    assert found is not None
+    path, weights, state = found
+    assert path == paths[0]
+    assert state.step == 10
+    assert torch.equal(weights["w"], torch.full((4,), 10.0))
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 3
+    assert warnings[0].startswith(f"skipping checkpoint {paths[3]}: ")
+    assert "model.pt is" in warnings[0] and "truncated" in warnings[0]
+    assert warnings[1].startswith(f"skipping checkpoint {paths[2]}: ")
+    assert "does not match manifest.json" in warnings[1]
+    assert warnings[2].startswith(f"skipping checkpoint {paths[1]}: ")
+    assert "refused without running them" in warnings[2]
+    assert not marker.exists()
+    # What a restart would use without the fallback is the newest complete-looking one by sizes alone.
+    assert latest_complete_checkpoint(fs, trial) == paths[2]
+
+
+def test_resume_with_no_readable_checkpoint_fails_naming_them(tmp_path: Path) -> None:
+    fs, trial, paths = _trial_with_checkpoints(tmp_path, [10])
+    flip_bit(fs, paths[0], MODEL_FILE)
+    with pytest.raises(CheckpointError, match=r"no checkpoint of .* can be read: .*checkpoint-step000000010"):
+        load_newest_checkpoint(fs, trial)
+    assert load_newest_checkpoint(fs, str(tmp_path / "no-trial")) is None
+
+
+def test_a_checkpoint_of_the_previous_format_is_refused_by_its_manifest(tmp_path: Path) -> None:
+    directory = write_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(2)}, _state())
+    manifest = json.loads((directory / MANIFEST_FILE).read_text())
+    (directory / MANIFEST_FILE).write_text(json.dumps({**manifest, "format": 1}))
+    with pytest.raises(CheckpointError, match="format 1, this version reads 2"):
+        read_checkpoint(directory)
+
+
+def test_malicious_state_bytes_are_a_loadable_pickle_only_when_unsafe(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    (tmp_path / "state.pt").write_bytes(malicious_state(str(marker)))
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(tmp_path / "state.pt", weights_only=True)
+    assert not marker.exists()

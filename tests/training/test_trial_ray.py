@@ -1,16 +1,22 @@
 """One trial on real Ray Train (2 CPU workers, gloo) with data and checkpoints on a real S3 server (SeaweedFS).
 
-The reference run and the drills share one seed: DDP over gloo on CPU with a fixed thread count computes the same
-losses bit for bit, so a restart that neither replays nor skips a sample reproduces the reference's per-step losses.
+The reference run and the drills share one config and seed: DDP over gloo on CPU with a fixed thread count computes
+the same numbers bit for bit, so a restart that neither replays nor skips a sample and restores the weights, the
+optimizer, the plateau schedule, the RNGs and every loader's position reproduces the reference's per-step losses,
+its learning rates and its per-epoch validation, whichever attempt ran which step.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import pytest
 
 from orchestrator.stack.ray_head import in_process_ray
@@ -24,47 +30,40 @@ from orchestrator.sweep.config import (
     ResourcesConfig,
     TrialConfig,
 )
-from orchestrator.training.checkpointing import read_checkpoint
-from orchestrator.training.trial import TrialResult, open_checkpoint, run_trial
+from orchestrator.training.checkpointing import (
+    ATTEMPTS_DIR,
+    MODEL_FILE,
+    STATE_FILE,
+    checkpoint_dirs,
+    read_checkpoint,
+)
+from orchestrator.training.trial import TrialResult, open_checkpoint, run_trial, storage_location
+from tests.learnable_images import TRAIN_PER_CLASS, VAL_PER_CLASS
+from tests.s3_environment import s3_environment
+from tests.training.checkpoint_tampering import flip_bit, plant_payload, truncate
 
 pytestmark = pytest.mark.timeout(1800)
 
-# 1,000 samples over 2 ranks with 32 per rank: 16 batches per epoch (the last one padded), 2 epochs.
 WORKERS = 2
 GLOBAL_BATCH = 64
-STEPS_PER_EPOCH = 16
-CHECKPOINT_EVERY = 5
+CLASSES = 10
+TRAIN_SAMPLES = CLASSES * TRAIN_PER_CLASS  # 500: 250 per rank, 8 batches of 32 (the last one padded)
+VAL_SAMPLES = CLASSES * VAL_PER_CLASS  # 200
+STEPS_PER_EPOCH = 8
+EPOCHS = 4
+# Mid-epoch checkpoints at steps 3, 6, 9, ... besides every epoch end (8, 16, 24, 32).
+CHECKPOINT_EVERY = 3
+BASE_LR = 0.4 * GLOBAL_BATCH / 256  # the linear scaling rule of `RecipeConfig.scaled_lr`
+GAMMA = 0.1
+# What one epoch reports about itself, compared between runs.
+EPOCH_KEYS = ("epoch_samples", "epoch_train_loss", "val_samples", "val_top1_err", "val_top5_err", "val_loss")
 
 
 @pytest.fixture(scope="module")
 def ray_cluster(s3_server: SeaweedFS) -> Iterator[None]:
-    # Started after the S3 server: Ray's workers inherit the AWS_* variables that point at it.
-    with in_process_ray(num_cpus=4):
+    # Ray's workers inherit the AWS_* variables that point at the S3 server, set as it gives them.
+    with s3_environment(s3_server), in_process_ray(num_cpus=4):
         yield
-
-
-def trial(name: str, shards: str, storage: str, **changes: Any) -> TrialConfig:
-    base: dict[str, Any] = {
-        "trial_id": name,
-        "sweep_name": "train-tests",
-        "seed": 7,
-        "model": ModelConfig(arch="test_resnet", base_width=8),
-        "recipe": RecipeConfig(batch_size=GLOBAL_BATCH, epochs=2, image_size=32, resize_size=40, lr=0.4),
-        "data": DataConfig(train=shards, num_threads=1),
-        "resources": ResourcesConfig(workers=WORKERS, cpus_per_worker=1),
-        "checkpoint": CheckpointConfig(every_steps=CHECKPOINT_EVERY, keep=2),
-        "storage": storage,
-        "max_failures": 2,
-    }
-    return TrialConfig(**(base | changes))
-
-
-def final_state_of(result: TrialResult) -> tuple[list[float], list[int]]:
-    """(per-step losses, samples per epoch) recorded in the trial's last checkpoint on S3."""
-    assert result.checkpoint_path is not None, result.error
-    with open_checkpoint(result.checkpoint_path).as_directory() as directory:
-        _, state = read_checkpoint(Path(directory))
-    return state.step_losses, state.epoch_sizes
 
 
 @pytest.fixture(scope="module")
@@ -72,77 +71,105 @@ def storage(s3_bucket: str) -> str:
     return f"s3://{s3_bucket}/train-tests/{uuid.uuid4().hex[:8]}"
 
 
+def trial(name: str, data: tuple[str, str], storage: str, **changes: Any) -> TrialConfig:
+    """The reference config: the tiny net on the learnable textures, validated every epoch, LR divided by 10 at
+    the first epoch whose validation error does not improve (plateau, patience 0)."""
+    train, val = data
+    base: dict[str, Any] = {
+        "trial_id": name,
+        "sweep_name": "train-tests",
+        "seed": 7,
+        "model": ModelConfig(arch="test_resnet", base_width=8, num_classes=CLASSES),
+        "recipe": RecipeConfig(
+            batch_size=GLOBAL_BATCH,
+            epochs=EPOCHS,
+            image_size=32,
+            resize_size=40,
+            lr=0.4,
+            gamma=GAMMA,
+            schedule="plateau",
+            plateau_patience=0,
+        ),
+        "data": DataConfig(train=train, val=val, num_threads=1),
+        "resources": ResourcesConfig(workers=WORKERS, cpus_per_worker=1),
+        "checkpoint": CheckpointConfig(every_steps=CHECKPOINT_EVERY, keep=20),
+        "storage": storage,
+        "max_failures": 2,
+    }
+    return TrialConfig(**(base | changes))
+
+
+@dataclass(frozen=True)
+class Run:
+    """What a finished trial recorded: its result, the audit trail of its last checkpoint, and each epoch's report."""
+
+    result: TrialResult
+    losses: list[float]
+    lrs: list[float]
+    epoch_sizes: list[int]
+    epochs: dict[int, dict[str, Any]]  # epoch -> the metrics of its (last) epoch-end report
+
+
+def finished(result: TrialResult) -> Run:
+    assert result.ok, result.error
+    assert result.checkpoint_path is not None
+    with open_checkpoint(result.checkpoint_path).as_directory() as directory:
+        _, state = read_checkpoint(Path(directory))
+    reports = sorted(((m["step"], m["attempt"]), m) for _, m in result.checkpoints if m["is_epoch_end"])
+    epochs = {m["epoch"]: m for _, m in reports}
+    return Run(result, state.step_losses, state.step_lrs, state.epoch_sizes, epochs)
+
+
+def assert_same_run(run: Run, reference: Run, from_epoch: int = 0) -> None:
+    """Per-step losses, learning rates and per-epoch validation (of the epochs from `from_epoch` on, those the run
+    reported itself) of `run` equal the reference's (fp32, CPU)."""
+    assert run.losses == pytest.approx(reference.losses, abs=1e-4)
+    assert run.lrs == pytest.approx(reference.lrs, rel=1e-9)
+    assert run.epoch_sizes == reference.epoch_sizes
+    assert sorted(run.epochs) == list(range(from_epoch, EPOCHS))
+    for epoch in range(from_epoch, EPOCHS):
+        for key in EPOCH_KEYS:
+            assert run.epochs[epoch][key] == pytest.approx(reference.epochs[epoch][key], abs=1e-4), (epoch, key)
+
+
 @pytest.fixture(scope="module")
-def reference(ray_cluster: None, sample_shards_s3: str, storage: str) -> tuple[TrialResult, list[float], list[int]]:
-    result = run_trial(trial("reference", sample_shards_s3, storage))
-    assert result.ok, result.error
-    return (result, *final_state_of(result))
+def reference(ray_cluster: None, learnable_shards_s3: tuple[str, str], storage: str) -> Run:
+    return finished(run_trial(trial("reference", learnable_shards_s3, storage)))
 
 
-def test_uninterrupted_run_trains_every_sample_once(
-    reference: tuple[TrialResult, list[float], list[int]], storage: str
-) -> None:
-    result, losses, epoch_sizes = reference
+def plateau_lrs(val_errors: list[float]) -> list[float]:
+    """The learning rate of every step under "divide by 10 when the error plateaus" with patience 0, written here
+    from the rule (He et al. 2015, Section 3.4), not from `LRSchedule`."""
+    lrs, scale, best = [], 1.0, math.inf
+    for err in val_errors:
+        lrs += [BASE_LR * scale] * STEPS_PER_EPOCH
+        if err < best * (1 - 1e-4):
+            best = err
+        else:
+            scale *= GAMMA
+    return lrs
+
+
+def test_uninterrupted_run_trains_and_validates_every_sample_each_epoch(reference: Run, storage: str) -> None:
+    result = reference.result
     assert result.attempts == 1
-    assert result.metrics["step"] == 2 * STEPS_PER_EPOCH
-    assert len(losses) == 2 * STEPS_PER_EPOCH
-    assert epoch_sizes == [result.metrics["samples_per_epoch"]] * 2
-    for key in ("train_loss", "train_top1_err", "train_top5_err", "images_per_s", "lr", "data_wait_frac"):
-        assert result.metrics[key] >= 0, key
+    assert result.metrics["step"] == EPOCHS * STEPS_PER_EPOCH
+    assert len(reference.losses) == EPOCHS * STEPS_PER_EPOCH
+    assert reference.epoch_sizes == [TRAIN_SAMPLES] * EPOCHS
+    assert result.metrics["samples_per_epoch"] == TRAIN_SAMPLES
+    for epoch in range(EPOCHS):
+        assert reference.epochs[epoch]["epoch_samples"] == TRAIN_SAMPLES
+        assert reference.epochs[epoch]["val_samples"] == VAL_SAMPLES
     assert result.storage_path == f"{storage}/reference"
-    assert result.checkpoint_path == f"{storage}/reference/checkpoint-step{2 * STEPS_PER_EPOCH:09d}-attempt0"
+    assert result.checkpoint_path == f"{storage}/reference/checkpoint-step{EPOCHS * STEPS_PER_EPOCH:09d}-attempt0"
+    # The schedule followed its rule on the validation errors the run reported; the rule fired at least once
+    # (otherwise the restart tests below would not show that the plateau state survives a restart).
+    expected = plateau_lrs([reference.epochs[e]["val_top1_err"] for e in range(EPOCHS)])
+    assert reference.lrs == pytest.approx(expected, rel=1e-9)
+    assert len(set(expected)) > 1, "the plateau rule never fired in the reference run; choose a config where it does"
 
 
-def test_kill_rank1_mid_epoch_resumes_exactly(
-    reference: tuple[TrialResult, list[float], list[int]], sample_shards_s3: str, storage: str
-) -> None:
-    _, ref_losses, ref_sizes = reference
-    # Step 23 is in the middle of epoch 1, 3 steps after the checkpoint of step 20.
-    cfg = trial("kill-rank1", sample_shards_s3, storage, chaos=ChaosConfig(kill_rank=1, at_step=23))
-    result = run_trial(cfg)
-    assert result.ok, result.error
-    assert result.attempts == 2
-    assert result.metrics["attempt"] == 1
-    # Resumed from the last checkpoint before the kill, even though Ray Train may not have registered it yet.
-    assert result.metrics["resumed_from_step"] == 20
-    losses, sizes = final_state_of(result)
-    assert losses == pytest.approx(ref_losses, abs=1e-4)
-    assert sizes == ref_sizes
-
-
-def test_kill_after_an_epoch_end_resumes_exactly_from_it(
-    reference: tuple[TrialResult, list[float], list[int]], sample_shards_s3: str, storage: str
-) -> None:
-    # Step 18: two steps after epoch 0's end (step 16), whose checkpoint holds the DALI pipeline's state there (the
-    # pipeline runs on into epoch 1 rather than being rebuilt): epoch 1 must continue exactly as the reference's.
-    _, ref_losses, ref_sizes = reference
-    cfg = trial("kill-after-epoch", sample_shards_s3, storage, chaos=ChaosConfig(kill_rank=1, at_step=18))
-    result = run_trial(cfg)
-    assert result.ok, result.error
-    assert result.metrics["resumed_from_step"] == STEPS_PER_EPOCH
-    losses, sizes = final_state_of(result)
-    assert losses == pytest.approx(ref_losses, abs=1e-4)
-    assert sizes == ref_sizes
-
-
-@pytest.mark.slow
-def test_kill_during_checkpoint_write_uses_the_previous_one(
-    reference: tuple[TrialResult, list[float], list[int]], sample_shards_s3: str, storage: str
-) -> None:
-    _, ref_losses, ref_sizes = reference
-    cfg = trial(
-        "kill-in-write", sample_shards_s3, storage, chaos=ChaosConfig(kill_rank=0, at_step=10, during="checkpoint")
-    )
-    result = run_trial(cfg)
-    assert result.ok, result.error
-    assert result.attempts == 2
-    assert result.metrics["resumed_from_step"] == 5
-    losses, sizes = final_state_of(result)
-    assert losses == pytest.approx(ref_losses, abs=1e-4)
-    assert sizes == ref_sizes
-
-
-def independent_val_errors(checkpoint_uri: str, shards: str, image_size: int, resize_size: int) -> dict[str, float]:
+def independent_val_errors(checkpoint_uri: str, val: str) -> dict[str, float]:
     """Top-1/top-5 error, mean loss and sample count of a checkpoint's weights on the val shards, computed here on
     one process (no ranks, no padding, no train-loop code) for comparison with what the trial reported."""
     import torch
@@ -152,12 +179,10 @@ def independent_val_errors(checkpoint_uri: str, shards: str, image_size: int, re
     from pipelines.loader import LoaderSpec
     from pipelines.loader_factory import make_loader
 
-    model = get_model("test_resnet", base_width=8, num_classes=1000).eval()
+    model = get_model("test_resnet", base_width=8, num_classes=CLASSES).eval()
     with open_checkpoint(checkpoint_uri).as_directory() as directory:
         model.load_state_dict(read_model_state(Path(directory)))
-    spec = LoaderSpec(
-        uri=shards, split="val", batch_size=50, image_size=image_size, resize_size=resize_size, num_threads=1
-    )
+    spec = LoaderSpec(uri=val, split="val", batch_size=50, image_size=32, resize_size=40, num_threads=1)
     loader = make_loader(spec, rank=0, world_size=1, device=torch.device("cpu"))
     loader.set_epoch(0)
     seen, top1, top5, loss = 0, 0, 0, 0.0
@@ -177,38 +202,124 @@ def independent_val_errors(checkpoint_uri: str, shards: str, image_size: int, re
     }
 
 
-def test_every_epoch_is_validated_on_the_whole_val_set(ray_cluster: None, sample_shards_s3: str, storage: str) -> None:
-    # Three epochs with a val set: each epoch's reported validation numbers must be those of the weights saved at
-    # that epoch's end, over all 1,000 val samples (a loader left at the end of its first pass read nothing after).
-    epochs, steps = 3, 4
-    cfg = trial(
-        "val-every-epoch",
-        sample_shards_s3,
-        storage,
-        data=DataConfig(train=sample_shards_s3, val=sample_shards_s3, num_threads=1),
-        recipe=RecipeConfig(
-            batch_size=GLOBAL_BATCH, epochs=epochs, image_size=32, resize_size=40, lr=0.4, steps_per_epoch=steps
-        ),
-        checkpoint=CheckpointConfig(every_steps=10_000, keep=epochs),
-    )
-    result = run_trial(cfg)
-    assert result.ok, result.error
-    reports = sorted((metrics["step"], uri, metrics) for uri, metrics in result.checkpoints)
-    assert [step for step, _, _ in reports] == [steps, 2 * steps, 3 * steps]
-    for epoch, (_, uri, reported) in enumerate(reports):
+def test_every_epoch_is_validated_on_the_whole_val_set(reference: Run, learnable_shards_s3: tuple[str, str]) -> None:
+    # Each epoch's reported validation numbers must be those of the weights saved at that epoch's end, over every
+    # val sample (a loader left at the end of its first pass read nothing after it).
+    ends = sorted((m["step"], uri, m) for uri, m in reference.result.checkpoints if m["is_epoch_end"])
+    assert [step for step, _, _ in ends] == [STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)]
+    for epoch, (_, uri, reported) in enumerate(ends):
         assert reported["epoch"] == epoch
-        # 4 steps x 2 ranks x 32 samples per rank: the capped epoch's exact size.
-        assert reported["epoch_samples"] == steps * GLOBAL_BATCH
-        expected = independent_val_errors(uri, sample_shards_s3, image_size=32, resize_size=40)
-        assert expected["val_samples"] == 1000
+        expected = independent_val_errors(uri, learnable_shards_s3[1])
+        assert expected["val_samples"] == VAL_SAMPLES
         assert reported["val_samples"] == expected["val_samples"]
         assert reported["val_top1_err"] == pytest.approx(expected["val_top1_err"], abs=1e-9)
         assert reported["val_top5_err"] == pytest.approx(expected["val_top5_err"], abs=1e-9)
         assert reported["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-4)
 
 
-def test_config_error_fails_once_with_its_reason(ray_cluster: None, sample_shards_s3: str, storage: str) -> None:
-    cfg = trial("bad-model", sample_shards_s3, storage, model=ModelConfig(arch="resnet19"), max_failures=3)
+def test_kills_mid_epoch_2_and_in_the_restarted_attempt_resume_exactly(
+    reference: Run, learnable_shards_s3: tuple[str, str], storage: str
+) -> None:
+    # Rank 1 dies at step 13, in the middle of the second epoch (steps 9-16), one step after the checkpoint of step
+    # 12; the restarted attempt resumes there, and rank 0 dies at step 17, one step after the second epoch's end. The
+    # DALI pipeline runs on from one epoch into the next rather than being rebuilt, so the epoch-end checkpoint holds
+    # its state there, and the third epoch must continue exactly as the reference's.
+    faults = (ChaosConfig(kill_rank=1, at_step=13), ChaosConfig(kill_rank=0, at_step=17, attempt=1))
+    run = finished(run_trial(trial("killed-twice", learnable_shards_s3, storage, chaos=faults)))
+    assert run.result.attempts == 3
+    assert run.result.metrics["attempt"] == 2
+    # Each attempt resumed from the last checkpoint before its kill, even where Ray Train had not registered it yet.
+    resumed = {m["attempt"]: m["resumed_from_step"] for _, m in run.result.checkpoints}
+    assert resumed == {0: -1, 1: 12, 2: 16}
+    assert_same_run(run, reference)
+
+
+def report_log(path: Path) -> Callable[[dict[str, Any]], None]:
+    """A `run_trial` reporter that appends each report, as the sweep's tracking receives it, to the JSON-lines file
+    at `path`. It runs on Ray Train's controller, which cannot import this module: a closure is pickled by value."""
+
+    def record(metrics: dict[str, Any]) -> None:
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(metrics) + "\n")
+
+    return record
+
+
+@pytest.mark.slow
+def test_a_kill_right_after_an_epoch_end_loses_no_report_and_repeats_none(
+    reference: Run, learnable_shards_s3: tuple[str, str], storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rank 1 dies at step 9, one step after the report that closed epoch 0 (step 8). Ray Train collects a rank's
+    # report only at its next poll of the workers (every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, passed on to its
+    # controller; 5 s here, checkpoints at epoch ends only, so the slower poll costs a few seconds): that report
+    # dies in rank 1 if it is not collected before the kill, while its checkpoint is complete in storage and the
+    # restart resumes from it (on a loaded machine the kill can come after the poll: then nothing may be sent
+    # twice). The sweep must receive every report exactly once: no later report repeats epoch 0's validation.
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "5")
+    log = tmp_path / "reports.jsonl"
+    cfg = trial(
+        "killed-after-epoch-end",
+        learnable_shards_s3,
+        storage,
+        checkpoint=CheckpointConfig(every_steps=1000, keep=20),
+        chaos=(ChaosConfig(kill_rank=1, at_step=STEPS_PER_EPOCH + 1),),
+    )
+    result = run_trial(cfg, reporter=report_log(log))
+    reports = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    assert [(r["step"], r["epoch"]) for r in reports] == [(STEPS_PER_EPOCH * (e + 1), e) for e in range(EPOCHS)]
+    assert all(r["is_epoch_end"] for r in reports)
+    run = finished(result)
+    assert result.attempts == 2
+    assert result.metrics["resumed_from_step"] == STEPS_PER_EPOCH
+    for report in reports:
+        for key in EPOCH_KEYS:
+            expected = reference.epochs[report["epoch"]][key]
+            assert report[key] == pytest.approx(expected, abs=1e-4), (report["epoch"], key)
+    assert run.losses == pytest.approx(reference.losses, abs=1e-4)
+    assert run.lrs == pytest.approx(reference.lrs, rel=1e-9)
+
+
+def test_corrupt_and_tampered_latest_checkpoints_give_way_to_the_previous_one(
+    reference: Run, learnable_shards_s3: tuple[str, str], storage: str, tmp_path: Path
+) -> None:
+    # A trial whose first attempt died after step 20: the reference's attempt marker and its checkpoints up to step
+    # 18, under a trial name of its own.
+    cfg = trial("corrupt", learnable_shards_s3, storage)
+    path, filesystem = storage_location(storage)
+    assert filesystem is not None
+    source, target = f"{path}/reference", f"{path}/{cfg.trial_id}"
+    pyarrow.fs.copy_files(
+        f"{source}/{ATTEMPTS_DIR}",
+        f"{target}/{ATTEMPTS_DIR}",
+        source_filesystem=filesystem,
+        destination_filesystem=filesystem,
+    )
+    for checkpoint in checkpoint_dirs(filesystem, source):
+        if int(checkpoint.rsplit("step", 1)[1].split("-")[0]) <= 18:
+            name = checkpoint.rsplit("/", 1)[1]
+            pyarrow.fs.copy_files(
+                checkpoint, f"{target}/{name}", source_filesystem=filesystem, destination_filesystem=filesystem
+            )
+    newest = checkpoint_dirs(filesystem, target)[:4]
+    assert [p.rsplit("/", 1)[1] for p in newest] == [f"checkpoint-step{s:09d}-attempt0" for s in (18, 16, 15, 12)]
+    # Its three newest checkpoints went bad in storage: cut short, a flipped bit, a train state that runs code.
+    marker = tmp_path / "payload-ran"
+    truncate(filesystem, newest[0], MODEL_FILE)
+    flip_bit(filesystem, newest[1], STATE_FILE)
+    plant_payload(filesystem, newest[2], str(marker))
+
+    run = finished(run_trial(cfg))
+    assert run.result.attempts == 2
+    assert run.result.metrics["resumed_from_step"] == 12
+    assert not marker.exists(), "the tampered train state was unpickled with its payload"
+    # The epochs it ran itself (the one before ended in the reference run it was copied from) match the reference.
+    assert_same_run(run, reference, from_epoch=1)
+
+
+def test_config_error_fails_once_with_its_reason(
+    ray_cluster: None, learnable_shards_s3: tuple[str, str], storage: str
+) -> None:
+    cfg = trial("bad-model", learnable_shards_s3, storage, model=ModelConfig(arch="resnet19"), max_failures=3)
     result = run_trial(cfg)
     assert not result.ok
     assert result.attempts == 1
@@ -219,25 +330,35 @@ def test_config_error_fails_once_with_its_reason(ray_cluster: None, sample_shard
 
 
 @pytest.mark.slow
+def test_kill_during_checkpoint_write_uses_the_previous_one(
+    reference: Run, learnable_shards_s3: tuple[str, str], storage: str
+) -> None:
+    fault = ChaosConfig(kill_rank=0, at_step=9, during="checkpoint")
+    run = finished(run_trial(trial("kill-in-write", learnable_shards_s3, storage, chaos=(fault,))))
+    assert run.result.attempts == 2
+    assert run.result.metrics["resumed_from_step"] == 8
+    assert_same_run(run, reference)
+
+
+@pytest.mark.slow
 def test_loss_falls_and_top1_rises_far_above_chance(ray_cluster: None, sample_shards_s3: str, storage: str) -> None:
     # ResNet-18 at width 16 on 48 px crops memorises the 1,000-image sample: ~2-3 minutes on 2 busy cores.
-    epochs = 25
+    epochs, steps_per_epoch = 25, 16  # 1,000 samples over 2 ranks of 32: 16 batches per epoch
     cfg = trial(
         "learns",
-        sample_shards_s3,
+        (sample_shards_s3, sample_shards_s3),
         storage,
         model=ModelConfig(depth=18, base_width=16),
         recipe=RecipeConfig(
             batch_size=GLOBAL_BATCH, epochs=epochs, image_size=48, resize_size=56, lr=0.8, schedule="cosine"
         ),
+        data=DataConfig(train=sample_shards_s3, num_threads=1),
         checkpoint=CheckpointConfig(every_steps=10_000, keep=1),
         max_failures=0,
     )
-    result = run_trial(cfg)
-    assert result.ok, result.error
-    losses, _ = final_state_of(result)
-    assert len(losses) == epochs * STEPS_PER_EPOCH
-    first, last = losses[:STEPS_PER_EPOCH], losses[-STEPS_PER_EPOCH:]
+    run = finished(run_trial(cfg))
+    assert len(run.losses) == epochs * steps_per_epoch
+    first, last = run.losses[:steps_per_epoch], run.losses[-steps_per_epoch:]
     assert sum(last) / len(last) < sum(first) / len(first) - 1.0
     # Chance is 1/1000 top-1 (0.999 error); 3% top-1 on the augmented training batches is 30 times that.
-    assert result.metrics["epoch_train_top1_err"] < 0.97
+    assert run.result.metrics["epoch_train_top1_err"] < 0.97
