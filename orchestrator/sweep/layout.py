@@ -36,6 +36,7 @@ from orchestrator.sweep.state import (
     save_model,
 )
 from pipelines.files import write_atomic
+from pipelines.retry import ONE_TRY
 from pipelines.storage import open_store
 
 logger = logging.getLogger(__name__)
@@ -200,14 +201,15 @@ def save_progress(record: SweepRecord, paths: SweepPaths, progress: SweepProgres
     payload = progress.model_dump_json(indent=2)
     write_atomic(paths.progress, payload)
     try:
-        open_store(record.storage).put_bytes(STORAGE_PROGRESS, payload.encode())
+        # One try: the sweep's events must not wait for storage; the next write catches up.
+        open_store(record.storage, ONE_TRY).put_bytes(STORAGE_PROGRESS, payload.encode())
     except Exception as exc:  # storage unreachable for a moment: the next write catches up; the sweep goes on
         logger.warning("could not copy the progress of sweep %s to %s: %s", record.sweep_id, record.storage, exc)
 
 
 def fetch_progress(storage: str) -> SweepProgress | None:
     """The progress copy in a sweep's storage, None where there is none yet (the driver has not started)."""
-    store = open_store(storage)
+    store = open_store(storage, ONE_TRY)  # `status` answers at once; its caller falls back to the local copy
     if not store.exists(STORAGE_PROGRESS):
         return None
     return SweepProgress.model_validate_json(store.read_bytes(STORAGE_PROGRESS))
