@@ -66,6 +66,7 @@ class MlflowServer:
                     return
             except (urllib.error.URLError, OSError):
                 if self._proc.poll() is not None or time.monotonic() > deadline:
+                    self.interrupt()  # nothing of it outlives the failed start
                     raise RuntimeError(f"mlflow server did not start: {self._log_path.read_text()}") from None
                 time.sleep(0.5)
 
@@ -76,7 +77,7 @@ class MlflowServer:
             return
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
