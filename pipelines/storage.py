@@ -314,12 +314,17 @@ class S3Store:
         try:
             return self._retried(name, lambda: getattr(self.client, method)(Bucket=self.bucket, **kwargs))
         except RetriesExhausted as exc:
-            raise StorageError(f"{exc}; check that the S3 server at {self._endpoint()} runs") from exc
+            raise self._gave_up(exc, name) from exc
         except (ClientError, BotoCoreError) as exc:
             raise describe_s3_error(exc, self.location.join(name)) from exc
 
-    def _endpoint(self) -> str:
-        return str(getattr(getattr(self.client, "meta", None), "endpoint_url", None) or "the S3 endpoint")
+    def _gave_up(self, exc: Exception, name: str) -> StorageError:
+        """What a transient error that outlasted the retry bound means, as `describe_s3_error` says it."""
+        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        described = describe_s3_error(cause, self.location.join(name))
+        if not self.retry_policy.max_wait_s:
+            return described
+        return StorageError(f"{described} (retried for {self.retry_policy.max_wait_s:g} s)")
 
     def size(self, name: str) -> int | None:
         from botocore.exceptions import ClientError
@@ -366,7 +371,7 @@ class S3Store:
                 ),
             )
         except RetriesExhausted as exc:
-            raise StorageError(f"{exc}; check that the S3 server at {self._endpoint()} runs") from exc
+            raise self._gave_up(exc, name) from exc
         except (ClientError, BotoCoreError) as exc:
             raise describe_s3_error(exc, self.location.join(name)) from exc
         except Exception as exc:  # boto3's S3UploadFailedError wraps the ClientError

@@ -103,9 +103,9 @@ def test_s3_calls_give_up_at_the_bound_with_a_clear_error(own_s3: SeaweedFS) -> 
     store.put_bytes("a.bin", b"x")
     own_s3.interrupt()
     started = time.monotonic()
-    with pytest.raises(StorageError, match=r"still failing after \d+ tries over 2 s.*check that the S3 server"):
+    with pytest.raises(StorageError, match=r"cannot connect to http://127.0.0.1:\d+; .* \(retried for 2 s\)$"):
         store.read_bytes("a.bin")
     assert time.monotonic() - started >= 2
     quick = S3Store(parse_uri("s3://outage/set"), S3Settings.client(own_s3.settings), ONE_TRY)
-    with pytest.raises(StorageError, match="after 1 tries"):
+    with pytest.raises(StorageError, match=r"cannot connect to http://127.0.0.1:\d+; check AWS_ENDPOINT_URL.*runs$"):
         quick.read_bytes("a.bin")

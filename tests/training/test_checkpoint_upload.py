@@ -105,8 +105,11 @@ from pipelines.retry import RetryPolicy
 mount = sys.argv[1]
 os.makedirs(mount + "/tmp"); tempfile.tempdir = mount + "/tmp"
 records = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        records.append(record.getMessage())
 logging.basicConfig(level=logging.INFO)
-logging.getLogger().addHandler(type("H", (logging.Handler,), {{"emit": lambda self, r: records.append(r.getMessage())}})())
+logging.getLogger().addHandler(Keep())
 fs, policy = pyarrow.fs.LocalFileSystem(), RetryPolicy(max_wait_s=30)
 first = save_checkpoint(_weights(1), _state(1), fs, _dest_local(mount, 1), policy)
 second = save_checkpoint(_weights(2, 256 * 1024), _state(2), fs, _dest_local(mount, 2), policy)
