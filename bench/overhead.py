@@ -8,8 +8,10 @@ Same model, same shards, same loader, same optimizer and batch on 2 CPU workers 
 * `submit_to_first_step_s`: from `run_trial` being called (Ray already up) to the first completed step;
 * `kill_to_next_step_s`: from a chaos SIGKILL of rank 1 to the first step completed after the restart (< 30 s).
 
-Where CUDA is present it also measures ResNet-50 images/s on one GPU with bf16 + channels_last and DALI GPU decode,
-next to the same loop on synthetic data already in GPU memory (targets: >= 3,000 img/s and >= 95% of synthetic).
+* `per_trial_overhead_s`: the fixed cost of each trial of a sweep, from one trial's end to the next one's first
+  step (`--trials` trials of two steps each, one after another; target <= 10 s);
+
+The GPU figures (ResNet-50 images/s with DALI vs synthetic data) are bench/gpu.py's.
 
     .venv/bin/python bench/overhead.py [--epochs 3] [--json]
 
@@ -165,63 +167,52 @@ def kill_to_next_step(cfg: TrialConfig, storage: str, reports: Path) -> float:
     return float(result.metrics["first_step_unix_s"] - marker["unix_s"])
 
 
-def gpu_throughput(shards: str, steps: int, batch: int = 256) -> dict[str, float]:
-    """ResNet-50 images/s on one GPU: DALI GPU decode vs synthetic data in GPU memory (bf16, channels_last)."""
-    device = torch.device("cuda", 0)
-    torch.backends.cudnn.benchmark = True
-    model = get_model("resnet50").to(device).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    criterion = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
-
-    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = criterion(model(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    def images_per_s(batches: Any) -> float:
-        for _ in range(WARMUP_STEPS):
-            step(*next(batches))
-        torch.cuda.synchronize()
-        started = time.perf_counter()
-        for _ in range(steps):
-            step(*next(batches))
-        torch.cuda.synchronize()
-        return steps * batch / (time.perf_counter() - started)
-
-    spec = LoaderSpec(
-        uri=shards, split="train", batch_size=batch, dtype="bfloat16", channels_last=True, backend="dali", num_threads=8
-    )
-    loader = make_loader(spec, 0, 1, device)
-
-    def real() -> Any:
-        epoch = 0
-        while True:
-            loader.set_epoch(epoch)
-            for b in loader:
-                yield b.images, b.labels
-            epoch += 1
-
-    def synthetic() -> Any:
-        images = torch.randn(batch, 3, 224, 224, device=device, dtype=torch.bfloat16).to(
-            memory_format=torch.channels_last
+def per_trial_overhead(shards: str, storage: str, trials: int) -> dict[str, float]:
+    """Fixed cost per trial of trials run one after another on a warm Ray, as a sweep runs them: each trial trains
+    two steps. `per_trial_overhead_s`: median over trials 2..N of (trial N+1's first step - trial N's return);
+    `first_trial_submit_to_first_step_s` for trial 1; the split of trial 2..N's overhead into Ray Train start-up
+    (call -> the train function starts on rank 0) and setup (-> its first step: model, loaders, first batch)."""
+    gaps: list[float] = []
+    startup: list[float] = []
+    setup: list[float] = []
+    first = math.nan
+    previous_end = math.nan
+    for n in range(trials):
+        cfg = trial_config(f"startup-{n}", shards, storage, 1).model_copy(
+            update={"recipe": RecipeConfig(batch_size=64, epochs=1, image_size=64, resize_size=73, steps_per_epoch=2)}
         )
-        labels = torch.randint(0, 1000, (batch,), device=device)
-        while True:
-            yield images, labels
-
-    dali = images_per_s(real())
-    synth = images_per_s(synthetic())
-    return {"gpu_dali_images_per_s": dali, "gpu_synthetic_images_per_s": synth, "gpu_dali_vs_synthetic": dali / synth}
+        called = time.time()
+        result = run_trial(cfg)
+        if not result.ok:
+            raise RuntimeError(f"start-up trial {n} failed: {result.error}")
+        first_step = float(result.metrics["first_step_unix_s"])
+        if n == 0:
+            first = first_step - called
+        else:
+            gaps.append(first_step - previous_end)
+            startup.append(float(result.metrics["attempt_start_unix_s"]) - called)
+            setup.append(first_step - float(result.metrics["attempt_start_unix_s"]))
+        previous_end = time.time()
+    return {
+        "per_trial_overhead_s": statistics.median(gaps),
+        "per_trial_overhead_rounds_s": gaps,  # type: ignore[dict-item]
+        "first_trial_submit_to_first_step_s": first,
+        "per_trial_ray_train_startup_s": statistics.median(startup),
+        "per_trial_setup_to_first_step_s": statistics.median(setup),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_SAMPLE, help="folder of JPEGs + labels.tsv")
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the sample; the first is warm-up")
+    parser.add_argument("--trials", type=int, default=4, help="trials of the start-up measurement (>= 2)")
+    parser.add_argument("--rounds", type=int, default=3, help="Ray / torch step-time rounds; the median ratio counts")
+    parser.add_argument("--only-startup", action="store_true", help="measure per_trial_overhead_s only")
     parser.add_argument("--json", action="store_true", help="print the numbers as one JSON object, last line")
     args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs: at least 2 (the first one is warm-up)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if not (args.data / "labels.tsv").is_file():
         parser.error(f"--data {args.data}: no labels.tsv there; pass a folder of JPEGs with labels.tsv")
@@ -231,40 +222,54 @@ def main() -> None:
         shards = f"{tmp}/shards"
         shard_dataset(args.data, shards, shard_bytes=30 * 10**6)
         storage = f"{tmp}/storage"
-        if args.epochs < 2:
-            parser.error("--epochs: at least 2 (the first one is warm-up)")
-        base = trial_config("overhead", shards, storage, args.epochs)
-        # The plain loop runs before and after the Ray path: on a shared machine the load drifts, and the mean of
-        # the two brackets the Ray run in time.
-        torch_before = torch_step_time(base)
+        numbers: dict[str, Any] = {"cores": len(os.sched_getaffinity(0))}
         with in_process_ray(num_cpus=WORKERS + 2):
-            ray_time, submit_s, _ = ray_run(base, Path(tmp, "reports.jsonl"))
-            torch_time = statistics.fmean([torch_before, torch_step_time(base)])
-            chaos = trial_config("overhead-kill", shards, storage, 1, (ChaosConfig(kill_rank=1, at_step=8),))
-            kill_s = kill_to_next_step(chaos, storage, Path(tmp, "reports-kill.jsonl"))
-        numbers: dict[str, float] = {
-            "ray_step_time_s": ray_time,
-            "torch_step_time_s": torch_time,
-            "ray_vs_torch_step_time": ray_time / torch_time,
-            "submit_to_first_step_s": submit_s,
-            "kill_to_next_step_s": kill_s,
-        }
-        if torch.cuda.is_available():
-            numbers.update(gpu_throughput(shards, steps=50))
-        else:
-            logger.info("no CUDA device: the GPU throughput part is skipped")
-    print(
-        f"step time: Ray Train {ray_time * 1e3:.1f} ms, torch.distributed {torch_time * 1e3:.1f} ms "
-        f"(ratio {numbers['ray_vs_torch_step_time']:.3f}, target <= 1.05)"
-    )
-    print(f"submit -> first step: {submit_s:.1f} s; kill -> next step: {kill_s:.1f} s (target < 30 s)")
-    if "gpu_dali_images_per_s" in numbers:
+            if not args.only_startup:
+                numbers |= step_time_rounds(shards, storage, Path(tmp), args.epochs, args.rounds)
+                chaos = trial_config("overhead-kill", shards, storage, 1, (ChaosConfig(kill_rank=1, at_step=8),))
+                numbers["kill_to_next_step_s"] = kill_to_next_step(chaos, storage, Path(tmp, "reports-kill.jsonl"))
+            numbers |= per_trial_overhead(shards, storage, max(2, args.trials))
+        numbers["load_average_1m"] = os.getloadavg()[0]
+    if "ray_vs_torch_step_time" in numbers:
         print(
-            f"ResNet-50 on one GPU: DALI {numbers['gpu_dali_images_per_s']:.0f} img/s, synthetic "
-            f"{numbers['gpu_synthetic_images_per_s']:.0f} img/s ({numbers['gpu_dali_vs_synthetic']:.1%})"
+            f"step time: Ray Train {numbers['ray_step_time_s'] * 1e3:.1f} ms, torch.distributed "
+            f"{numbers['torch_step_time_s'] * 1e3:.1f} ms (median ratio of {args.rounds} rounds "
+            f"{numbers['ray_vs_torch_step_time']:.3f}, target <= 1.05)"
         )
+        print(
+            f"submit -> first step: {numbers['submit_to_first_step_s']:.1f} s; kill -> next step: "
+            f"{numbers['kill_to_next_step_s']:.1f} s (target < 30 s)"
+        )
+    print(
+        f"per-trial overhead: {numbers['per_trial_overhead_s']:.1f} s (target <= 10 s; Ray Train start-up "
+        f"{numbers['per_trial_ray_train_startup_s']:.1f} s, setup {numbers['per_trial_setup_to_first_step_s']:.1f} s); "
+        f"load average {numbers['load_average_1m']:.1f}"
+    )
     if args.json:
         print(json.dumps({k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in numbers.items()}))
+
+
+def step_time_rounds(shards: str, storage: str, tmp: Path, epochs: int, rounds: int) -> dict[str, Any]:
+    """`rounds` interleaved pairs (plain torch.distributed, then Ray Train) of the same epochs; each pair's ratio is
+    taken side by side (the machine's load of that moment), the median of the ratios reported."""
+    ratios: list[float] = []
+    ray_times: list[float] = []
+    torch_times: list[float] = []
+    submits: list[float] = []
+    for n in range(rounds):
+        cfg = trial_config(f"overhead-{n}", shards, storage, epochs)
+        torch_times.append(torch_step_time(cfg))
+        ray_time, submit_s, _ = ray_run(cfg, tmp / f"reports-{n}.jsonl")
+        ray_times.append(ray_time)
+        submits.append(submit_s)
+        ratios.append(ray_time / torch_times[-1])
+    return {
+        "ray_step_time_s": statistics.median(ray_times),
+        "torch_step_time_s": statistics.median(torch_times),
+        "ray_vs_torch_step_time": statistics.median(ratios),
+        "ray_vs_torch_step_time_rounds": ratios,
+        "submit_to_first_step_s": statistics.median(submits),
+    }
 
 
 if __name__ == "__main__":

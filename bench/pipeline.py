@@ -6,8 +6,10 @@ Contenders (all: train augmentation RandomResizedCrop 224 + flip + normalize, ba
   torch_decode_jpeg  this project's fallback loader: torchvision decode_jpeg + v2 transforms over the shards
   dali_gpu           the mixed (nvJPEG) pipeline on one GPU from local shards, where CUDA is present
 
-Contenders run `--repeats` interleaved rounds of one epoch each (first batch untimed); the best epoch
-counts (other processes on a shared machine only ever slow a run down). With --json the last line is one JSON object.
+Contenders run `--repeats` interleaved rounds of one epoch each (first batch untimed; the loaders live across the
+rounds, as they do across a trial's epochs). Each figure is the median over the rounds, and each ratio the median of
+the per-round ratios: neighbours in one round share the machine's load of that moment. `--tune` adds DALI contenders
+with other `prefetch_queue_depth` and thread counts. With --json the last line is one JSON object.
 Targets (issue): dali_cpu >= 1.5x pil_imagefolder, >= 400 images/s per core; dali_gpu >= 10,000 images/s.
 
     .venv/bin/python bench/pipeline.py [--src ../shared/data/imagenet-sample] [--json]
@@ -20,6 +22,7 @@ import csv
 import json
 import os
 import resource
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -73,8 +76,17 @@ def time_epoch(batches: Iterable[Any], count: Callable[[Any], int]) -> EpochTimi
 class LoaderContender:
     """This project's loader (DALI or the torch fallback), one epoch per call."""
 
-    def __init__(self, shards: str, backend: str, batch_size: int, threads: int, device: torch.device) -> None:
-        spec = LoaderSpec(uri=shards, batch_size=batch_size, backend=backend, num_threads=threads, seed=0)  # type: ignore[arg-type]
+    def __init__(
+        self, shards: str, backend: str, batch_size: int, threads: int, device: torch.device, prefetch: int = 2
+    ) -> None:
+        spec = LoaderSpec(
+            uri=shards,
+            batch_size=batch_size,
+            backend=backend,  # type: ignore[arg-type]
+            num_threads=threads,
+            seed=0,
+            prefetch_queue_depth=prefetch,
+        )
         self.loader = make_loader(spec, 0, 1, device)
         self.device = device
         self.epoch = 0
@@ -137,6 +149,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-torch", action="store_true", help="skip the (slow) decode_jpeg fallback")
+    parser.add_argument("--tune", action="store_true", help="also DALI with prefetch 1/3 and one thread fewer/more")
     parser.add_argument("--json", action="store_true", dest="as_json")
     args = parser.parse_args()
 
@@ -151,34 +164,45 @@ def main() -> None:
             "dali_cpu": LoaderContender(shards, "dali", args.batch_size, n, cpu),
             "pil_imagefolder": ImageFolderContender(args.src, Path(tmp) / "tree", args.batch_size, n),
         }
+        if args.tune:
+            for depth in (1, 3):
+                contenders[f"dali_cpu_prefetch{depth}"] = LoaderContender(
+                    shards, "dali", args.batch_size, n, cpu, depth
+                )
+            for threads in {max(1, n - 1), n + 1} - {n}:
+                contenders[f"dali_cpu_threads{threads}"] = LoaderContender(
+                    shards, "dali", args.batch_size, threads, cpu
+                )
         if not args.skip_torch:
             contenders["torch_decode_jpeg"] = LoaderContender(shards, "torch", args.batch_size, n, cpu)
         if torch.cuda.is_available():
             results["gpu"] = torch.cuda.get_device_name(0)
             contenders["dali_gpu"] = LoaderContender(shards, "dali", 256, n, torch.device("cuda", 0))
-        # Interleaved rounds, best epoch per contender: load from other processes drifts over a run, and
-        # only ever slows a contender down, so side-by-side rounds keep the ratios honest.
-        wall = dict.fromkeys(contenders, 0.0)
-        per_cpu = dict.fromkeys(contenders, 0.0)
+        # Interleaved rounds: load from other processes drifts over a run, so each ratio is taken within a round
+        # (side by side) and the median over rounds is reported.
+        rounds: list[dict[str, EpochTiming]] = []
         for _ in range(args.repeats):
-            for name, run_epoch in contenders.items():
-                timing = run_epoch()
-                wall[name] = max(wall[name], timing.images_per_s)
-                per_cpu[name] = max(per_cpu[name], timing.images_per_cpu_s)
-        results |= {f"{name}_images_per_s": value for name, value in wall.items()}
-        results |= {f"{name}_images_per_cpu_s": value for name, value in per_cpu.items()}
-    dali = results["dali_cpu_images_per_s"]
-    results["dali_cpu_images_per_s_per_core"] = dali / n
-    results["dali_cpu_vs_pil_imagefolder"] = dali / results["pil_imagefolder_images_per_s"]
-    results["dali_cpu_vs_pil_imagefolder_per_cpu_s"] = (
-        results["dali_cpu_images_per_cpu_s"] / results["pil_imagefolder_images_per_cpu_s"]
-    )
-    if "torch_decode_jpeg_images_per_s" in results:
-        results["dali_cpu_vs_torch_decode_jpeg"] = dali / results["torch_decode_jpeg_images_per_s"]
+            rounds.append({name: run_epoch() for name, run_epoch in contenders.items()})
+        for name in contenders:
+            results[f"{name}_images_per_s"] = statistics.median(r[name].images_per_s for r in rounds)
+            results[f"{name}_images_per_cpu_s"] = statistics.median(r[name].images_per_cpu_s for r in rounds)
+
+        def ratio(a: str, b: str, wall: bool = True) -> float:
+            pick = (lambda t: t.images_per_s) if wall else (lambda t: t.images_per_cpu_s)
+            return statistics.median(pick(r[a]) / pick(r[b]) for r in rounds)
+
+        results["dali_cpu_vs_pil_imagefolder"] = ratio("dali_cpu", "pil_imagefolder")
+        results["dali_cpu_vs_pil_imagefolder_per_cpu_s"] = ratio("dali_cpu", "pil_imagefolder", wall=False)
+        results["dali_cpu_vs_pil_imagefolder_rounds"] = [
+            r["dali_cpu"].images_per_s / r["pil_imagefolder"].images_per_s for r in rounds
+        ]
+        if "torch_decode_jpeg" in contenders:
+            results["dali_cpu_vs_torch_decode_jpeg"] = ratio("dali_cpu", "torch_decode_jpeg")
+    results["dali_cpu_images_per_s_per_core"] = results["dali_cpu_images_per_s"] / n
     results["load_average_1m"] = os.getloadavg()[0]
 
     print(f"{'contender':<22}{'images/s':>10}{'per core':>10}{'per CPU-s':>11}")
-    for key in ("dali_cpu", "pil_imagefolder", "torch_decode_jpeg", "dali_gpu"):
+    for key in [k.removesuffix("_images_per_s") for k in results if k.endswith("_images_per_s")]:
         value = results.get(f"{key}_images_per_s")
         if value is not None:
             print(f"{key:<22}{value:>10.0f}{value / n:>10.0f}{results[f'{key}_images_per_cpu_s']:>11.0f}")

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from nvidia.dali import fn as _fn
 from nvidia.dali import pipeline_def
 from nvidia.dali import types as _types
@@ -30,6 +31,8 @@ types: Any = _types
 
 READER_NAME = "reader"
 Layout = Literal["CHW", "HWC"]
+# Longest `.cls` payload the label decoder reads: ASCII decimal class indices below 10**8.
+_LABEL_DIGITS = 8
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,26 @@ class ReaderArgs:
     shuffle: bool
     initial_fill: int = 1024
     image_ext: str = "jpg"
+    read_ahead: bool = False  # DALI `read_ahead`: read each whole shard into memory when it is opened
+
+
+def decode_labels(cls: Any) -> Any:
+    """WebDataset `.cls` payloads (ASCII decimal bytes, e.g. b"417") -> one int64 per sample, inside the graph.
+
+    The digits are right-aligned into `_LABEL_DIGITS` places (a slice from `len - 8`, padded with b"0") and
+    weighted by powers of ten: no per-sample Python on the training thread.
+    """
+    length = cls.shape(dtype=types.INT32)
+    digits = fn.slice(
+        cls,
+        start=length - _LABEL_DIGITS,
+        shape=[_LABEL_DIGITS],
+        axes=[0],
+        out_of_bounds_policy="pad",
+        fill_values=ord("0"),
+    )
+    weights = types.Constant(np.array([10**i for i in range(_LABEL_DIGITS - 1, -1, -1)], dtype=np.int32))
+    return fn.reductions.sum((fn.cast(digits, dtype=types.INT32) - ord("0")) * weights, axes=[0])
 
 
 def _read(reader: ReaderArgs) -> tuple[Any, Any]:
@@ -59,10 +82,12 @@ def _read(reader: ReaderArgs) -> tuple[Any, Any]:
         # Each rank's last batch is padded by repeating its last sample; the loader marks those samples
         # as padding (IGNORE_INDEX) by position, so every sample counts exactly once per epoch.
         pad_last_batch=True,
-        # Samples are read from one pipeline per epoch: never moving to another shard on wrap-around.
+        # One pipeline serves every epoch of a trial: at an epoch's end the reader wraps around within its own
+        # range, so each epoch again reads each of the rank's samples once (the shuffle buffer mixes them anew).
         stick_to_shard=True,
+        read_ahead=reader.read_ahead,
     )
-    return encoded, labels
+    return encoded, decode_labels(labels)
 
 
 def subtract_mean_image(images: Any, norm: Normalization) -> Any:
@@ -177,6 +202,10 @@ def train_pipeline(
             num_attempts=100,
         )
         images = fn.resize(images, resize_x=image_size, resize_y=image_size, antialias=True)
+        if dtype == types.UINT8:
+            # Raw pixels, flipped and laid out: the loader normalizes and casts them where the model runs (a
+            # quarter of float32's bytes through DALI's buffers and the host-to-device copy).
+            return fn.crop_mirror_normalize(images, dtype=dtype, output_layout=layout, mirror=mirror), labels
         return _normalize(images, norm, dtype=dtype, layout=layout, mirror=mirror), labels
     # He et al. 2015, Sec. 3.4: shorter side ~ U[256, 480], per-pixel mean subtracted, random 224 crop, flip, PCA
     # colour.
@@ -206,6 +235,12 @@ def val_pipeline(
     return (*eval_views(images, views, norm, dtype=dtype, layout=layout), labels)
 
 
+def raw_output(split: str, preset: str) -> bool:
+    """Whether the graph of (`split`, `preset`) can end in uint8 pixels: only the standard train preset's does, the
+    others subtract a mean image or resize in float before their last operator."""
+    return split == "train" and preset == "standard"
+
+
 def build(
     split: str,
     reader: ReaderArgs,
@@ -219,15 +254,19 @@ def build(
     views: presets.EvalViews | None = None,
     norm: Normalization | None = None,
     fp16: bool = False,
+    uint8: bool = False,
     layout: Layout = "CHW",
     checkpoint: bytes | None = None,
     prefetch_queue_depth: int = 2,
 ) -> Pipeline:
     """A built train or val pipeline; `checkpoint` restores a state from `Pipeline.checkpoint()`.
 
-    `norm`: the preset's `Normalization` (default: the per-channel ImageNet one); `views`: the val protocol."""
+    `norm`: the preset's `Normalization` (default: the per-channel ImageNet one); `views`: the val protocol.
+    `uint8`: the standard train preset outputs raw uint8 pixels (see `raw_output`), normalized by the caller."""
     decoder = "cpu" if device_id is None else "mixed"
-    dtype = types.FLOAT16 if fp16 else types.FLOAT
+    if uint8 and not raw_output(split, preset):
+        raise ValueError(f"uint8 output: only the standard train preset has it, not {split} {preset}")
+    dtype = types.UINT8 if uint8 else types.FLOAT16 if fp16 else types.FLOAT
     norm = norm if norm is not None else channel_normalization()
     common: dict[str, Any] = {
         "batch_size": batch_size,

@@ -5,7 +5,9 @@ Epoch semantics (both backends):
 * Order is a deterministic function of (seed, epoch, rank, world_size): the shard files are permuted
   with `(seed, epoch)` (the same on every rank), then rank r reads the contiguous sample range
   `[N*r // W, N*(r+1) // W)` of that order (DALI's sharding rule), shuffled within a buffer seeded with
-  `(seed, epoch, rank)`. Augmentation randomness is seeded the same way, so it is reproducible too.
+  `(seed, epoch, rank)`. Augmentation randomness is seeded the same way, so it is reproducible too. The DALI
+  backend builds one pipeline at the epoch it starts at and runs it through the later epochs (`dali_loader`): its
+  epoch e is that function of the start epoch and e, reshuffled by the buffer within the same rank range.
 * `last_batch="pad"` (default): every sample of the epoch is seen exactly once across ranks. Every rank
   yields `ceil(ceil(N / W) / batch_size)` full batches; positions past a rank's real samples carry
   label `IGNORE_INDEX` (-100, CrossEntropyLoss's default ignore_index), see `Batch.valid`.
@@ -16,13 +18,15 @@ Epoch semantics (both backends):
   starts it again, so `set_epoch(0)` before every validation pass reads the whole set every time.
   `__iter__` yields the rest of the current epoch.
 * `state_dict()` is per rank (rank, world size, seed, epoch, next batch and, for DALI, the pipeline's
-  checkpoint): save every rank's state and give each rank back its own; the next batch is then exactly
-  the one that would have come.
+  checkpoint): save every rank's state and give each rank back its own, then `set_epoch`; the next batch is then
+  exactly the one that would have come, at an epoch's end too (the DALI pipeline lives across epochs, so its state
+  at an epoch boundary is part of what comes next).
 """
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -87,7 +91,9 @@ class LoaderSpec(BaseModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     channels_last: bool = False
     backend: Backend = "auto"
-    num_threads: int = Field(default=4, gt=0)
+    num_threads: int | None = Field(
+        default=None, gt=0, description="DALI / decode threads; default: the CPUs this process may run on"
+    )
     seed: int = Field(default=0, ge=0)
     last_batch: Literal["pad", "drop"] = "pad"
     shuffle: bool | None = Field(default=None, description="default: True for train, False for val")
@@ -97,7 +103,8 @@ class LoaderSpec(BaseModel):
     mean_image_uri: str | None = Field(
         default=None, description="paper/cifar: the training shard set whose mean image is subtracted; default `uri`"
     )
-    prefetch_queue_depth: int = Field(default=2, gt=0)
+    prefetch_queue_depth: int = Field(default=2, gt=0, description="batches DALI prepares ahead (bench/pipeline.py)")
+    read_ahead: bool = Field(default=False, description="DALI: read each whole shard into memory when it is opened")
 
     @model_validator(mode="after")
     def _check(self) -> LoaderSpec:
@@ -118,6 +125,12 @@ class LoaderSpec(BaseModel):
     @property
     def shuffled(self) -> bool:
         return self.split == "train" if self.shuffle is None else self.shuffle
+
+    @property
+    def threads(self) -> int:
+        """Decode threads: `num_threads`, or one per CPU of this process's affinity mask (a Ray worker's or a
+        container's share), so the loader does not run more busy threads than it has cores."""
+        return self.num_threads if self.num_threads is not None else len(os.sched_getaffinity(0))
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -281,7 +294,7 @@ class EpochLoader:
                 labels[valid:] = presets.IGNORE_INDEX
             self._batch += 1
             if self._batch == len(self):
-                self._release()
+                self._epoch_done()
             labels = labels.to(self.device, non_blocking=True)
             if isinstance(images, torch.Tensor):
                 yield Batch(images, labels)
@@ -315,6 +328,10 @@ class EpochLoader:
     def _produce(self, k: int) -> tuple[torch.Tensor | tuple[tuple[torch.Tensor, ...], ...], torch.Tensor]:
         """(images, labels) of batch k: a tensor, or for multi-scale views one tensor per view and sample."""
         raise NotImplementedError
+
+    def _epoch_done(self) -> None:
+        """The last batch of the epoch was produced: drop what only this epoch needs (default: everything)."""
+        self._release()
 
     def _release(self) -> None:
         """Drop per-epoch resources (pipelines, caches)."""

@@ -29,7 +29,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from pipelines.dali_index import IndexedSample, format_index
 from pipelines.files import sha256_file
 from pipelines.mean_image import PixelSums, write_mean_image
 from pipelines.names import unsafe_name
+from pipelines.ray_tasks import run_tasks
 from pipelines.sources import ShardingError, discover_source
 from pipelines.storage import Store, open_store
 
@@ -236,8 +237,12 @@ class ShardJob:
         shuffle_seed: int | None = 0,
         workers: int | None = None,
         progress: Callable[[int, int], None] | None = None,
+        address: str | None = None,
     ) -> ShardReport:
-        """Write every shard not already whole, the mean image, then the manifest; returns the report."""
+        """Write every shard not already whole, the mean image, then the manifest; returns the report.
+
+        `address`: write the shards as Ray tasks on that cluster (`pipelines.ray_tasks`), byte for byte the files
+        this process would write: a shard's bytes depend only on its plan."""
         store = open_store(self.dest)
         store.check_writable()
         plans = plan_shards(self.samples, shard_bytes, shuffle_seed, self.codec.size_hint)
@@ -252,26 +257,41 @@ class ShardJob:
             if progress is not None:
                 progress(done, total)
 
-        shard_entries: list[dict[str, Any]] = []
-        threads = workers or os.cpu_count() or 1
-        with ThreadPoolExecutor(max_workers=threads) as pool, tempfile.TemporaryDirectory() as tmp:
-            for plan in plans:
-                plan_hash = plan.plan_hash(self.codec, self.mean_size)
-                record = _completed_record(store, plan, plan_hash)
-                if record is None:
-                    record = self._write_shard(store, plan, plan_hash, pool, Path(tmp), advance)
+        records: dict[int, dict[str, Any]] = {}
+        todo: list[tuple[ShardPlan, str]] = []
+        for plan in plans:
+            plan_hash = plan.plan_hash(self.codec, self.mean_size)
+            record = _completed_record(store, plan, plan_hash)
+            if record is None:
+                todo.append((plan, plan_hash))
+            else:
+                records[plan.index] = record
+                report.shards_reused += 1
+                advance(len(plan.samples))
+                logger.info("kept %s: complete, same plan and sha256", store.location.join(record["name"]))
+        if address is None:
+            threads = workers or os.cpu_count() or 1
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                for plan, plan_hash in todo:
+                    records[plan.index] = self.write_shard(plan, plan_hash, pool.map, advance)
                     report.shards_written += 1
-                    logger.info("wrote %s (%d samples)", store.location.join(record["name"]), record["samples"])
-                else:
-                    report.shards_reused += 1
-                    advance(len(plan.samples))
-                    logger.info("kept %s: complete, same plan and sha256", store.location.join(record["name"]))
-                if sums is not None:
-                    sums.merge(PixelSums.from_bytes(store.read_bytes(record["sums"])))
-                report.samples += record["samples"]
-                report.reencoded += record["reencoded"]
-                report.skipped += record["skipped"]
-                shard_entries.append({k: record[k] for k in ("name", "index", "samples", "bytes", "sha256")})
+        else:
+            # One Ray task per shard; each writes its files and completion record, so a rerun resumes as above.
+            light = replace(self, samples=())  # a task needs its own plan only, not every sample of the set
+            tasks = [(light, plan, plan_hash) for plan, plan_hash in todo]
+            for i, record in run_tasks(_write_shard_task, tasks, address=address):
+                records[todo[i][0].index] = record
+                report.shards_written += 1
+                advance(len(todo[i][0].samples))
+        shard_entries: list[dict[str, Any]] = []
+        for plan in plans:
+            record = records[plan.index]
+            if sums is not None:
+                sums.merge(PixelSums.from_bytes(store.read_bytes(record["sums"])))
+            report.samples += record["samples"]
+            report.reencoded += record["reencoded"]
+            report.skipped += record["skipped"]
+            shard_entries.append({k: record[k] for k in ("name", "index", "samples", "bytes", "sha256")})
         if report.samples == 0:
             raise ShardingError(f"SRC {self.source}: none of the {total} images could be decoded; nothing was written")
         manifest = {
@@ -292,17 +312,32 @@ class ShardJob:
         store.put_bytes(MANIFEST_NAME, json.dumps(manifest, indent=1).encode())
         return report
 
+    def write_shard(
+        self,
+        plan: ShardPlan,
+        plan_hash: str,
+        encode_map: Callable[..., Iterator[CheckedImage]],
+        advance: Callable[[int], None],
+    ) -> dict[str, Any]:
+        """Encode the plan's samples (through `encode_map`, a `map`), write the shard's files to `dest`, its
+        completion record last; returns the record."""
+        store = open_store(self.dest)
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            record = self._write_shard(store, plan, plan_hash, encode_map, Path(tmp_dir), advance)
+        logger.info("wrote %s (%d samples)", store.location.join(record["name"]), record["samples"])
+        return record
+
     def _write_shard(
         self,
         store: Store,
         plan: ShardPlan,
         plan_hash: str,
-        pool: ThreadPoolExecutor,
+        encode_map: Callable[..., Iterator[CheckedImage]],
         tmp: Path,
         advance: Callable[[int], None],
     ) -> dict[str, Any]:
         checked = []
-        for image in pool.map(lambda sample: self.codec.encode(sample, self.mean_size), plan.samples):
+        for image in encode_map(lambda sample: self.codec.encode(sample, self.mean_size), plan.samples):
             checked.append(image)
             advance(1)
         tar_path = tmp / f"{plan.name}.tar"
@@ -333,6 +368,12 @@ class ShardJob:
         store.put_bytes(f"{plan.name}.json", json.dumps(record, indent=1).encode())
         tar_path.unlink(missing_ok=True)
         return record
+
+
+def _write_shard_task(task: tuple[ShardJob, ShardPlan, str]) -> dict[str, Any]:
+    """One shard, in a Ray task: encoded one image after another (the task holds one CPU)."""
+    job, plan, plan_hash = task
+    return job.write_shard(plan, plan_hash, map, lambda n: None)
 
 
 def read_manifest(uri: str, store: Store | None = None) -> dict[str, Any]:

@@ -194,6 +194,7 @@ class Store(Protocol):
     def exists(self, name: str) -> bool: ...
     def size(self, name: str) -> int | None: ...
     def read_bytes(self, name: str) -> bytes: ...
+    def read_range(self, name: str, offset: int, length: int) -> bytes: ...
     def put_bytes(self, name: str, data: bytes) -> None: ...
     def put_file(self, name: str, local_path: Path, sha256: str | None = None) -> None: ...
     def checksum(self, name: str) -> str | None: ...
@@ -220,6 +221,16 @@ class LocalStore:
         path = self._path(name)
         try:
             return path.read_bytes()
+        except FileNotFoundError as exc:
+            raise StorageError(f"{path} does not exist") from exc
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (fewer at the file's end)."""
+        path = self._path(name)
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read(length)
         except FileNotFoundError as exc:
             raise StorageError(f"{path} does not exist") from exc
 
@@ -290,6 +301,12 @@ class S3Store:
     def read_bytes(self, name: str) -> bytes:
         response = self._call(name, "get_object", Key=self._key(name))
         return bytes(response["Body"].read())
+
+    def read_range(self, name: str, offset: int, length: int) -> bytes:
+        """`length` bytes from `offset` (fewer at the object's end): one ranged GET."""
+        byte_range = f"bytes={offset}-{offset + max(length, 1) - 1}"
+        response = self._call(name, "get_object", Key=self._key(name), Range=byte_range)
+        return bytes(response["Body"].read())[:length]
 
     def put_bytes(self, name: str, data: bytes) -> None:
         self._call(name, "put_object", Key=self._key(name), Body=data)

@@ -179,6 +179,9 @@ class RecipeConfig(_Strict):
     # None: channels_last on GPU (faster convolutions on tensor cores), contiguous NCHW on CPU.
     channels_last: bool | None = None
     compile: bool = False
+    # True: PyTorch's deterministic algorithms (cudnn.benchmark off), so a GPU restart repeats the same losses bit for
+    # bit; False: cudnn.benchmark picks the fastest convolution algorithms (they may differ from run to run).
+    deterministic: bool = False
     # Caps an epoch at this many steps (smoke runs); None trains every sample of every epoch.
     steps_per_epoch: int | None = Field(default=None, gt=0)
     # Train exactly this many optimizer steps instead of `epochs` (the last epoch is cut short there): the CIFAR-10
@@ -229,7 +232,10 @@ class DataConfig(_Strict):
     train: str = Field(examples=["s3://bucket/imagenet/train"])
     val: str | None = Field(default=None, examples=["s3://bucket/imagenet/val"])
     backend: Literal["auto", "dali", "torch"] = "auto"
-    num_threads: int = Field(default=4, gt=0)
+    # None: derived from resources.cpus_per_worker (`orchestrator.training.setup.decode_threads`).
+    num_threads: int | None = Field(default=None, gt=0)
+    # Batches DALI prepares ahead of the step; 2 measured best on the 2-core bench (docs/performance.md).
+    prefetch_queue_depth: int = Field(default=2, gt=0)
     # Validating on the training images measures memorisation, not generalisation: refused unless said on purpose
     # (a smoke run on a sample too small to split); `report` then marks the errors as training-set errors.
     allow_val_equals_train: bool = False

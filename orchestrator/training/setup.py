@@ -8,6 +8,7 @@ Each is a function of the trial config and this rank's place; `train_loop._Train
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +61,28 @@ def place(cfg: TrialConfig) -> Placement:
     )
     # A fixed thread count per worker: the same math in the same order on every run of the same seed.
     torch.set_num_threads(max(1, int(cfg.resources.cpus_per_worker)))
+    configure_algorithms(recipe.deterministic, on_gpu)
     return placement
+
+
+def configure_algorithms(deterministic: bool, on_gpu: bool) -> None:
+    """`deterministic`: PyTorch's deterministic kernels only, cudnn.benchmark off (bit-exact GPU restarts); else
+    cudnn.benchmark on, which times the convolution algorithms once per input shape and keeps the fastest."""
+    torch.use_deterministic_algorithms(deterministic, warn_only=False)
+    torch.backends.cudnn.deterministic = deterministic
+    torch.backends.cudnn.benchmark = on_gpu and not deterministic
+    if deterministic and on_gpu:
+        # cuBLAS needs a fixed workspace for deterministic GEMMs; it reads this before its first handle.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def decode_threads(cfg: TrialConfig, on_gpu: bool) -> int:
+    """Loader threads of one worker: `data.num_threads`, else its CPUs on a GPU worker (the GPU does the math) and
+    half of them on a CPU worker, whose other half runs the model's `torch.set_num_threads` kernels."""
+    if cfg.data.num_threads is not None:
+        return cfg.data.num_threads
+    cpus = max(1, int(cfg.resources.cpus_per_worker))
+    return cpus if on_gpu else max(1, cpus // 2)
 
 
 def broadcast(value: Any, device: torch.device) -> Any:
@@ -92,7 +114,8 @@ def loader_spec(cfg: TrialConfig, split: str, uri: str, at: Placement) -> Loader
         dtype="bfloat16" if at.bf16 else "float32",
         channels_last=at.channels_last,
         backend=cfg.data.backend,
-        num_threads=cfg.data.num_threads,
+        num_threads=decode_threads(cfg, at.on_gpu),
+        prefetch_queue_depth=cfg.data.prefetch_queue_depth,
         seed=cfg.seed,
         # The paper and cifar presets subtract the training images' per-pixel mean, from the val images too.
         mean_image_uri=cfg.data.train,

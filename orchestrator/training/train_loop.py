@@ -214,10 +214,11 @@ class _Trainer:
         for metrics in self.unsent:
             ray.train.report(metrics)  # every rank: Ray Train counts reports per rank
         for epoch in range(self.state.epoch, self.epochs):
-            self.train_loader.set_epoch(epoch)
             if self.resume_loader is not None:
+                # Restored first, then moved to `epoch`: a state saved at an epoch's end stands before this epoch.
                 self.train_loader.load_state_dict(self.resume_loader)
                 self.resume_loader = None
+            self.train_loader.set_epoch(epoch)
             self.state.epoch = epoch
             self._end_epoch(self._train_epoch())
 
@@ -366,7 +367,7 @@ class _Trainer:
         self.state.report = metrics
         if epoch_end:
             self.state.epoch_reports.append(metrics)
-        self._capture_state(epoch_end)
+        self._capture_state()
         self._publish(metrics)
 
     def _position(self, epoch_end: bool) -> Position:
@@ -384,7 +385,7 @@ class _Trainer:
             first_step_unix_s=self.first_step_unix_s,
         )
 
-    def _capture_state(self, epoch_end: bool) -> None:
+    def _capture_state(self) -> None:
         """Bring `self.state` up to now: losses, optimizer, schedule, epoch totals and every rank's loader and RNGs."""
         state = self.state
         if self.pending_losses:
@@ -394,7 +395,8 @@ class _Trainer:
         state.schedule = self.schedule.state_dict()
         state.epoch_totals = dict(self.epoch_totals)
         state.attempt = self.attempt
-        mine = RankState(loader=None if epoch_end else self.train_loader.state_dict(), rng=capture_rng())
+        # At an epoch's end too: the DALI pipeline runs on into the next epoch, its state is part of what comes next.
+        mine = RankState(loader=self.train_loader.state_dict(), rng=capture_rng())
         gathered: list[Any] = [None] * self.world
         dist.all_gather_object(gathered, mine)
         state.ranks = gathered

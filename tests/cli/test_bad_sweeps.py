@@ -31,8 +31,8 @@ BAD_SWEEPS = [
         "unknown-axis",
         "name: s\n" + DATA + "grid:\n  colour: [red]\n",
         "grid.colour: unknown axis; choose among seed, arch, base_width, depth, num_classes, residual, shortcut, "
-        "variant, zero_init_residual, batch_size, channels_last, compile, epochs, error_warmup, eval, gamma, "
-        "image_size, label_smoothing, lr, lr_reference_batch, max_steps, milestone_unit, milestones, momentum, "
+        "variant, zero_init_residual, batch_size, channels_last, compile, deterministic, epochs, error_warmup, eval, "
+        "gamma, image_size, label_smoothing, lr, lr_reference_batch, max_steps, milestone_unit, milestones, momentum, "
         "plateau_patience, precision, preset, resize_size, schedule, steps_per_epoch, warmup_epochs, weight_decay",
     ),
     (
@@ -43,10 +43,10 @@ BAD_SWEEPS = [
     (
         "unknown-key",
         "name: s\n" + DATA + "recipe:\n  learning_rate: 0.1\n",
-        "recipe.learning_rate: unknown key; valid keys here: batch_size, channels_last, compile, epochs, error_warmup, "
-        "eval, gamma, image_size, label_smoothing, lr, lr_reference_batch, max_steps, milestone_unit, milestones, "
-        "momentum, plateau_patience, precision, preset, resize_size, schedule, steps_per_epoch, warmup_epochs, "
-        "weight_decay",
+        "recipe.learning_rate: unknown key; valid keys here: batch_size, channels_last, compile, deterministic, "
+        "epochs, error_warmup, eval, gamma, image_size, label_smoothing, lr, lr_reference_batch, max_steps, "
+        "milestone_unit, milestones, momentum, plateau_patience, precision, preset, resize_size, schedule, "
+        "steps_per_epoch, warmup_epochs, weight_decay",
     ),
     (
         "string-number",

@@ -31,7 +31,7 @@ def test_cli_shard_then_check_json(tiny_images_dir: Path, tmp_path: Path) -> Non
     result = CliRunner().invoke(app, ["shard", str(tiny_images_dir), dest, "--shard-size", "60k", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output.strip().splitlines()[-1])["-"]["samples"] == 48
-    result = CliRunner().invoke(app, ["check", dest, "--json", "--num-threads", "2", "--batch-size", "16"])
+    result = CliRunner().invoke(app, ["check", dest, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert (report["samples"], report["classes"], report["decode_errors"]) == (48, 8, 0)
@@ -61,7 +61,7 @@ def test_check_names_a_corrupt_sample_and_exits_1(tiny_shards_local: str, tmp_pa
     tar = bytearray((shards / "shard-000001.tar").read_bytes())
     tar[offset : offset + 64] = b"\0" * 64  # wipe the JPEG header: same size, undecodable
     (shards / "shard-000001.tar").write_bytes(bytes(tar))
-    result = CliRunner().invoke(app, ["check", str(shards), "--json", "--num-threads", "2", "--batch-size", "16"])
+    result = CliRunner().invoke(app, ["check", str(shards), "--json"])
     assert result.exit_code == 1, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert (report["samples"], report["decode_errors"]) == (47, 1)
@@ -72,7 +72,7 @@ def test_shard_and_check_cli_over_s3(tiny_images_dir: Path, s3_bucket: str) -> N
     uri = f"s3://{s3_bucket}/tiny-cli"
     result = CliRunner().invoke(app, ["shard", str(tiny_images_dir), uri, "--shard-size", "60k"])
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(app, ["check", uri, "--json", "--num-threads", "2", "--batch-size", "16"])
+    result = CliRunner().invoke(app, ["check", uri, "--json"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.output.strip().splitlines()[-1])
     assert (report["samples"], report["classes"], report["decode_errors"]) == (48, 8, 0)
@@ -85,3 +85,36 @@ def test_check_with_wrong_credentials_exits_2_naming_the_cause(
     result = CliRunner().invoke(app, ["check", sample_shards_s3])
     assert result.exit_code == 2 and "rejected the credentials" in result.output
     assert "not-the-secret" not in result.output and "Traceback" not in result.output
+
+
+def test_check_samples_records_by_default_and_reads_every_shard_structure(
+    tiny_shards_local: str, tmp_path: Path
+) -> None:
+    result = CliRunner().invoke(app, ["check", tiny_shards_local, "--json", "--sample", "10", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    assert (report["mode"], report["samples"], report["records"], report["structure_errors"]) == ("sample", 10, 48, [])
+    # The same seed draws the same records; the per-class counts of 10 labels sum to 10.
+    again = json.loads(
+        CliRunner()
+        .invoke(app, ["check", tiny_shards_local, "--json", "--sample", "10", "--seed", "3"])
+        .output.strip()
+        .splitlines()[-1]
+    )
+    assert again["per_class"] == report["per_class"] and sum(report["per_class"].values()) == 10
+
+    # An index entry moved by one block: its member's header no longer names it. Found without decoding it.
+    shards = tmp_path / "shards"
+    shutil.copytree(tiny_shards_local, shards)
+    index = shards / "shard-000002.idx"
+    lines = index.read_text().splitlines()
+    parts = lines[3].split()
+    parts[1] = str(int(parts[1]) + 512)
+    lines[3] = " ".join(parts)
+    index.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(app, ["check", str(shards), "--json", "--full"])
+    assert result.exit_code == 1, result.output
+    report = json.loads(result.output.strip().splitlines()[-1])
+    key = parts[3].removesuffix(".jpg")
+    assert len(report["structure_errors"]) == 1 and report["structure_errors"][0].startswith(f"shard-000002.tar:{key}:")
+    assert report["samples"] == 47

@@ -199,3 +199,98 @@ def test_auto_backend_falls_back_to_torch_with_a_warning(
     assert "using the torchvision fallback loader" in caplog.text
     with pytest.raises(ImportError, match="backend='dali' but NVIDIA DALI cannot be imported"):
         make_loader(spec.model_copy(update={"backend": "dali"}), 0, 1, CPU)
+
+
+def test_dali_pipeline_lives_across_epochs_and_restores_at_their_ends(tiny_shards_local: str) -> None:
+    # One pipeline per rank for every epoch: each epoch still reads every sample once over the ranks, the epochs
+    # differ in order, and a state saved at an epoch's end (or mid-epoch) continues with exactly the batches that
+    # the uninterrupted loader yields next.
+    spec = LoaderSpec(
+        uri=tiny_shards_local, batch_size=5, backend="dali", num_threads=2, seed=3, image_size=32, resize_size=40
+    )
+    loaders = [make_loader(spec, r, 2, CPU) for r in range(2)]
+    pipes: list[object] = []
+    epochs: list[list[Batch]] = []
+    states = []
+    for epoch in range(3):
+        labels = []
+        for rank, loader in enumerate(loaders):
+            loader.set_epoch(epoch)
+            batches = list(loader)
+            labels += [label for batch in batches for label in batch.labels[batch.valid].tolist()]
+            if rank == 1:
+                epochs.append(batches)
+                states.append(loader.state_dict())
+                pipes.append(loader._pipe)  # type: ignore[attr-defined]
+        assert sorted(labels) == sorted(c for c in range(8) for _ in range(6)), epoch
+    assert pipes[0] is pipes[1] is pipes[2]  # never rebuilt
+    assert [b.labels.tolist() for b in epochs[0]] != [b.labels.tolist() for b in epochs[1]]
+    restored = make_loader(spec, 1, 2, CPU)
+    restored.load_state_dict(states[0])  # saved after epoch 0's last batch
+    restored.set_epoch(1)
+    assert _same(epochs[1], list(restored))
+    restored.set_epoch(2)
+    assert _same(epochs[2], list(restored))
+    # mid-epoch: after two batches of epoch 2, from a loader restored at epoch 1's end
+    again = make_loader(spec, 1, 2, CPU)
+    again.load_state_dict(states[1])
+    again.set_epoch(2)
+    it = iter(again)
+    head = [next(it), next(it)]
+    mid = again.state_dict()
+    last = make_loader(spec, 1, 2, CPU)
+    last.load_state_dict(mid)
+    last.set_epoch(2)
+    assert _same(epochs[2], head + list(last))
+
+
+def test_dali_labels_decoded_in_the_graph_match_the_cls_text(tiny_shards_local: str) -> None:
+    # Independent: the `.cls` members read with tarfile, against the labels DALI decodes, in the unshuffled order.
+    import tarfile
+
+    from pipelines.loader import ShardSet
+
+    shards = ShardSet.open(tiny_shards_local)
+    expected: list[int] = []
+    for tar_path in shards.tars:
+        with tarfile.open(tar_path) as tar:
+            expected += [int(tar.extractfile(m).read()) for m in tar.getmembers() if m.name.endswith(".cls")]  # type: ignore[union-attr]
+    spec = LoaderSpec(
+        uri=tiny_shards_local, split="val", batch_size=7, backend="dali", num_threads=1, image_size=32, resize_size=40
+    )
+    assert _epoch_labels(make_loader(spec, 0, 1, CPU), epoch=0) == expected
+
+
+@pytest.mark.parametrize("layout", ["CHW", "HWC"])
+def test_uint8_pixels_normalized_like_dalis_own_normalize(layout: str, tiny_shards_local: str) -> None:
+    # On a GPU the standard train preset leaves DALI as uint8 and the loader normalizes (`normalize_pixels`); DALI's
+    # crop_mirror_normalize in float on the same seed is the independent reference (run here on the CPU graph).
+    import numpy as np
+
+    from pipelines import dali
+    from pipelines.loader import ShardSet
+    from pipelines.normalization import channel_normalization, normalize_pixels
+
+    shards = ShardSet.open(tiny_shards_local)
+    reader = dali.ReaderArgs(paths=shards.tars, index_paths=shards.indexes, shard_id=0, num_shards=1, shuffle=True)
+
+    def first_batch(uint8: bool) -> torch.Tensor:
+        pipe = dali.build(
+            "train",
+            reader,
+            batch_size=6,
+            num_threads=1,
+            device_id=None,
+            seed=4,
+            image_size=48,
+            uint8=uint8,
+            layout=layout,  # type: ignore[arg-type]
+        )
+        out = torch.from_numpy(np.array(pipe.run()[0].as_tensor()))
+        return out.permute(0, 3, 1, 2) if layout == "HWC" else out
+
+    raw, expected = first_batch(uint8=True), first_batch(uint8=False)
+    assert raw.dtype == torch.uint8
+    got = normalize_pixels(raw, channel_normalization(), torch.float32)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert got.is_contiguous(memory_format=torch.channels_last if layout == "HWC" else torch.contiguous_format)

@@ -113,7 +113,7 @@ def test_a_hostile_manifest_is_refused_naming_the_entry(
     assert expected in str(refused.value)
     with pytest.raises(ShardingError, match="refusing it"):
         make_loader(LoaderSpec(uri=str(shard_copy), batch_size=4, backend="torch"), 0, 1, torch.device("cpu"))
-    result = CliRunner().invoke(app, ["check", str(shard_copy), "--backend", "torch"])
+    result = CliRunner().invoke(app, ["check", str(shard_copy)])
     assert result.exit_code == 2, result.output
     assert expected in " ".join(result.output.split()) and "Traceback" not in result.output
 
@@ -139,7 +139,7 @@ def _append_member(tar_path: Path, name: str) -> None:
 def test_a_tar_member_that_escapes_is_refused_when_checked_or_read(shard_copy: Path, member: str) -> None:
     tar_path = shard_copy / "shard-000001.tar"
     _append_member(tar_path, member)
-    result = CliRunner().invoke(app, ["check", str(shard_copy), "--backend", "torch"])
+    result = CliRunner().invoke(app, ["check", str(shard_copy)])
     assert result.exit_code == 2, result.output
     assert f"shard-000001.tar: tar member {member!r}" in " ".join(result.output.split())
 
@@ -177,7 +177,7 @@ def test_an_index_naming_an_escaping_member_is_refused(shard_copy: Path) -> None
     index.write_text("\n".join(lines) + "\n")
     with pytest.raises(UnsafeName, match=r"shard-000000\.idx, line 2: member '\.\./\.\./x\.jpg' climbs out"):
         parse_index(index.read_text(), str(index))
-    result = CliRunner().invoke(app, ["check", str(shard_copy), "--backend", "torch"])
+    result = CliRunner().invoke(app, ["check", str(shard_copy)])
     assert result.exit_code == 2 and "line 2: member '../../x.jpg'" in " ".join(result.output.split())
 
 
