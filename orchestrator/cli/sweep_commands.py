@@ -29,7 +29,7 @@ from orchestrator.sweep.layout import (
     preview,
     resolve_sweep_id,
 )
-from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState
+from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState, TrialState
 from orchestrator.training.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S
 
 
@@ -102,7 +102,10 @@ def _submit(record: SweepRecord, *, resume: bool, address: str, local: bool) -> 
     if not local:
         for warning in jobs.remote_warnings(record):
             warn(warning)
-    job_id = jobs.submit_driver(record, resume=resume, address=address, local=local)
+    try:
+        job_id = jobs.submit_driver(record, resume=resume, address=address, local=local)
+    except jobs.SubmitError as exc:
+        raise fail(str(exc), code=FAILED) from None
     out().print(f"sweep id: {record.sweep_id}", highlight=False, soft_wrap=True)
     out().print(f"job: {job_id}", highlight=False)
     out().print(f"dashboard: {address}", highlight=False)
@@ -182,12 +185,12 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
     caption = f"champion: {progress.champion.describe()}" if progress.champion is not None else None
     table = Table(title=f"{sweep_id}: {state}", caption=caption)
     table.add_column("trial", no_wrap=True)
-    for column in ("model", "residual", "shortcut", "state", "attempt", "epoch", "best top-1 err %", "images/s"):
+    for column in ("model", "residual", "shortcut"):
         table.add_column(column)
-    # Why a trial failed, in its own words (the restart policy's verdict, the error), only when one did.
-    reasons = any(trial.reason for trial in progress.trials)
-    if reasons:
-        table.add_column("reason", overflow="fold")
+    # The state is what a user scans for: never cut to "STO…" on a narrow terminal (the other columns give way).
+    table.add_column("state", min_width=len(TrialState.SUCCEEDED), overflow="fold")
+    for column in ("attempt", "epoch", "best top-1 err %", "images/s"):
+        table.add_column(column)
     for trial in progress.trials:
         model = trial.config["model"]
         metrics = trial.metrics
@@ -201,9 +204,14 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
             _fmt(metrics.get(EPOCH), digits=0),
             _fmt(metrics.get(BEST_METRIC), 100.0),
             _fmt(metrics.get(IMAGES_PER_S), digits=1),
-            *([Text(trial.reason or "-")] if reasons else []),
         )
     return table
+
+
+def _reason_lines(progress: SweepProgress) -> list[Text]:
+    """Why a trial failed, in its own words (the restart policy's verdict, the error): one line per trial that did,
+    under the table, where a long sentence stays readable at any terminal width."""
+    return [Text(f"{trial.id}: {trial.reason}") for trial in progress.trials if trial.reason]
 
 
 def status(
@@ -219,6 +227,8 @@ def status(
         typer.echo(json.dumps(payload))
         return
     out().print(_status_table(sweep_id, state, progress))
+    for line in _reason_lines(progress):
+        out().print(line, soft_wrap=True)
     if state == SweepState.BUDGET_EXHAUSTED:
         # Not an error: the sweep did what its `budget:` allowed (the line names the limit and what was spent).
         out().print(Text(f"{progress.error}; unfinished trials stopped or never started", style="yellow"))

@@ -58,7 +58,7 @@ class MlflowServer:
             self._proc = subprocess.Popen(
                 self._cmd, env=self._env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
-        # A loaded 2-core machine has taken over 90 s to bring `mlflow server` up.
+        # Two minutes on a quiet machine is plenty; at a load of 40+ (parallel Ray clusters) it took longer.
         deadline = time.monotonic() + 300
         while True:
             try:
