@@ -10,7 +10,6 @@ half-copied folder has no manifest, so `latest_complete_checkpoint` and `load_ne
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import tempfile
@@ -29,34 +28,16 @@ from orchestrator.training.checkpointing import (
     write_checkpoint,
 )
 from pipelines.retry import RetriesExhausted, RetryPolicy, retry
+from pipelines.retrying_fs import NO_SPACE, transient_storage_error
 
 logger = logging.getLogger(__name__)
 
 # The manifest last: a folder is a checkpoint only once every file it lists is in place.
 UPLOAD_ORDER = (MODEL_FILE, STATE_FILE, MANIFEST_FILE)
-# What pyarrow's S3 filesystem (the AWS SDK) says when the server is away or overloaded rather than the request wrong.
-_TRANSIENT_MARKERS = (
-    "NETWORK_CONNECTION",
-    "SERVICE_UNAVAILABLE",
-    "SLOW_DOWN",
-    "THROTTLING",
-    "INTERNAL_FAILURE",
-    "REQUEST_TIMEOUT",
-    "curlCode",
-)
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-def transient_storage_error(exc: BaseException) -> bool:
-    """Whether a pyarrow filesystem error says the store is unreachable for now (worth waiting for)."""
-    if not isinstance(exc, OSError) or exc.errno in _NO_SPACE:
-        return False
-    text = str(exc)
-    return any(marker in text for marker in _TRANSIENT_MARKERS)
 
 
 def no_space(exc: BaseException) -> bool:
-    return isinstance(exc, OSError) and exc.errno in _NO_SPACE
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
 
 
 def upload_checkpoint(local: Path, fs: pyarrow.fs.FileSystem, dest: str, policy: RetryPolicy) -> None:

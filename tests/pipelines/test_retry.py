@@ -109,3 +109,21 @@ def test_s3_calls_give_up_at_the_bound_with_a_clear_error(own_s3: SeaweedFS) -> 
     quick = S3Store(parse_uri("s3://outage/set"), S3Settings.client(own_s3.settings), ONE_TRY)
     with pytest.raises(StorageError, match=r"cannot connect to http://127.0.0.1:\d+; check AWS_ENDPOINT_URL.*runs$"):
         quick.read_bytes("a.bin")
+
+
+def test_the_retrying_filesystem_pickles_equal_and_rides_out_an_outage(own_s3: SeaweedFS) -> None:
+    import pickle
+
+    from pipelines.retrying_fs import retrying_s3
+
+    fs = retrying_s3(own_s3.settings, RetryPolicy(max_wait_s=60, max_delay_s=2))
+    shipped = pickle.loads(pickle.dumps(fs))  # what Ray Train's controller and workers get
+    assert shipped == fs  # Ray Train compares a checkpoint's filesystem with its storage's
+    own_s3.interrupt()
+    thread = restart_after(own_s3, 4)
+    started = time.monotonic()
+    with shipped.open_output_stream("outage/fs/a") as out:
+        out.write(b"during")
+    assert time.monotonic() - started >= 4
+    thread.join()
+    assert shipped.open_input_stream("outage/fs/a").read() == b"during"
