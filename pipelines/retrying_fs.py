@@ -117,6 +117,12 @@ class RetryingHandler(pyarrow.fs.FileSystemHandler):
         return self._call(f"append to {path}", lambda: self.inner.open_append_stream(path, metadata=metadata))
 
 
+def unwrapped(fs: pyarrow.fs.FileSystem) -> pyarrow.fs.FileSystem:
+    """The filesystem under a retrying one (for a caller that retries under a bound of its own); `fs` otherwise."""
+    handler = getattr(fs, "handler", None)
+    return handler.inner if isinstance(handler, RetryingHandler) else fs
+
+
 def retrying_s3(settings: S3Settings, policy: RetryPolicy) -> pyarrow.fs.FileSystem:
     """The S3 filesystem of `settings` (`S3Settings.arrow_filesystem`), each call retried within `policy`."""
     return pyarrow.fs.PyFileSystem(RetryingHandler(settings, policy))

@@ -58,6 +58,7 @@ from orchestrator.training.lr_schedule import LRSchedule
 from orchestrator.training.reporting import Position, epoch_metrics, train_top1_err, window_metrics
 from orchestrator.training.restart_policy import FailureKind, TrainFunctionError, classify_message
 from pipelines.presets import IGNORE_INDEX
+from pipelines.retrying_fs import unwrapped
 
 logger = logging.getLogger(__name__)
 
@@ -425,7 +426,7 @@ class _Trainer:
         saved = save_checkpoint(
             self.model.state_dict(),
             self.state,
-            fs,
+            unwrapped(fs),  # retried under `outages.retry_s` alone, then skipped (Ray Train's calls wait longer)
             dest,
             self.cfg.outages.policy(),
             after_first_file=lambda: self._chaos("checkpoint"),

@@ -35,7 +35,7 @@ from orchestrator.training.restart_policy import (
     classify_message,
 )
 from orchestrator.training.train_loop import train_func
-from pipelines.retry import RetryPolicy
+from pipelines.retry import DEFAULT_MAX_WAIT_S, RetryPolicy
 from pipelines.retrying_fs import retrying_s3
 from pipelines.storage import S3Settings
 
@@ -81,6 +81,13 @@ def storage_location(storage: str, retry_policy: RetryPolicy | None = None) -> t
         retrying_s3(settings, retry_policy) if retry_policy is not None else settings.arrow_filesystem()
     )
     return storage.removeprefix("s3://").rstrip("/"), filesystem
+
+
+def storage_policy(cfg: TrialConfig) -> RetryPolicy:
+    """How long Ray Train's own storage calls wait for S3: `outages.retry_s`, and at least the default bound. Its
+    controller's writes (the snapshot of its checkpoints) cannot be skipped as a checkpoint upload can (an error there
+    ends the run), so a short `retry_s`, which makes uploads give up early, does not make the controller give up."""
+    return RetryPolicy(max_wait_s=max(cfg.outages.retry_s, DEFAULT_MAX_WAIT_S))
 
 
 def failure_from_errors(worker_errors: dict[int, Exception], failures_so_far: int) -> Failure:
@@ -146,7 +153,7 @@ def build_trainer(
         raise RuntimeError(
             "RAY_TRAIN_V2_ENABLED=0: resnet-orch needs Ray Train v2 (its callbacks carry the restart policy); unset it"
         )
-    storage_path, storage_filesystem = storage_location(cfg.storage, cfg.outages.policy())
+    storage_path, storage_filesystem = storage_location(cfg.storage, storage_policy(cfg))
     resources = cfg.resources
     user_callbacks: list[RayTrainCallback] = [FailFastCallback(RestartPolicy(cfg.max_failures)), *callbacks]
     if reporter is not None:
@@ -187,7 +194,7 @@ def run_trial(
     """
     name = cfg.run_name
     trainer = build_trainer(cfg, reporter=reporter, callbacks=callbacks)
-    storage_path, storage_filesystem = storage_location(cfg.storage, cfg.outages.policy())
+    storage_path, storage_filesystem = storage_location(cfg.storage, storage_policy(cfg))
     fs = storage_filesystem or pyarrow.fs.LocalFileSystem()
     trial_path = f"{storage_path}/{name}"
     metrics: dict[str, Any] = {}
