@@ -153,3 +153,14 @@ def test_a_full_disk_fails_that_checkpoint_cleanly(tmp_path: Path) -> None:
         "checkpoint of step 2 skipped: no space left on the device" in m and "previous checkpoint is intact" in m
         for m in result["messages"]
     ), result["messages"]
+
+
+def test_ray_trains_storage_waits_at_least_the_default_bound() -> None:
+    from orchestrator.sweep.config import parse_sweep
+    from orchestrator.sweep.outage_config import OutageConfig
+    from orchestrator.training.trial import storage_policy
+
+    trial = parse_sweep({"name": "s", "data": {"train": "/shards"}}).expand("/s")[0]
+    assert storage_policy(trial).max_wait_s == 180
+    assert storage_policy(trial.model_copy(update={"outages": OutageConfig(retry_s=1)})).max_wait_s == 180
+    assert storage_policy(trial.model_copy(update={"outages": OutageConfig(retry_s=600)})).max_wait_s == 600
