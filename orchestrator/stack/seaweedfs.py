@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import urllib.error
@@ -180,7 +181,11 @@ class SeaweedFS:
 
     def _terminate(self) -> None:
         proc, record, self._proc, self._record = self._proc, self._record, None, None
-        if proc is None or record is None or proc.poll() is not None:
+        if proc is None or proc.poll() is not None:
+            return
+        if record is None:  # stopped while a start (an outage drill's restart) still waits for it to answer
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             return
         processes.stop(record, timeout_s=15)
         proc.poll()  # collect its exit status: it is our own child
