@@ -30,7 +30,7 @@ from orchestrator.sweep.layout import (
     resolve_sweep_id,
 )
 from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState
-from orchestrator.training.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S
+from orchestrator.training.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S, PREEMPTIONS
 
 
 def _load(path: Path) -> SweepConfig:
@@ -182,7 +182,8 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
     caption = f"champion: {progress.champion.describe()}" if progress.champion is not None else None
     table = Table(title=f"{sweep_id}: {state}", caption=caption)
     table.add_column("trial", no_wrap=True)
-    for column in ("model", "residual", "shortcut", "state", "attempt", "epoch", "best top-1 err %", "images/s"):
+    columns = ("model", "residual", "shortcut", "state", "attempt", "workers", "preemptions", "epoch")
+    for column in (*columns, "best top-1 err %", "images/s"):
         table.add_column(column)
     # Why a trial failed, in its own words (the restart policy's verdict, the error), only when one did.
     reasons = any(trial.reason for trial in progress.trials)
@@ -198,6 +199,8 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
             model["shortcut"],
             trial.state.value + (f" ({trial.waiting})" if trial.waiting else ""),
             str(trial.attempts),
+            trial.workers,
+            _fmt(metrics.get(PREEMPTIONS), digits=0),
             _fmt(metrics.get(EPOCH), digits=0),
             _fmt(metrics.get(BEST_METRIC), 100.0),
             _fmt(metrics.get(IMAGES_PER_S), digits=1),

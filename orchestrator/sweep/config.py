@@ -338,6 +338,8 @@ class TrialConfig(_Strict):
     checkpoint: CheckpointConfig
     storage: str
     max_failures: int = Field(ge=0)
+    # Ray Train's separate budget of restarts after a preempted node (-1: unlimited, Ray's default).
+    max_preemptions: int = Field(default=-1, ge=-1)
     chaos: tuple[ChaosConfig, ...] = Field(default=(), strict=False)
     # The submitted sweep's id (`layout.expand` sets it): the trial's Ray Train run and live metrics are named by it.
     sweep_id: str | None = None
@@ -388,6 +390,9 @@ class SweepConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     max_concurrent_trials: int | None = Field(default=None, gt=0, examples=[4])
     max_failures: int = Field(default=3, ge=0)
+    # Restarts after a preemption (a spot node reclaimed with notice) a trial may take besides `max_failures`, which
+    # they never use up: each resumes from the just-in-time checkpoint of its notice. -1: unlimited.
+    max_preemptions: int = Field(default=-1, ge=-1, examples=[20])
     checkpoint: CheckpointConfig = CheckpointConfig()
     # None: RESNET_ORCH_HOME/storage on this machine; a multi-node cluster needs s3:// or a shared path.
     storage: str | None = Field(default=None, examples=["s3://bucket/runs"])
@@ -479,6 +484,7 @@ class SweepConfig(_Strict):
                     checkpoint=self.checkpoint,
                     storage=storage,
                     max_failures=self.max_failures,
+                    max_preemptions=self.max_preemptions,
                     chaos=self.chaos,
                 )
             )

@@ -321,8 +321,8 @@ def test_cli_validate_exits_2_with_every_message_and_no_traceback(tmp_path: Path
         f"{bad}: recipe.weight_decay: '1e-4' is text to YAML, not a number (an exponent needs a dot: 1.0e-4); "
         "write weight_decay: 0.0001",
         f"{bad}: modle: unknown key; did you mean model? valid keys here: budget, chaos, checkpoint, data, grid, "
-        "max_concurrent_trials, max_failures, model, name, num_samples, recipe, resources, scheduler, search, seed, "
-        "shared_filesystem, storage, tracking",
+        "max_concurrent_trials, max_failures, max_preemptions, model, name, num_samples, recipe, resources, scheduler, "
+        "search, seed, shared_filesystem, storage, tracking",
     ]
     assert "Traceback" not in done.stdout + done.stderr
 
