@@ -252,6 +252,18 @@ class ResourcesConfig(_Strict):
     gpus_per_worker: float = Field(default=0, ge=0)
     cpus_per_worker: float = Field(default=1, gt=0)
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _one_count(cls, value: Any) -> Any:
+        # An elastic range would change which samples make up each step's batch when the group resizes (each rank
+        # reads its own slice of the epoch), so a resized run would not be the configured run: refused, not guessed.
+        if isinstance(value, dict | list | tuple):
+            raise ValueError(
+                f"{value!r} is a range; elastic worker counts are not supported (a resize would change each step's "
+                "batch); give one number of workers, e.g. workers: 2"
+            )
+        return value
+
     @property
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0

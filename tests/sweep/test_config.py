@@ -353,3 +353,13 @@ def test_tracking_names_and_uri_are_checked(tracking: dict[str, str], expected: 
 
 def test_experiment_names_may_hold_spaces_and_quotes() -> None:
     assert sweep(tracking={"experiment": 'it\'s "ResNet" v2'}).tracking.experiment == 'it\'s "ResNet" v2'
+
+
+@pytest.mark.parametrize("workers", [{"min": 1, "max": 2}, [1, 2]])
+def test_an_elastic_worker_range_is_refused_with_the_fix(workers: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        sweep(resources={"workers": workers})
+    assert str(caught.value) == (
+        f"sweep.yaml: resources.workers: {workers!r} is a range; elastic worker counts are not supported (a resize "
+        "would change each step's batch); give one number of workers, e.g. workers: 2"
+    )
