@@ -161,7 +161,8 @@ class LocalCluster:
             probe=lambda: ray_head.gcs_healthy(url),
             timeout_s=timeout_s,
         )
-        self.wait_for_nodes(1 + sum(t.min_workers for t in self.autoscaling.node_types) if self.autoscaling else 1)
+        nodes = 1 + sum(t.min_workers for t in self.autoscaling.node_types) if self.autoscaling else 1
+        self.wait_for_nodes(nodes, timeout_s=timeout_s)
 
     def _autoscaling_config(self) -> dict[str, Any]:
         assert self.autoscaling is not None
