@@ -29,8 +29,8 @@ from orchestrator.sweep.layout import (
     preview,
     resolve_sweep_id,
 )
-from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState
-from orchestrator.training.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S, PREEMPTIONS
+from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState, TrialState
+from orchestrator.training.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S, PREEMPTIONS, WORKERS
 
 
 def _load(path: Path) -> SweepConfig:
@@ -182,16 +182,19 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
     caption = f"champion: {progress.champion.describe()}" if progress.champion is not None else None
     table = Table(title=f"{sweep_id}: {state}", caption=caption)
     table.add_column("trial", no_wrap=True)
-    columns = ("model", "residual", "shortcut", "state", "attempt", "workers", "preemptions", "epoch")
-    for column in (*columns, "best top-1 err %", "images/s"):
+    for column in ("model", "residual", "shortcut"):
         table.add_column(column)
-    # Why a trial failed, in its own words (the restart policy's verdict, the error), only when one did.
-    reasons = any(trial.reason for trial in progress.trials)
-    if reasons:
-        table.add_column("reason", overflow="fold")
+    # The state is what a user scans for: never cut to "STO…" on a narrow terminal (the other columns give way).
+    table.add_column("state", min_width=len(TrialState.SUCCEEDED), overflow="fold")
+    # Live workers (`2/2`) and preemptions once a trial's workers reported them: a sweep that has not started yet
+    # keeps its table narrow.
+    spot = any(WORKERS in trial.metrics or PREEMPTIONS in trial.metrics for trial in progress.trials)
+    for column in ("attempt", *(("workers", "preemptions") if spot else ()), "epoch", "best top-1 err %", "images/s"):
+        table.add_column(column)
     for trial in progress.trials:
         model = trial.config["model"]
         metrics = trial.metrics
+        live = (trial.workers, _fmt(metrics.get(PREEMPTIONS), digits=0))
         table.add_row(
             trial.id,
             ModelConfig.model_validate(model).registry_name,
@@ -199,14 +202,18 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
             model["shortcut"],
             trial.state.value + (f" ({trial.waiting})" if trial.waiting else ""),
             str(trial.attempts),
-            trial.workers,
-            _fmt(metrics.get(PREEMPTIONS), digits=0),
+            *(live if spot else ()),
             _fmt(metrics.get(EPOCH), digits=0),
             _fmt(metrics.get(BEST_METRIC), 100.0),
             _fmt(metrics.get(IMAGES_PER_S), digits=1),
-            *([Text(trial.reason or "-")] if reasons else []),
         )
     return table
+
+
+def _reason_lines(progress: SweepProgress) -> list[Text]:
+    """Why a trial failed, in its own words (the restart policy's verdict, the error): one line per trial that did,
+    under the table, where a long sentence stays readable at any terminal width."""
+    return [Text(f"{trial.id}: {trial.reason}") for trial in progress.trials if trial.reason]
 
 
 def status(
@@ -222,6 +229,8 @@ def status(
         typer.echo(json.dumps(payload))
         return
     out().print(_status_table(sweep_id, state, progress))
+    for line in _reason_lines(progress):
+        out().print(line, soft_wrap=True)
     if state == SweepState.BUDGET_EXHAUSTED:
         # Not an error: the sweep did what its `budget:` allowed (the line names the limit and what was spent).
         out().print(Text(f"{progress.error}; unfinished trials stopped or never started", style="yellow"))

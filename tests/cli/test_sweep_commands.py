@@ -96,8 +96,10 @@ def test_status_and_report_say_why_a_trial_failed_and_name_the_champion(home: Pa
         "challenger_version": None,
         "challenger_val_top1_err": None,
     }
-    table = runner.invoke(app, ["status"], env={"COLUMNS": "400"}).stdout
-    assert f"│ {reason} │" in table
+    table = runner.invoke(app, ["status"], env={"COLUMNS": "80"}).stdout
+    assert f"\n001-plain: {reason}\n" in table
+    # Each trial's state whole on an 80-column terminal.
+    assert table.count("SUCCEEDED") == 1 and table.count("FAILED") == 2  # the title says the sweep FAILED
     assert "champion: quickstart version 2 (val top-1 error 87.50%, sweep quickstart-old)" in table
     reported = runner.invoke(app, ["report", record.sweep_id, "-o", str(tmp_path / "r")])
     assert reported.exit_code == 0, reported.output

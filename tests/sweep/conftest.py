@@ -49,7 +49,8 @@ def mlflow_server(s3_server: SeaweedFS, tmp_path: Path) -> Iterator[str]:
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        # Two minutes on a quiet machine is plenty; at a load of 40+ (parallel Ray clusters) it took longer.
+        deadline = time.monotonic() + 300
         while True:
             try:
                 with urllib.request.urlopen(f"{url}/health", timeout=2):

@@ -18,13 +18,14 @@ from tests.ray_clusters import LocalCluster
 
 RESNET_ORCH = str(Path(sys.executable).with_name("resnet-orch"))
 
-# The tiny CI model on 32 px crops: `workers` workers of 1 CPU, checkpoints and progress on S3.
+# The tiny CI model on 32 px crops: `workers` workers of 1 CPU, checkpoints and progress on S3. These sweeps test
+# where trials run, not what they learn: validating on the training shards is allowed on purpose.
 SWEEP = """
 name: {name}
 grid: {grid}
 model: {{arch: test_resnet, num_classes: 8}}
 recipe: {{image_size: 32, resize_size: 36, batch_size: 4, epochs: {epochs}, steps_per_epoch: {steps}, precision: fp32}}
-data: {{train: {shards}, val: {shards}, num_threads: 1}}
+data: {{train: {shards}, val: {shards}, allow_val_equals_train: true, num_threads: 1}}
 resources: {{workers: 2, cpus_per_worker: 1}}
 checkpoint: {{every_steps: {every}, keep: 2}}
 max_failures: 3

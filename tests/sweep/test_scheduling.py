@@ -56,12 +56,16 @@ def test_status_follows_the_live_worker_count_through_a_restart(home: Path) -> N
     callback = SweepCallback(record, sweep_paths(record.sweep_id), run_ids={})
     tune_trial = SimpleNamespace(config={PARAM_KEY: {"trial_id": "000-residual"}})
 
-    def workers() -> str:
+    def workers() -> str | None:
+        """The trial's `workers` cell; None while `status` has no such column."""
         table = CliRunner().invoke(app, ["status", record.sweep_id], env={"COLUMNS": "200"}).stdout
-        return _rows(table)["000-residual"][6]
+        header = next(line for line in table.splitlines() if "attempt" in line)
+        names = [cell.strip() for cell in header.split("┃")[1:-1]]
+        row = _rows(table)["000-residual"]
+        return row[names.index("workers")] if "workers" in names else None
 
     callback.on_trial_start(0, [], tune_trial)
-    assert workers() == "-"
+    assert workers() is None  # no trial has started workers: the column is left out
     # The controller's notice that the group of 2 started (`PlacementNotice`), then a worker's failure.
     callback.on_trial_result(0, [], tune_trial, {WAITING_KEY: 0, "workers": 2, "training_iteration": 1})
     assert workers() == "2/2"
