@@ -60,8 +60,16 @@ tracking: {{uri: {mlflow}, experiment: spot, registered_model: spot}}
 def cluster(s3_server: SeaweedFS, tmp_path: Path) -> Iterator[LocalCluster]:
     started = LocalCluster(tmp_path / "cluster", head_cpus=0, env=ENV)
     try:
-        # A shared machine under load starts a head slowly (180 s were not enough at a load of 30 on 2 cores).
-        started.start(timeout_s=600)
+        # A shared machine under load starts a head slowly, and Ray gives its raylet 30 s to register (at a load of 30
+        # on 2 cores the head died so): a head that does not come up is started again, twice at most.
+        for tries_left in (2, 1, 0):
+            try:
+                started.start(timeout_s=300)
+                break
+            except (TimeoutError, processes.ProcessError):
+                started.stop()
+                if not tries_left:
+                    raise
         # Two nodes for a trial's two workers, and the spare a reclaimed node's workers move to (the replacement
         # an autoscaler would bring; up beforehand, so the restart does not wait for a node to start).
         for _ in range(3):
