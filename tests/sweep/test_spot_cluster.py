@@ -73,7 +73,13 @@ def cluster(s3_server: SeaweedFS, tmp_path: Path) -> Iterator[LocalCluster]:
         # Two nodes for a trial's two workers, and the spare a reclaimed node's workers move to (the replacement
         # an autoscaler would bring; up beforehand, so the restart does not wait for a node to start).
         for _ in range(3):
-            started.add_node(cpus=1, timeout_s=600)
+            for tries_left in (2, 1, 0):  # a node's raylet has the same 30 s to register
+                try:
+                    started.add_node(cpus=1, timeout_s=300)
+                    break
+                except processes.ProcessError:
+                    if not tries_left:
+                        raise
         yield started
     finally:
         left = started.stop()
