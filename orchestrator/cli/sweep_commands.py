@@ -102,7 +102,10 @@ def _submit(record: SweepRecord, *, resume: bool, address: str, local: bool) -> 
     if not local:
         for warning in jobs.remote_warnings(record):
             warn(warning)
-    job_id = jobs.submit_driver(record, resume=resume, address=address, local=local)
+    try:
+        job_id = jobs.submit_driver(record, resume=resume, address=address, local=local)
+    except jobs.SubmitError as exc:
+        raise fail(str(exc), code=FAILED) from None
     out().print(f"sweep id: {record.sweep_id}", highlight=False, soft_wrap=True)
     out().print(f"job: {job_id}", highlight=False)
     out().print(f"dashboard: {address}", highlight=False)

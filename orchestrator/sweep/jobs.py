@@ -42,7 +42,7 @@ UNREACHABLE_GRACE_S = 60.0
 ADMISSION_TIMEOUT_S = 180.0
 # How long `submit` waits for a head's job agent: a head just started (or busy) answers the Jobs API before the
 # agent that runs jobs has registered, and Ray says so with "No available agent" (HTTP 500) until it has.
-AGENT_WAIT_S = 60.0
+AGENT_WAIT_S = 120.0
 _NO_AGENT = "No available agent"
 _JOB_TO_SWEEP = {
     "PENDING": SweepState.PENDING,
@@ -55,6 +55,10 @@ _JOB_TO_SWEEP = {
 
 class AddressError(ValueError):
     """An `--address` (or RAY_ADDRESS) where no Ray cluster answers."""
+
+
+class SubmitError(RuntimeError):
+    """The head did not take the sweep's driver job; the sweep is FAILED with the reason, so `resume` sends it again."""
 
 
 class NotResumable(ValueError):
@@ -195,13 +199,26 @@ def submit_driver(record: SweepRecord, *, resume: bool, address: str, local: boo
     # The Jobs API runs the entrypoint through a shell: every word is quoted (a home folder may hold spaces or ';').
     # The metadata names the sweep in the dashboard's Jobs view and marks the placement groups this job creates as
     # the sweep's own (`cleanup`).
-    job_id = _submit_when_agent_ready(
-        address,
-        entrypoint=shlex.join(argv),
-        runtime_env=runtime_env,
-        submission_id=f"{record.sweep_id}{suffix}",
-        metadata={JOB_METADATA_SWEEP: record.sweep_id},
-    )
+    try:
+        job_id = _submit_when_agent_ready(
+            address,
+            entrypoint=shlex.join(argv),
+            runtime_env=runtime_env,
+            submission_id=f"{record.sweep_id}{suffix}",
+            metadata={JOB_METADATA_SWEEP: record.sweep_id},
+        )
+    except OSError as exc:  # requests' errors are OSErrors: the head's dashboard did not answer or take it
+        # Without a job the sweep would stay PENDING forever, and `resume` refuses a PENDING sweep: record why it
+        # never started, as FAILED, which `resume` sends again.
+        reason = f"the Ray head at {address} did not take the driver job within {AGENT_WAIT_S:.0f} s ({exc})"
+        progress = load_sweep_progress(record.sweep_id)
+        progress.state = SweepState.FAILED
+        progress.error = f"not submitted: {reason}"
+        save_progress(record, paths, progress)
+        raise SubmitError(
+            f"{reason}; check the head (`resnet-orch stack status`, or the cluster's dashboard), then "
+            f"`resnet-orch resume {record.sweep_id}`"
+        ) from None
     updated = record.model_copy(
         update={"job_id": job_id, "dashboard_url": address, "ray_address": address, "local": local}
     )

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 
 from orchestrator.sweep import jobs
+from orchestrator.sweep.config import load_sweep
 from orchestrator.sweep.jobs import is_this_machine, started_here
+from orchestrator.sweep.layout import create_sweep, load_sweep_progress, load_sweep_record
+from orchestrator.sweep.state import SweepState
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.mark.parametrize(
@@ -77,3 +82,39 @@ def test_submit_after_a_dropped_connection_finds_the_job_it_sent(monkeypatch: py
     monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
     assert jobs._submit_when_agent_ready("http://127.0.0.1:1", submission_id="s1", entrypoint="x") == "s1"
     assert head.submitted == {"s1"} and head.calls == 2
+
+
+class _UnreachableHead:
+    """A head whose dashboard never answers."""
+
+    calls = 0
+
+    def submit_job(self, **job: object) -> str:
+        self.calls += 1
+        raise ConnectionError("Failed to connect to Ray at address: http://127.0.0.1:1.")
+
+
+def test_a_submit_the_head_never_takes_leaves_a_failed_sweep_that_resume_sends_again(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    head = _UnreachableHead()
+    clock = iter(range(0, 10_000, 10))  # 10 s per look at the clock: the wait runs out after a few tries
+    monkeypatch.setattr(jobs, "_job_client", lambda address: head)
+    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
+    monkeypatch.setattr(jobs.time, "monotonic", lambda: float(next(clock)))
+    with pytest.raises(jobs.SubmitError) as info:
+        jobs.submit_driver(record, resume=False, address="http://127.0.0.1:1", local=False)
+    assert str(info.value) == (
+        "the Ray head at http://127.0.0.1:1 did not take the driver job within 120 s (Failed to connect to Ray at "
+        "address: http://127.0.0.1:1.); check the head (`resnet-orch stack status`, or the cluster's dashboard), "
+        f"then `resnet-orch resume {record.sweep_id}`"
+    )
+    assert head.calls > 1
+    progress = load_sweep_progress(record.sweep_id)
+    assert progress.state == SweepState.FAILED
+    assert progress.error is not None and progress.error.startswith("not submitted: the Ray head at")
+    stored = load_sweep_record(record.sweep_id)
+    assert stored.job_id is None
+    assert jobs.current_state(stored)[0] == SweepState.FAILED
+    jobs.check_resumable(stored)  # FAILED: `resume` sends it again
