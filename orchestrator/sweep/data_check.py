@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.sweep.config import SweepConfig, TrialConfig
+from pipelines.retry import ONE_TRY
 from pipelines.sharding import read_manifest
 from pipelines.sources import ShardingError
 from pipelines.storage import StorageError, Store, open_store
@@ -48,7 +49,7 @@ def read_shard_set(uri: str) -> ShardSetSummary:
     `ShardingError` when the set is incomplete (the fix: `data shard` to completion); `StorageError` when the
     location cannot be reached from here.
     """
-    store = open_store(uri, **_S3_LOOK)
+    store = open_store(uri, ONE_TRY, **_S3_LOOK)
     manifest = read_manifest(uri, store)
     shards: list[dict[str, Any]] = manifest["shards"]
     if sum(int(s["samples"]) for s in shards) != int(manifest["num_samples"]):

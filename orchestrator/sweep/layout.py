@@ -3,7 +3,8 @@
     $RESNET_ORCH_HOME/
       sweeps/<sweep id>/sweep.yaml      the submitted file, as submitted
                         record.json     SweepRecord (written by `submit`)
-                        progress.json   SweepProgress (written by the driver as trials move)
+                        progress.json   SweepProgress: a snapshot + progress.json.<token>.changes.jsonl, the
+                                        changes since (`progress_journal`; written by the driver as trials move)
                         driver.log      the driver's log when it runs locally
       storage/                          Ray Tune/Train storage (checkpoints, experiment state)
               <sweep id>/progress.json  the driver's copy of progress.json, where a client off the cluster reads it
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import secrets
 import shutil
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.sweep import progress_journal
 from orchestrator.sweep.config import ConfigError, SweepConfig, TrialConfig
 from orchestrator.sweep.job_env import has_password
 from orchestrator.sweep.state import (
@@ -35,7 +38,7 @@ from orchestrator.sweep.state import (
     load_record,
     save_model,
 )
-from pipelines.files import write_atomic
+from pipelines.retry import ONE_TRY
 from pipelines.storage import open_store
 
 logger = logging.getLogger(__name__)
@@ -43,6 +46,9 @@ logger = logging.getLogger(__name__)
 HOME_ENV = "RESNET_ORCH_HOME"
 # The name of the progress copy in a sweep's storage folder (next to its Tune state and trial checkpoints).
 STORAGE_PROGRESS = "progress.json"
+# How often at most the whole progress is copied to the sweep's storage while its state stays the same.
+STORAGE_COPY_S = 2.0
+_copied: dict[Path, tuple[float, Any]] = {}  # progress file -> (monotonic time, sweep state) of its last copy
 
 
 class SweepNotFound(LookupError):
@@ -190,24 +196,31 @@ def load_sweep_record(sweep_id: str) -> SweepRecord:
 
 
 def save_progress(record: SweepRecord, paths: SweepPaths, progress: SweepProgress) -> None:
-    """Write the sweep's progress to its folder, then a copy into the sweep's storage.
+    """Write the sweep's progress to its folder (what changed: `progress_journal`), then a copy into the sweep's
+    storage.
 
     A driver on another cluster writes its folder there, out of the client's reach; the sweep's storage is the one
     place both sides reach (S3 on a real cluster: docs/cluster.md), so `status`, `submit --wait` and `cancel` read
-    the copy there, with no service of our own in between.
+    the copy there, with no service of our own in between. The copy is whole, so it is made at most every
+    `STORAGE_COPY_S` seconds, and at once when the sweep's state changes.
     """
     progress.updated_at = time.time()
-    payload = progress.model_dump_json(indent=2)
-    write_atomic(paths.progress, payload)
+    progress_journal.write(paths.progress, json.loads(progress.model_dump_json()))
+    now = time.monotonic()
+    copied_at, copied_state = _copied.get(paths.progress, (-math.inf, None))
+    if now - copied_at < STORAGE_COPY_S and copied_state == progress.state:
+        return
     try:
-        open_store(record.storage).put_bytes(STORAGE_PROGRESS, payload.encode())
+        # One try: the sweep's events must not wait for storage; the next write catches up.
+        open_store(record.storage, ONE_TRY).put_bytes(STORAGE_PROGRESS, progress.model_dump_json(indent=2).encode())
+        _copied[paths.progress] = (now, progress.state)
     except Exception as exc:  # storage unreachable for a moment: the next write catches up; the sweep goes on
         logger.warning("could not copy the progress of sweep %s to %s: %s", record.sweep_id, record.storage, exc)
 
 
 def fetch_progress(storage: str) -> SweepProgress | None:
     """The progress copy in a sweep's storage, None where there is none yet (the driver has not started)."""
-    store = open_store(storage)
+    store = open_store(storage, ONE_TRY)  # `status` answers at once; its caller falls back to the local copy
     if not store.exists(STORAGE_PROGRESS):
         return None
     return SweepProgress.model_validate_json(store.read_bytes(STORAGE_PROGRESS))

@@ -45,6 +45,7 @@ from orchestrator.sweep.tracking import TAG_SWEEP, TAG_TRIAL, Tracker, log_trial
 from orchestrator.sweep.trial_schedulers import build_scheduler
 from orchestrator.training import metric_names
 from orchestrator.training.metric_names import BEST_METRIC, RANK_METRIC, VAL_TOP5_ERR
+from pipelines.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,9 @@ def _train_and_register(config: dict[str, Any]) -> None:
 
     config = config[PARAM_KEY]
     trial = TrialConfig.model_validate_json(config["trial"])
-    tracker = Tracker(config["tracking_uri"], config["experiment"], _artifact_root(config["tracking_uri"]))
+    tracker = Tracker(
+        config["tracking_uri"], config["experiment"], _artifact_root(config["tracking_uri"]), trial.outages.policy()
+    )
     run_id = config["mlflow_run_id"]
     if tracker.version_of_run(config["registered_model"], run_id) is not None:
         # Its model is registered: the trial finished before the driver died (Tune's saved state can lag behind).
@@ -234,11 +237,17 @@ class SweepCallback(tune.Callback):
     """Moves trial states in the sweep record and logs every report to the trial's MLflow run (driver side)."""
 
     def __init__(
-        self, record: SweepRecord, paths: SweepPaths, run_ids: dict[str, str], budget: BudgetStopper | None = None
+        self,
+        record: SweepRecord,
+        paths: SweepPaths,
+        run_ids: dict[str, str],
+        budget: BudgetStopper | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.record = record
         self.paths = paths
         self.run_ids = run_ids
+        self.retry_policy = retry_policy or RetryPolicy()
         # The same object is Tune's stopper: charged here on every step, it ends the run when the budget is spent.
         self.budget = budget or BudgetStopper(None, 0.0, BudgetUse())
         self._tracker: Tracker | None = None
@@ -253,7 +262,7 @@ class SweepCallback(tune.Callback):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+        self.__dict__.update({"retry_policy": RetryPolicy()} | state)
         if _driver_sweep is not None and _driver_sweep[0].sweep_id == self.record.sweep_id:
             self.record, self.paths = _driver_sweep
 
@@ -280,8 +289,16 @@ class SweepCallback(tune.Callback):
     def tracker(self) -> Tracker:
         if self._tracker is None:
             r = self.record
-            self._tracker = Tracker(r.tracking_uri, r.experiment, _artifact_root(r.tracking_uri))
+            self._tracker = Tracker(r.tracking_uri, r.experiment, _artifact_root(r.tracking_uri), self.retry_policy)
         return self._tracker
+
+    def _flush_metrics(self) -> None:
+        """At a trial's end: its buffered metrics into MLflow before its run ends (waits up to the retry bound; past
+        it they stay buffered for the next flush, and the error says how many)."""
+        try:
+            self.tracker.flush_metrics()
+        except RuntimeError as exc:
+            logger.error("%s", exc)
 
     def _update(
         self, trial: Any, new: TrialState | None = None, *, error: str | None = None, reason: str | None = None
@@ -367,6 +384,7 @@ class SweepCallback(tune.Callback):
         run_id = self.run_ids[_trial_id(trial)]
         if _load(self.paths).trial(_trial_id(trial)).state.is_final:
             return  # ended in an earlier run of the driver; a restored Tune ran it again for nothing
+        self._flush_metrics()
         finished = self.tracker.version_of_run(self.record.registered_model, run_id) is not None
         state = TrialState.SUCCEEDED if finished else TrialState.STOPPED
         trial_id = self._update(trial, state)
@@ -377,6 +395,9 @@ class SweepCallback(tune.Callback):
             logger.info("trial %s: stopped early by the trial scheduler; its checkpoints stay", trial_id)
             self.tracker.stopped(run_id, TrialState.STOPPED.value, early=True)
 
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        self._flush_metrics()
+
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         error_file = getattr(trial, "error_file", None)
         error = error_file and Path(error_file).read_text(encoding="utf-8", errors="replace")[-2000:]
@@ -385,6 +406,7 @@ class SweepCallback(tune.Callback):
         # Without the trial's own reason (it died before it could say), the traceback's last line.
         last_line = next((line for line in reversed(error.splitlines()) if line.strip()), error)
         trial_id = self._update(trial, TrialState.FAILED, error=error, reason=reported or one_line(last_line))
+        self._flush_metrics()
         self.tracker.finish(self.run_ids[trial_id], TrialState.FAILED.value, succeeded=False)
 
 
@@ -405,7 +427,8 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
     decided = plan(config.resources, shape, max_concurrent=config.max_concurrent_trials, trials=len(trials))
     check_storage(record.storage, shape, shared_filesystem=config.shared_filesystem)
     remove_orphan_placement_groups(record.sweep_id)
-    tracker = Tracker(record.tracking_uri, record.experiment, _artifact_root(record.tracking_uri))
+    policy = config.outages.policy()
+    tracker = Tracker(record.tracking_uri, record.experiment, _artifact_root(record.tracking_uri), policy)
     progress = _load(paths)
     parent_run_id = progress.parent_run_id = tracker.parent_run(record.sweep_id, paths.sweep_file)
     budget = BudgetStopper.for_sweep(config, progress.budget_used)
@@ -461,7 +484,7 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
             run_config=tune.RunConfig(
                 name=TUNE_RUN_NAME,
                 storage_path=storage,
-                callbacks=[SweepCallback(record, paths, run_ids, budget)],
+                callbacks=[SweepCallback(record, paths, run_ids, budget, policy)],
                 stop=budget,
                 # Restarts happen inside each trial (Ray Train's FailureConfig from `max_failures`); a second
                 # retry layer here would multiply them.

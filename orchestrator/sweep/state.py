@@ -176,7 +176,8 @@ class Champion(BaseModel):
 
 
 class SweepProgress(BaseModel):
-    """What the driver knows: rewritten (atomically) on every trial event. One writer at a time."""
+    """What the driver knows: saved on every trial event as a journal line of what changed, in a snapshot now and
+    then (`progress_journal`). One writer at a time."""
 
     sweep: str
     state: SweepState = SweepState.PENDING
@@ -241,4 +242,7 @@ def load_record(path: Path) -> SweepRecord:
 
 
 def load_progress(path: Path) -> SweepProgress:
-    return SweepProgress.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    """The progress at `path`: its snapshot and the changes journaled since (`progress_journal`)."""
+    from orchestrator.sweep import progress_journal
+
+    return SweepProgress.model_validate(progress_journal.read(path))

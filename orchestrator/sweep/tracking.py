@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, RunStatus
+from mlflow.entities import RunStatus
 from mlflow.tracking import MlflowClient
 
 from orchestrator.sweep.config import TrialConfig
 from orchestrator.sweep.state import Champion
-from orchestrator.training.metric_names import CURVE_METRICS, RANK_METRIC
+from orchestrator.sweep.tracking_outages import MetricBuffer, RetryingClient, own_http_retries
+from orchestrator.training.metric_names import CURVE_METRICS, EPOCH, RANK_METRIC
+from pipelines.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +76,24 @@ def numeric_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 class Tracker:
-    """The MLflow side of one sweep."""
+    """The MLflow side of one sweep. Every call rides out a server that is away for up to `retry_policy`'s bound
+    (`outages.retry_s`); metrics are buffered meanwhile (`tracking_outages`)."""
 
-    def __init__(self, tracking_uri: str, experiment: str, artifact_root: Path | None = None) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        artifact_root: Path | None = None,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
         self.tracking_uri = tracking_uri
-        self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        own_http_retries()
+        raw = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        self.retrying = RetryingClient(raw, retry_policy or RetryPolicy(), tracking_uri)
+        # Typed as the client it wraps: every method is there, each retried.
+        self.client: MlflowClient = self.retrying  # type: ignore[assignment]
+        self.metrics = MetricBuffer(self.retrying, self._last_logged_step)
+        self._new_runs: set[str] = set()  # runs this tracker created: nothing logged in them before
         existing = self.client.get_experiment_by_name(experiment)
         if existing is not None:
             self.experiment_id = existing.experiment_id
@@ -97,13 +112,22 @@ class Tracker:
             logger.warning("more than one MLflow run matches %s; using the oldest", query)
         return runs[0].info.run_id if runs else None
 
+    def _find_or_create(self, run_name: str, tags: dict[str, str]) -> tuple[str, bool]:
+        """(run id, created) of the run with these tags: found, or created. Retried as a whole, so that a create
+        whose answer was lost is found on the next try instead of creating a second run."""
+
+        def once() -> tuple[str, bool]:
+            run_id = self._find(**{k: v for k, v in tags.items() if k != TAG_PARENT})
+            if run_id is not None:
+                return run_id, False
+            return self.retrying.raw.create_run(self.experiment_id, run_name=run_name, tags=tags).info.run_id, True
+
+        found: tuple[str, bool] = self.retrying.retried(f"MLflow run {run_name}", once)
+        return found
+
     def parent_run(self, sweep_id: str, sweep_file: Path) -> str:
-        run_id = self._find(**{TAG_SWEEP: sweep_id, TAG_KIND: "sweep"})
-        if run_id is None:
-            run = self.client.create_run(
-                self.experiment_id, run_name=sweep_id, tags={TAG_SWEEP: sweep_id, TAG_KIND: "sweep"}
-            )
-            run_id = run.info.run_id
+        run_id, created = self._find_or_create(sweep_id, {TAG_SWEEP: sweep_id, TAG_KIND: "sweep"})
+        if created:
             self.client.log_artifact(run_id, str(sweep_file), artifact_path="config")
         else:
             self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
@@ -112,14 +136,13 @@ class Tracker:
     def child_run(self, parent_run_id: str, sweep_id: str, trial: TrialConfig, *, reopen: bool = True) -> str:
         """The trial's run, created on first use; an existing one is marked RUNNING again when `reopen` (a resume
         that runs the trial again; a finished or early-stopped trial's run keeps its end)."""
-        run_id = self._find(**{TAG_SWEEP: sweep_id, TAG_TRIAL: trial.trial_id, TAG_KIND: "trial"})
-        if run_id is not None:
+        tags = {TAG_SWEEP: sweep_id, TAG_TRIAL: trial.trial_id, TAG_KIND: "trial", TAG_PARENT: parent_run_id}
+        run_id, created = self._find_or_create(trial.trial_id, tags)
+        if not created:
             if reopen:
                 self.client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             return run_id
-        tags = {TAG_SWEEP: sweep_id, TAG_TRIAL: trial.trial_id, TAG_KIND: "trial", TAG_PARENT: parent_run_id}
-        run = self.client.create_run(self.experiment_id, run_name=trial.trial_id, tags=tags)
-        run_id = run.info.run_id
+        self._new_runs.add(run_id)
         resolved = trial.model_dump(mode="json")
         params = flatten(resolved)
         items = list(params.items())
@@ -130,10 +153,24 @@ class Tracker:
         return run_id
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, Any], step: int) -> None:
+        """Queue one report's metrics for `run_id` and send what MLflow takes now (never waits for an absent
+        server: `flush_metrics` does); a step the run already holds is not logged again."""
         stamp = mlflow.utils.time.get_current_time_millis()
-        entries = [Metric(k, v, stamp, step) for k, v in numeric_metrics(metrics).items()]
-        if entries:
-            self.client.log_batch(run_id, metrics=entries)
+        self.metrics.add(run_id, step, numeric_metrics(metrics), stamp)
+
+    def flush_metrics(self) -> None:
+        """Write every buffered report, waiting up to the retry bound for the server; `RuntimeError` past it."""
+        if not self.metrics.flush():
+            raise RuntimeError(
+                f"MLflow at {self.tracking_uri} did not answer within the retry bound; {self.metrics.pending} "
+                "reports are not logged (raise outages.retry_s, or check the server)"
+            )
+
+    def _last_logged_step(self, run_id: str) -> int:
+        """The last step `run_id` holds a report of (every report logs the epoch): -1 for a run made here."""
+        if run_id in self._new_runs:
+            return -1
+        return max((m.step for m in self.retrying.raw.get_metric_history(run_id, EPOCH)), default=-1)
 
     def set_attempts(self, run_id: str, attempts: int) -> None:
         self.client.set_tag(run_id, TAG_ATTEMPTS, str(attempts))

@@ -22,6 +22,7 @@ reads, skipping with a warning each one that is corrupt or refused.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -50,6 +51,7 @@ STATE_FILE = "train_state.pt"
 MANIFEST_FILE = "manifest.json"
 ATTEMPTS_DIR = "attempts"
 CHECKPOINT_PREFIX = "checkpoint-step"
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class CheckpointError(RuntimeError):
@@ -165,8 +167,14 @@ def write_checkpoint(
     directory = Path(directory)
     if directory.exists():
         raise FileExistsError(f"checkpoint directory {directory} already exists; pass a fresh path")
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", suffix=".partial", dir=directory.parent))
+    except OSError as exc:
+        full = _no_space_error(exc, directory, state)
+        if full is None:
+            raise
+        raise full from exc
     try:
         _save_synced(model_state, tmp / MODEL_FILE)
         if after_first_file is not None:
@@ -185,10 +193,27 @@ def write_checkpoint(
         }
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         os.replace(tmp, directory)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = _no_space_error(exc, directory, state)
+        if full is not None:
+            raise full from exc
         raise
     return directory
+
+
+def _no_space_error(exc: BaseException, directory: Path, state: TrainState) -> CheckpointError | None:
+    """A `CheckpointError` that says what to do when `exc` is a full disk (torch.save reports it as a RuntimeError
+    whose cause, or text, is the OSError); None for any other error."""
+    cause: BaseException | None = exc
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in _NO_SPACE):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None and not any(text in str(exc) for text in ("No space left", "file write failed")):
+        return None
+    return CheckpointError(
+        f"no space left on the device of {directory.parent} for the checkpoint of step {state.step}: its partial "
+        "files are removed and the previous checkpoint is intact; free space there or set TMPDIR to a larger disk"
+    )
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

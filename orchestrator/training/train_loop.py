@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 import time
 import traceback
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ from orchestrator.training.accounting import (
     zero_totals,
 )
 from orchestrator.training.chaos import Point, maybe_kill, should_kill
+from orchestrator.training.checkpoint_upload import save_checkpoint
 from orchestrator.training.checkpointing import (
     CheckpointError,
     RankState,
@@ -51,7 +51,6 @@ from orchestrator.training.checkpointing import (
     restore_rng,
     seed_everything,
     unsent_reports,
-    write_checkpoint,
 )
 from orchestrator.training.evaluation import evaluate, evaluate_protocol, no_validation
 from orchestrator.training.live_metrics import TrainMetrics
@@ -60,6 +59,7 @@ from orchestrator.training.preemption import PreemptionNotices
 from orchestrator.training.reporting import Position, epoch_metrics, train_top1_err, window_metrics
 from orchestrator.training.restart_policy import FailureKind, TrainFunctionError, classify_message
 from pipelines.presets import IGNORE_INDEX
+from pipelines.retrying_fs import unwrapped
 
 logger = logging.getLogger(__name__)
 
@@ -430,18 +430,31 @@ class _Trainer:
             self._chaos("checkpoint")
             ray.train.report(metrics)
             return
-        with tempfile.TemporaryDirectory(prefix="resnet-orch-ckpt-") as tmp:
-            directory = write_checkpoint(
-                Path(tmp) / "checkpoint",
-                self.model.state_dict(),
-                self.state,
-                after_first_file=lambda: self._chaos("checkpoint"),
-            )
-            ray.train.report(
-                metrics,
-                checkpoint=ray.train.Checkpoint.from_directory(directory),
-                checkpoint_dir_name=checkpoint_dir_name(self.state.step, self.attempt),
-            )
+        saved = self._save_checkpoint()
+        if saved is None:
+            ray.train.report(metrics)  # skipped (see `checkpoint_upload`): the previous checkpoint stays the newest
+            return
+        ray.train.report(
+            metrics,
+            checkpoint=saved,
+            checkpoint_dir_name=saved.path.rstrip("/").rsplit("/", 1)[-1],
+            checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
+        )
+
+    def _save_checkpoint(self) -> ray.train.Checkpoint | None:
+        """Rank 0: the checkpoint of now, written and uploaded into the trial's storage (retried through an outage
+        of up to `outages.retry_s`); None when it had to be skipped (`checkpoint_upload.save_checkpoint`)."""
+        fs = self.storage.storage_filesystem
+        dest = f"{self.storage.experiment_fs_path}/{checkpoint_dir_name(self.state.step, self.attempt)}"
+        saved = save_checkpoint(
+            self.model.state_dict(),
+            self.state,
+            unwrapped(fs),  # retried under `outages.retry_s` alone, then skipped (Ray Train's calls wait longer)
+            dest,
+            self.cfg.outages.policy(),
+            after_first_file=lambda: self._chaos("checkpoint"),
+        )
+        return None if saved is None else ray.train.Checkpoint(saved, filesystem=fs)
 
     def _chaos(self, point: Point) -> None:
         chaos = self.cfg.chaos

@@ -37,6 +37,8 @@ from orchestrator.training.restart_policy import (
     classify_message,
 )
 from orchestrator.training.train_loop import train_func
+from pipelines.retry import DEFAULT_MAX_WAIT_S, RetryPolicy
+from pipelines.retrying_fs import retrying_s3
 from pipelines.storage import S3Settings
 
 logger = logging.getLogger(__name__)
@@ -64,18 +66,30 @@ class TrialResult:
         return self.error is None
 
 
-def storage_location(storage: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
+def storage_location(storage: str, retry_policy: RetryPolicy | None = None) -> tuple[str, pyarrow.fs.FileSystem | None]:
     """(storage_path, storage_filesystem) for Ray Train's `RunConfig` from a local path or `s3://bucket/prefix`.
 
     For S3 the endpoint and keys come from the standard AWS environment variables (`S3Settings`); `AWS_ENDPOINT_URL`
-    points at a non-AWS server such as SeaweedFS (path-style addressing, plain HTTP when the URL says so).
+    points at a non-AWS server such as SeaweedFS (path-style addressing, plain HTTP when the URL says so). With
+    `retry_policy` every call of the filesystem (Ray Train's controller's included) rides out a server that is away
+    for up to its bound (`pipelines.retrying_fs`).
     """
     if not storage.startswith("s3://"):
         if "://" in storage:
             raise ValueError(f"storage: {storage!r} is neither a path nor an s3:// URI; use one of those")
         return os.path.abspath(os.path.expanduser(storage)), None
-    filesystem: pyarrow.fs.FileSystem = S3Settings.from_env().arrow_filesystem()
+    settings = S3Settings.from_env()
+    filesystem: pyarrow.fs.FileSystem = (
+        retrying_s3(settings, retry_policy) if retry_policy is not None else settings.arrow_filesystem()
+    )
     return storage.removeprefix("s3://").rstrip("/"), filesystem
+
+
+def storage_policy(cfg: TrialConfig) -> RetryPolicy:
+    """How long Ray Train's own storage calls wait for S3: `outages.retry_s`, and at least the default bound. Its
+    controller's writes (the snapshot of its checkpoints) cannot be skipped as a checkpoint upload can (an error there
+    ends the run), so a short `retry_s`, which makes uploads give up early, does not make the controller give up."""
+    return RetryPolicy(max_wait_s=max(cfg.outages.retry_s, DEFAULT_MAX_WAIT_S))
 
 
 def failure_from_errors(worker_errors: dict[int, Exception], failures_so_far: int) -> Failure:
@@ -153,7 +167,7 @@ def build_trainer(
         raise RuntimeError(
             "RAY_TRAIN_V2_ENABLED=0: resnet-orch needs Ray Train v2 (its callbacks carry the restart policy); unset it"
         )
-    storage_path, storage_filesystem = storage_location(cfg.storage)
+    storage_path, storage_filesystem = storage_location(cfg.storage, storage_policy(cfg))
     resources = cfg.resources
     user_callbacks: list[RayTrainCallback] = [FailFastCallback(RestartPolicy(cfg.max_failures)), *callbacks]
     if reporter is not None:
@@ -194,7 +208,7 @@ def run_trial(
     """
     name = cfg.run_name
     trainer = build_trainer(cfg, reporter=reporter, callbacks=callbacks)
-    storage_path, storage_filesystem = storage_location(cfg.storage)
+    storage_path, storage_filesystem = storage_location(cfg.storage, storage_policy(cfg))
     fs = storage_filesystem or pyarrow.fs.LocalFileSystem()
     trial_path = f"{storage_path}/{name}"
     metrics: dict[str, Any] = {}

@@ -321,8 +321,8 @@ def test_cli_validate_exits_2_with_every_message_and_no_traceback(tmp_path: Path
         f"{bad}: recipe.weight_decay: '1e-4' is text to YAML, not a number (an exponent needs a dot: 1.0e-4); "
         "write weight_decay: 0.0001",
         f"{bad}: modle: unknown key; did you mean model? valid keys here: budget, chaos, checkpoint, data, grid, "
-        "max_concurrent_trials, max_failures, max_preemptions, model, name, num_samples, recipe, resources, scheduler, "
-        "search, seed, shared_filesystem, storage, tracking",
+        "max_concurrent_trials, max_failures, max_preemptions, model, name, num_samples, outages, recipe, resources, "
+        "scheduler, search, seed, shared_filesystem, storage, tracking",
     ]
     assert "Traceback" not in done.stdout + done.stderr
 
@@ -363,3 +363,13 @@ def test_an_elastic_worker_range_is_refused_with_the_fix(workers: object) -> Non
         f"sweep.yaml: resources.workers: {workers!r} is a range; elastic worker counts are not supported (a resize "
         "would change each step's batch); give one number of workers, e.g. workers: 2"
     )
+
+
+def test_outages_bound_is_typed_and_reaches_every_trial() -> None:
+    assert sweep().expand("/s")[0].outages.policy().max_wait_s == 180
+    config = parse_sweep({"name": "s", "data": {"train": "/shards"}, "outages": {"retry_s": 30}})
+    assert [t.outages.retry_s for t in config.expand("/s")] == [30]
+    for bad, why in (({"retry_s": -1}, "-1 is out of range; write a number >= 0 and <= 3600"), ({"retry_s": "60"}, "")):
+        with pytest.raises(ConfigError, match=f"outages.retry_s: {why}") as info:
+            parse_sweep({"name": "s", "data": {"train": "/shards"}, "outages": bad})
+        assert "text" in str(info.value) or why
