@@ -161,7 +161,8 @@ class LocalCluster:
             probe=lambda: ray_head.gcs_healthy(url),
             timeout_s=timeout_s,
         )
-        self.wait_for_nodes(1 + sum(t.min_workers for t in self.autoscaling.node_types) if self.autoscaling else 1)
+        nodes = 1 + sum(t.min_workers for t in self.autoscaling.node_types) if self.autoscaling else 1
+        self.wait_for_nodes(nodes, timeout_s=timeout_s)
 
     def _autoscaling_config(self) -> dict[str, Any]:
         assert self.autoscaling is not None
@@ -273,6 +274,9 @@ class LocalCluster:
             nodes = self.alive_nodes()
             if len(nodes) == count or (at_most and nodes and len(nodes) <= count):
                 return nodes
+            if self.head is not None and not _pid_running(self.head.pid):
+                # `ray start --head --block` gave up (its raylet did not register in time): nothing will come up.
+                raise processes.ProcessError(f"the Ray head exited; its log: {self.root / 'head.log'}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{len(nodes)} nodes alive after {timeout_s:.0f}s, waiting for {count}")
             time.sleep(0.5)
@@ -332,6 +336,13 @@ class LocalCluster:
 def _running(process: psutil.Process) -> bool:
     try:
         return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _pid_running(pid: int) -> bool:
+    try:
+        return _running(psutil.Process(pid))
     except psutil.Error:
         return False
 

@@ -30,7 +30,7 @@ from orchestrator.sweep.layout import (
     resolve_sweep_id,
 )
 from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState, TrialState
-from orchestrator.training.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S
+from orchestrator.training.metric_names import BEST_METRIC, EPOCH, IMAGES_PER_S, PREEMPTIONS, WORKERS
 
 
 def _load(path: Path) -> SweepConfig:
@@ -189,11 +189,15 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
         table.add_column(column)
     # The state is what a user scans for: never cut to "STO…" on a narrow terminal (the other columns give way).
     table.add_column("state", min_width=len(TrialState.SUCCEEDED), overflow="fold")
-    for column in ("attempt", "epoch", "best top-1 err %", "images/s"):
+    # Live workers (`2/2`) and preemptions once a trial's workers reported them: a sweep that has not started yet
+    # keeps its table narrow.
+    spot = any(WORKERS in trial.metrics or PREEMPTIONS in trial.metrics for trial in progress.trials)
+    for column in ("attempt", *(("workers", "preemptions") if spot else ()), "epoch", "best top-1 err %", "images/s"):
         table.add_column(column)
     for trial in progress.trials:
         model = trial.config["model"]
         metrics = trial.metrics
+        live = (trial.workers, _fmt(metrics.get(PREEMPTIONS), digits=0))
         table.add_row(
             trial.id,
             ModelConfig.model_validate(model).registry_name,
@@ -201,6 +205,7 @@ def _status_table(sweep_id: str, state: SweepState, progress: SweepProgress) -> 
             model["shortcut"],
             trial.state.value + (f" ({trial.waiting})" if trial.waiting else ""),
             str(trial.attempts),
+            *(live if spot else ()),
             _fmt(metrics.get(EPOCH), digits=0),
             _fmt(metrics.get(BEST_METRIC), 100.0),
             _fmt(metrics.get(IMAGES_PER_S), digits=1),

@@ -253,6 +253,18 @@ class ResourcesConfig(_Strict):
     gpus_per_worker: float = Field(default=0, ge=0)
     cpus_per_worker: float = Field(default=1, gt=0)
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _one_count(cls, value: Any) -> Any:
+        # An elastic range would change which samples make up each step's batch when the group resizes (each rank
+        # reads its own slice of the epoch), so a resized run would not be the configured run: refused, not guessed.
+        if isinstance(value, dict | list | tuple):
+            raise ValueError(
+                f"{value!r} is a range; elastic worker counts are not supported (a resize would change each step's "
+                "batch); give one number of workers, e.g. workers: 2"
+            )
+        return value
+
     @property
     def use_gpu(self) -> bool:
         return self.gpus_per_worker > 0
@@ -339,6 +351,8 @@ class TrialConfig(_Strict):
     checkpoint: CheckpointConfig
     storage: str
     max_failures: int = Field(ge=0)
+    # Ray Train's separate budget of restarts after a preempted node (-1: unlimited, Ray's default).
+    max_preemptions: int = Field(default=-1, ge=-1)
     chaos: tuple[ChaosConfig, ...] = Field(default=(), strict=False)
     outages: OutageConfig = OutageConfig()
     # The submitted sweep's id (`layout.expand` sets it): the trial's Ray Train run and live metrics are named by it.
@@ -390,6 +404,9 @@ class SweepConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     max_concurrent_trials: int | None = Field(default=None, gt=0, examples=[4])
     max_failures: int = Field(default=3, ge=0)
+    # Restarts after a preemption (a spot node reclaimed with notice) a trial may take besides `max_failures`, which
+    # they never use up: each resumes from the just-in-time checkpoint of its notice. -1: unlimited.
+    max_preemptions: int = Field(default=-1, ge=-1, examples=[20])
     checkpoint: CheckpointConfig = CheckpointConfig()
     # None: RESNET_ORCH_HOME/storage on this machine; a multi-node cluster needs s3:// or a shared path.
     storage: str | None = Field(default=None, examples=["s3://bucket/runs"])
@@ -483,6 +500,7 @@ class SweepConfig(_Strict):
                     checkpoint=self.checkpoint,
                     storage=storage,
                     max_failures=self.max_failures,
+                    max_preemptions=self.max_preemptions,
                     chaos=self.chaos,
                     outages=self.outages,
                 )

@@ -123,7 +123,8 @@ class PlacementNotice(WorkerGroupCallback):
 
     def after_worker_group_start(self, worker_group: Any) -> None:
         self._cancel()
-        self._queue.put({WAITING_KEY: 0})
+        # The live worker count, before the group's first report (which carries it too).
+        self._queue.put({WAITING_KEY: 0, metric_names.WORKERS: len(worker_group.get_workers())})
 
     def before_worker_group_shutdown(self, worker_group: Any) -> None:
         self._cancel()
@@ -335,6 +336,8 @@ class SweepCallback(tune.Callback):
                 status.waiting = WAITING_FOR_NODES
             else:  # the worker group started
                 status.waiting = None
+                if metric_names.WORKERS in result:
+                    status.metrics[metric_names.WORKERS] = float(result[metric_names.WORKERS])
                 if status.state == TrialState.PENDING:
                     progress.move(trial_id, TrialState.RUNNING)
             self._save(progress)
@@ -351,6 +354,7 @@ class SweepCallback(tune.Callback):
                 "trial %s: restarting (a worker failed; Ray Train restarts from the last checkpoint)", trial_id
             )
             progress.move(trial_id, TrialState.RESTARTING)
+            status.metrics[metric_names.WORKERS] = 0.0  # the failed group is gone until its replacement starts
             self._save(progress)
             return
         attempts = int(result.get(metric_names.ATTEMPT, 0)) + 1  # the training loop reports a 0-based attempt

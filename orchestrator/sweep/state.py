@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from orchestrator.training.metric_names import WORKERS
 from pipelines.files import write_atomic
 
 
@@ -122,6 +123,14 @@ class TrialStatus(BaseModel):
     # Why a trial that Tune started has not moved on (`waiting for nodes`: its workers' placement group is not
     # ready); `status` shows it after the state. Cleared by every state change.
     waiting: str | None = None
+
+    @property
+    def workers(self) -> str:
+        """`live/configured` workers (e.g. `2/2`, `0/2` while a failed group is replaced); `-` before the first
+        worker group started. The live count is the last the trial's workers or their controller reported."""
+        live = self.metrics.get(WORKERS)
+        configured = self.config.get("resources", {}).get("workers", "?")
+        return "-" if live is None else f"{int(live)}/{configured}"
 
 
 class SweepRecord(BaseModel):

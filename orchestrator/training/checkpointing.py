@@ -91,6 +91,8 @@ class TrainState:
     # those its checkpoint has and Ray Train had not registered (`unsent_reports`).
     epoch_reports: list[dict[str, Any]] = field(default_factory=list)
     report: dict[str, Any] = field(default_factory=dict)
+    # Preemption notices checkpointed for over all attempts (`training/preemption.py`).
+    preemptions: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -107,6 +109,7 @@ class TrainState:
             "epoch_totals": self.epoch_totals,
             "epoch_reports": self.epoch_reports,
             "report": self.report,
+            "preemptions": self.preemptions,
         }
 
     @classmethod

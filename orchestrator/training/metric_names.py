@@ -16,6 +16,10 @@ ATTEMPT = "attempt"  # 0-based attempt of the trial that made the report
 RESUMED_FROM_STEP = "resumed_from_step"  # -1 on an attempt that started from scratch
 ATTEMPT_START_UNIX_S = "attempt_start_unix_s"
 FIRST_STEP_UNIX_S = "first_step_unix_s"
+# The attempt's worker count (its DDP world size), and the preemption notices the trial has checkpointed for over all
+# its attempts (`training/preemption.py`); `status` shows them as `workers/configured` and a count.
+WORKERS = "workers"
+PREEMPTIONS = "preemptions"
 
 # The reporting window (the steps since the previous report), over all ranks.
 TRAIN_LOSS = "train_loss"
@@ -78,6 +82,8 @@ REPORTED: tuple[str, ...] = (
     RESUMED_FROM_STEP,
     ATTEMPT_START_UNIX_S,
     FIRST_STEP_UNIX_S,
+    WORKERS,
+    PREEMPTIONS,
 )
 EPOCH_END: tuple[str, ...] = (
     EPOCH_TRAIN_LOSS,
@@ -104,6 +110,9 @@ TRACKED: tuple[str, ...] = (
     STEP_TIME_S,
     DATA_WAIT_FRAC,
     LR,
+    ATTEMPT,
+    WORKERS,
+    PREEMPTIONS,
     *EPOCH_END,
     *FINAL,
 )
@@ -121,6 +130,8 @@ STATUS: tuple[str, ...] = (
     VAL_CLASSES,
     IMAGES_PER_S,
     LR,
+    WORKERS,
+    PREEMPTIONS,
     *FINAL,
 )
 # The metric that ranks trials: the paper reports top-1 error on the validation set (Tables 2-4).

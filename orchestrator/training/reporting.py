@@ -27,6 +27,7 @@ class Position:
     resumed_from_step: int
     attempt_start_unix_s: float
     first_step_unix_s: float
+    preemptions: int  # preemption notices checkpointed for, over all attempts
 
 
 def window_metrics(reduced: dict[str, float], at: Position, extra: dict[str, float] | None = None) -> dict[str, Any]:
@@ -54,6 +55,8 @@ def window_metrics(reduced: dict[str, float], at: Position, extra: dict[str, flo
         m.RESUMED_FROM_STEP: at.resumed_from_step,
         m.ATTEMPT_START_UNIX_S: at.attempt_start_unix_s,
         m.FIRST_STEP_UNIX_S: at.first_step_unix_s,
+        m.WORKERS: at.world,
+        m.PREEMPTIONS: at.preemptions,
         **(extra or {}),
     }
 

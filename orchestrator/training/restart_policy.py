@@ -8,6 +8,9 @@ Retryable: a worker that died (SIGKILL, node lost, actor died) or a collective (
 survive a death routinely fail with collateral collective errors, so a death anywhere makes the whole failure a
 death (the same reasoning as Ray's preemption accounting). Not retryable: a configuration or code error, or an
 out-of-memory error, raised before the attempt completed its first step — a restart would hit it again.
+A worker lost to a node's preemption (a spot reclaim Ray saw announced) is not a failure: Ray Train restarts it
+against its own budget (`FailureConfig.max_preemption_failures`, the sweep's `max_preemptions`), so the policy
+neither counts it nor ends the trial for it; collateral errors of the surviving ranks go with it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ OOM_MARKERS: tuple[str, ...] = ("out of memory", "outofmemoryerror", "cannot all
 
 class FailureKind(enum.Enum):
     WORKER_DIED = "worker_died"  # the worker process or its node is gone
+    PREEMPTED = "preempted"  # the worker's node was reclaimed after a preemption notice (drained for preemption)
     COLLECTIVE = "collective"  # a collective op failed: a peer died or the network broke
     OUT_OF_MEMORY = "out_of_memory"
     CONFIG = "config"  # the trial's configuration cannot run (unknown model, bad data path, ...)
@@ -76,6 +80,12 @@ class RestartPolicy:
         if FailureKind.INVARIANT in kinds:
             return Decision(
                 Action.FAIL, f"a sample-count invariant failed; its metrics would be wrong: {failure.reason}"
+            )
+        if FailureKind.PREEMPTED in kinds:
+            return Decision(
+                Action.RETRY,
+                "a node was preempted; Ray Train restarts from the latest checkpoint within max_preemptions, "
+                f"max_failures={self.max_failures} is not charged: {failure.reason}",
             )
         if FailureKind.WORKER_DIED in kinds:
             return self._within_budget(failure, "a worker died")

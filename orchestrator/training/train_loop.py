@@ -55,6 +55,7 @@ from orchestrator.training.checkpointing import (
 from orchestrator.training.evaluation import evaluate, evaluate_protocol, no_validation
 from orchestrator.training.live_metrics import TrainMetrics
 from orchestrator.training.lr_schedule import LRSchedule
+from orchestrator.training.preemption import PreemptionNotices
 from orchestrator.training.reporting import Position, epoch_metrics, train_top1_err, window_metrics
 from orchestrator.training.restart_policy import FailureKind, TrainFunctionError, classify_message
 from pipelines.presets import IGNORE_INDEX
@@ -135,6 +136,7 @@ class _Trainer:
         self.first_step_unix_s = math.nan
         # This attempt's per-step losses not yet in `state.step_losses` (kept on the device until the next report).
         self.pending_losses: list[torch.Tensor] = []
+        self.notices = PreemptionNotices()
 
     def _wrap_and_optimize(self) -> None:
         """DDP around the (restored) model, compiled if asked, and its optimizer with the restored state."""
@@ -284,11 +286,31 @@ class _Trainer:
                 self.metrics.update(train_loss=float(loss), data_wait_frac=window.wait_s / max(window.step_s, 1e-9))
                 self.metrics.add_images(trained)
             last_of_epoch = state.epoch_step == steps
-            if not last_of_epoch and state.step % self.cfg.checkpoint.every_steps == 0:
+            periodic = not last_of_epoch and state.step % self.cfg.checkpoint.every_steps == 0
+            just_in_time = self._preemption_notice(checkpoint_due=periodic or last_of_epoch)
+            if periodic or just_in_time:
                 self._report(fold(window, self.epoch_totals, self.device), epoch_end=False)
                 window = Window(self.device)
         self.metrics.add_images(live.take(time.perf_counter())[0])
         return window
+
+    def _preemption_notice(self, *, checkpoint_due: bool) -> bool:
+        """Poll Ray Train for a preemption notice (every rank, every step: it is a barrier); count a new one in the
+        trial's state, and say whether this boundary must write a just-in-time checkpoint for it."""
+        info = ray.train.get_preemption_info()
+        decision = self.notices.decide(info.preempted_node_ids if info else None, checkpoint_due=checkpoint_due)
+        if decision.new_preemption and info is not None:
+            self.state.preemptions += 1
+            logger.warning(
+                "rank %d: preemption notice at step %d for nodes %s (ranks %s, deadline %s ms); %s",
+                self.rank,
+                self.state.step,
+                info.preempted_node_ids,
+                info.preempted_ranks,
+                info.deadline_ms,
+                "just-in-time checkpoint" if decision.write_checkpoint else "this step's checkpoint serves it",
+            )
+        return decision.write_checkpoint
 
     def _observe_train_error(self, sums: torch.Tensor) -> None:
         """Feed the error warm-up (He et al. 2015, Section 4.2) this step's top-1 hits and samples over all ranks."""
@@ -383,6 +405,7 @@ class _Trainer:
             resumed_from_step=self.resumed_from_step,
             attempt_start_unix_s=self.attempt_started,
             first_step_unix_s=self.first_step_unix_s,
+            preemptions=self.state.preemptions,
         )
 
     def _capture_state(self) -> None:

@@ -1,7 +1,8 @@
 """One trial = one Ray Train run: `run_trial(cfg)` builds the `TorchTrainer`, runs it, and says how it went.
 
 Ray Train restarts a failed worker group from the latest checkpoint up to `FailureConfig(max_failures)` times and
-treats every worker error as retryable. `FailFastCallback` runs our `RestartPolicy` inside Ray Train's controller
+treats every worker error as retryable; a preempted node's group restarts within `max_preemption_failures` instead
+(`training/preemption.py`). `FailFastCallback` runs our `RestartPolicy` inside Ray Train's controller
 on each failure and, for one a restart cannot cure (a config or code error before the first step), raises: an
 exception in a controller callback is a non-retryable controller error, so the run ends after one attempt with
 our reason.
@@ -18,9 +19,10 @@ from typing import Any
 import pyarrow.fs
 import ray.train
 from ray.exceptions import RayActorError
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.train.v2.api.callback import RayTrainCallback, UserCallback
+from ray.train.v2.api.config import FailureConfig  # `ray.train`'s under Train v2; the stub names v1's
 from ray.train.v2.api.exceptions import ControllerError, TrainingFailedError, WorkerGroupError
 
 from orchestrator.sweep.capacity import worker_bundle
@@ -97,7 +99,10 @@ def failure_from_errors(worker_errors: dict[int, Exception], failures_so_far: in
     reasons: list[str] = []
     for rank in sorted(worker_errors):
         error = worker_errors[rank]
-        if isinstance(error, TrainFunctionError):
+        if _preempted(error):
+            kinds.add(FailureKind.PREEMPTED)
+            reasons.append(f"rank {rank}: its node was preempted ({type(error).__name__})")
+        elif isinstance(error, TrainFunctionError):
             kinds.add(error.kind)
             steps_done = max(steps_done, error.steps_done)
             reasons.append(f"rank {rank}: {error.reason}")
@@ -113,6 +118,13 @@ def failure_from_errors(worker_errors: dict[int, Exception], failures_so_far: in
     )
 
 
+def _preempted(error: Exception) -> bool:
+    """Whether a worker error is its node's preemption: Ray marks the `RayActorError` of an actor whose node died
+    after a drain for preemption `preempted`, wrapped in the health check's error when the poll found it."""
+    cause = getattr(error, "health_check_failure", error)
+    return isinstance(cause, RayActorError) and bool(getattr(cause, "preempted", False))
+
+
 class FailFastCallback(UserCallback):
     """Runs `RestartPolicy` on the controller after each failed attempt; raises when it says FAIL."""
 
@@ -122,8 +134,10 @@ class FailFastCallback(UserCallback):
 
     def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
         failure = failure_from_errors(worker_exceptions, self.failures)
-        self.failures += 1
         decision = self.policy.decide(failure)
+        if FailureKind.PREEMPTED not in failure.kinds:
+            # Ray Train calls this at every poll of a preempted group until its deadline: only failures count.
+            self.failures += 1
         logger.warning("trial %s: %s -> %s", run_context.run_config.name, decision.why, decision.action.value)
         if decision.action is Action.FAIL:
             raise TrialFailedFast(decision.why)
@@ -173,7 +187,7 @@ def build_trainer(
             name=cfg.run_name,
             storage_path=storage_path,
             storage_filesystem=storage_filesystem,
-            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            failure_config=FailureConfig(max_failures=cfg.max_failures, max_preemption_failures=cfg.max_preemptions),
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
             callbacks=list(user_callbacks),  # type: ignore[arg-type]  # v2 accepts UserCallback; the stub says v1
         ),

@@ -233,3 +233,23 @@ def test_status_of_a_sweep_whose_budget_ran_out(home: Path) -> None:
     )
     listed = runner.invoke(app, ["list"], env={"COLUMNS": "200"}).stdout
     assert "BUDGET_EXHAUSTED" in listed and "1/2" in listed  # the early-stopped trial counts as done
+
+
+def test_status_shows_live_workers_and_preemptions(home: Path) -> None:
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    configured = load_sweep(EXAMPLES / "quickstart.yaml").resources.workers
+    progress = load_sweep_progress(record.sweep_id)
+    progress.move("000-residual", TrialState.RUNNING)
+    # One worker of the group left (its replacement not started yet), after two preemptions.
+    progress.trial("000-residual").metrics = {"workers": 1.0, "preemptions": 2.0, "epoch": 3.0}
+    save_model(sweep_paths(record.sweep_id).progress, progress)
+    lines = CliRunner().invoke(app, ["status", record.sweep_id], env={"COLUMNS": "200"}).stdout.splitlines()
+    header = next(line for line in lines if "preemptions" in line)
+    names = [cell.strip() for cell in header.strip().strip("┃").split("┃")]
+    rows = {
+        cells[0]: dict(zip(names, cells, strict=True))
+        for line in lines
+        if "│" in line and (cells := [cell.strip() for cell in line.strip().strip("│").split("│")])[0]
+    }
+    assert (rows["000-residual"]["workers"], rows["000-residual"]["preemptions"]) == (f"1/{configured}", "2")
+    assert (rows["001-plain"]["workers"], rows["001-plain"]["preemptions"]) == ("-", "-")

@@ -65,3 +65,16 @@ def test_head_hosts_trial_drivers_not_training() -> None:
     head = _prepared(_raw())["available_node_types"]["head"]
     assert head["resources"]["CPU"] == 0 and "GPU" not in head["resources"]
     assert head["resources"][TRIAL_DRIVER_RESOURCE] >= 64
+
+
+def test_every_worker_runs_the_spot_interruption_watcher() -> None:
+    config = _prepared(_raw())
+    root = CLUSTER_YAML.parents[2]
+    source = config["file_mounts"]["~/spot-watch.sh"]
+    assert (root / source).is_file(), source  # `ray up` runs from the repository root
+    started = [c for c in config["worker_start_ray_commands"] if "spot-watch.sh" in c]
+    assert started == ['nohup bash ~/spot-watch.sh "$RAY_HEAD_IP:6379" > /tmp/spot-watch.log 2>&1 &']
+    # After `ray start`: the drain needs this node registered with the GCS.
+    assert config["worker_start_ray_commands"].index(started[0]) > next(
+        i for i, c in enumerate(config["worker_start_ray_commands"]) if "ray start" in c
+    )

@@ -223,3 +223,16 @@ def test_the_mlflow_server_reads_its_store_uri_from_the_secret_env_var() -> None
     env = {v["name"]: v["valueFrom"] for v in _one("Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["MLFLOW_BACKEND_STORE_URI"] == {"secretKeyRef": {"name": "resnet-orch-mlflow-db", "key": "uri"}}
     assert "configMapKeyRef" in env["MLFLOW_ARTIFACTS_DESTINATION"]
+
+
+def test_spot_workers_turn_their_eviction_into_rays_preemption_notice() -> None:
+    import re
+
+    worker = _pod_templates(_one("RayCluster"))[1]["spec"]
+    assert worker["nodeSelector"]["eks.amazonaws.com/capacityType"] == "SPOT"
+    (hook,) = worker["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][2:]
+    assert "ray drain-node --reason=DRAIN_NODE_REASON_PREEMPTION" in hook
+    deadline = int(re.search(r"--deadline-remaining-seconds=(\d+)", hook).group(1))  # type: ignore[union-attr]
+    held = int(re.search(r"sleep (\d+)", hook).group(1))  # type: ignore[union-attr]
+    # The pod stays up until the drain's deadline, and Kubernetes lets the hook run that long.
+    assert deadline <= held < worker["terminationGracePeriodSeconds"]

@@ -43,10 +43,10 @@ def sweep_id_of(stdout: str) -> str:
     return sweep_id
 
 
-def submit(tmp_path: Path, cluster: LocalCluster, client: dict[str, str], **fields: Any) -> str:
-    """`resnet-orch submit --address <dashboard>` of `SWEEP` filled with `fields`; returns the sweep id."""
+def submit(tmp_path: Path, cluster: LocalCluster, client: dict[str, str], template: str = SWEEP, **fields: Any) -> str:
+    """`resnet-orch submit --address <dashboard>` of `template` filled with `fields`; returns the sweep id."""
     sweep_file = tmp_path / "sweep.yaml"
-    sweep_file.write_text(SWEEP.format(**fields), encoding="utf-8")
+    sweep_file.write_text(template.format(**fields), encoding="utf-8")
     submitted = resnet_orch("submit", str(sweep_file), "--address", cluster.dashboard_url, env=client)
     assert submitted.returncode == 0, submitted.stdout + submitted.stderr
     return sweep_id_of(submitted.stdout)

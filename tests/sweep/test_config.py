@@ -321,8 +321,8 @@ def test_cli_validate_exits_2_with_every_message_and_no_traceback(tmp_path: Path
         f"{bad}: recipe.weight_decay: '1e-4' is text to YAML, not a number (an exponent needs a dot: 1.0e-4); "
         "write weight_decay: 0.0001",
         f"{bad}: modle: unknown key; did you mean model? valid keys here: budget, chaos, checkpoint, data, grid, "
-        "max_concurrent_trials, max_failures, model, name, num_samples, outages, recipe, resources, scheduler, search, "
-        "seed, shared_filesystem, storage, tracking",
+        "max_concurrent_trials, max_failures, max_preemptions, model, name, num_samples, outages, recipe, resources, "
+        "scheduler, search, seed, shared_filesystem, storage, tracking",
     ]
     assert "Traceback" not in done.stdout + done.stderr
 
@@ -353,6 +353,16 @@ def test_tracking_names_and_uri_are_checked(tracking: dict[str, str], expected: 
 
 def test_experiment_names_may_hold_spaces_and_quotes() -> None:
     assert sweep(tracking={"experiment": 'it\'s "ResNet" v2'}).tracking.experiment == 'it\'s "ResNet" v2'
+
+
+@pytest.mark.parametrize("workers", [{"min": 1, "max": 2}, [1, 2]])
+def test_an_elastic_worker_range_is_refused_with_the_fix(workers: object) -> None:
+    with pytest.raises(ConfigError) as caught:
+        sweep(resources={"workers": workers})
+    assert str(caught.value) == (
+        f"sweep.yaml: resources.workers: {workers!r} is a range; elastic worker counts are not supported (a resize "
+        "would change each step's batch); give one number of workers, e.g. workers: 2"
+    )
 
 
 def test_outages_bound_is_typed_and_reaches_every_trial() -> None:

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.sweep.config import load_sweep
 from orchestrator.sweep.layout import create_sweep, load_sweep_progress, sweep_paths
-from orchestrator.sweep.scheduling import PARAM_KEY, WAITING_KEY, SweepCallback
+from orchestrator.sweep.scheduling import PARAM_KEY, RESTART_KEY, WAITING_KEY, SweepCallback
 from orchestrator.sweep.state import TrialState
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -49,6 +49,31 @@ def test_a_started_trial_waits_for_nodes_then_runs(home: Path) -> None:
     progress = load_sweep_progress(record.sweep_id)
     assert progress.trial("000-residual").state == TrialState.RUNNING
     assert progress.trial("000-residual").attempts == 0  # a notice is not a report of the training loop
+
+
+def test_status_follows_the_live_worker_count_through_a_restart(home: Path) -> None:
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    callback = SweepCallback(record, sweep_paths(record.sweep_id), run_ids={})
+    tune_trial = SimpleNamespace(config={PARAM_KEY: {"trial_id": "000-residual"}})
+
+    def workers() -> str | None:
+        """The trial's `workers` cell; None while `status` has no such column."""
+        table = CliRunner().invoke(app, ["status", record.sweep_id], env={"COLUMNS": "200"}).stdout
+        header = next(line for line in table.splitlines() if "attempt" in line)
+        names = [cell.strip() for cell in header.split("┃")[1:-1]]
+        row = _rows(table)["000-residual"]
+        return row[names.index("workers")] if "workers" in names else None
+
+    callback.on_trial_start(0, [], tune_trial)
+    assert workers() is None  # no trial has started workers: the column is left out
+    # The controller's notice that the group of 2 started (`PlacementNotice`), then a worker's failure.
+    callback.on_trial_result(0, [], tune_trial, {WAITING_KEY: 0, "workers": 2, "training_iteration": 1})
+    assert workers() == "2/2"
+    callback.on_trial_result(0, [], tune_trial, {RESTART_KEY: 1, "training_iteration": 2})
+    assert workers() == "0/2"
+    assert load_sweep_progress(record.sweep_id).trial("000-residual").state == TrialState.RESTARTING
+    callback.on_trial_result(0, [], tune_trial, {WAITING_KEY: 0, "workers": 2, "training_iteration": 3})
+    assert workers() == "2/2"
 
 
 def test_a_restored_callback_writes_into_the_resuming_drivers_sweep_dir(
