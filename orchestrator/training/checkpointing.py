@@ -22,7 +22,6 @@ reads, skipping with a warning each one that is corrupt or refused.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -41,6 +40,7 @@ import torch
 
 from orchestrator.training.metric_names import STEP
 from pipelines.files import sha256_file
+from pipelines.retrying_fs import NO_SPACE
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,6 @@ STATE_FILE = "train_state.pt"
 MANIFEST_FILE = "manifest.json"
 ATTEMPTS_DIR = "attempts"
 CHECKPOINT_PREFIX = "checkpoint-step"
-_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class CheckpointError(RuntimeError):
@@ -206,7 +205,7 @@ def _no_space_error(exc: BaseException, directory: Path, state: TrainState) -> C
     """A `CheckpointError` that says what to do when `exc` is a full disk (torch.save reports it as a RuntimeError
     whose cause, or text, is the OSError); None for any other error."""
     cause: BaseException | None = exc
-    while cause is not None and not (isinstance(cause, OSError) and cause.errno in _NO_SPACE):
+    while cause is not None and not (isinstance(cause, OSError) and cause.errno in NO_SPACE):
         cause = cause.__cause__ or cause.__context__
     if cause is None and not any(text in str(exc) for text in ("No space left", "file write failed")):
         return None
