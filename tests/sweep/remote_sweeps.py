@@ -52,6 +52,16 @@ def submit(tmp_path: Path, cluster: LocalCluster, client: dict[str, str], templa
     return sweep_id_of(submitted.stdout)
 
 
+def running_past(trial_id: str, step: int) -> Callable[[SweepProgress], bool]:
+    """A `follow` condition: trial `trial_id` is RUNNING and has reported step `step` or later."""
+
+    def reached(progress: SweepProgress) -> bool:
+        trial = progress.trial(trial_id)
+        return trial.state.value == "RUNNING" and trial.metrics.get("step", 0) >= step
+
+    return reached
+
+
 def follow(
     sweep_id: str,
     cluster: LocalCluster,

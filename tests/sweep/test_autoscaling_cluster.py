@@ -20,9 +20,8 @@ import pytest
 
 from orchestrator.stack.seaweedfs import SeaweedFS
 from orchestrator.sweep.layout import load_sweep_record
-from orchestrator.sweep.state import SweepProgress
 from tests.ray_clusters import FakeAutoscaling, FakeNodeType, LocalCluster
-from tests.sweep.remote_sweeps import dashboard_get, follow, resnet_orch, submit
+from tests.sweep.remote_sweeps import dashboard_get, follow, resnet_orch, running_past, submit
 
 # A shared 2-core machine under load starts and stops a multi-node cluster slowly; 900 s cut one off in teardown.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -142,12 +141,7 @@ def test_a_killed_node_restarts_the_trial_from_its_s3_checkpoint(
         mlflow=mlflow_server,
     )
     second = "001-seed7"
-
-    def second_has_checkpointed(progress: SweepProgress) -> bool:
-        trial = progress.trial(second)
-        return trial.state.value == "RUNNING" and trial.metrics.get("step", 0) >= 4
-
-    follow(sweep_id, cluster, remote_client, second_has_checkpointed)
+    follow(sweep_id, cluster, remote_client, running_past(second, 4))  # past its checkpoint of step 4
     head_id = next(n["node_id"] for n in cluster.alive_nodes() if n["is_head_node"])
     before = _worker_groups(cluster)
     (running,) = _worker_groups(cluster, alive=True).values()  # the second trial's two workers

@@ -24,10 +24,9 @@ import pytest
 
 from orchestrator.stack.seaweedfs import SeaweedFS
 from orchestrator.sweep.cleanup import JOB_METADATA_SWEEP
-from orchestrator.sweep.state import SweepProgress
 from orchestrator.training import metric_names as m
 from tests.ray_clusters import LocalCluster
-from tests.sweep.remote_sweeps import follow, resnet_orch, submit
+from tests.sweep.remote_sweeps import follow, resnet_orch, running_past, submit
 
 # A shared 2-core machine under load starts and stops a multi-node cluster slowly; 900 s cut one off in teardown.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -125,12 +124,7 @@ def test_foreign_placement_groups_survive_and_live_metrics_reach_prometheus(
         mlflow=mlflow_server,
     )
     (trial_id,) = ["000-seed3"]
-
-    def trained_a_window(progress: SweepProgress) -> bool:
-        trial = progress.trial(trial_id)
-        return trial.state.value == "RUNNING" and trial.metrics.get("step", 0) >= 4
-
-    follow(sweep_id, cluster, remote_client, trained_a_window)
+    follow(sweep_id, cluster, remote_client, running_past(trial_id, 4))  # trained a window
 
     # The node's Prometheus export, while the trial trains: each live series per rank, with the sweep's tags.
     wanted = [f"ray_{m.LIVE_PREFIX}{name}" for name in (m.IMAGES_PER_S, m.TRAIN_LOSS, m.DATA_WAIT_FRAC, m.STEP)]

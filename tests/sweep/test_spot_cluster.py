@@ -24,9 +24,8 @@ import pytest
 from orchestrator.stack import processes
 from orchestrator.stack.seaweedfs import SeaweedFS
 from orchestrator.sweep.layout import load_sweep_record
-from orchestrator.sweep.state import SweepProgress
 from tests.ray_clusters import LocalCluster
-from tests.sweep.remote_sweeps import follow, resnet_orch, submit
+from tests.sweep.remote_sweeps import follow, resnet_orch, running_past, submit
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -127,12 +126,7 @@ def test_a_preempted_node_costs_at_most_one_step_and_not_max_failures(
         mlflow=mlflow_server,
     )
     second = "001-seed7"
-
-    def second_closed_an_epoch(progress: SweepProgress) -> bool:
-        trial = progress.trial(second)
-        return trial.state.value == "RUNNING" and trial.metrics.get("step", 0) >= STEPS_PER_EPOCH
-
-    follow(sweep_id, cluster, remote_client, second_closed_an_epoch)
+    follow(sweep_id, cluster, remote_client, running_past(second, STEPS_PER_EPOCH))  # closed an epoch
     running = _alive_worker_nodes(cluster)
     assert len(set(running)) == 2, running
     victim = running[-1]
