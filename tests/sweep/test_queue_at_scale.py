@@ -1,6 +1,6 @@
 """A queue of 200 tiny trials (one step each) through the local stack: `submit --wait` on this home's Ray head and
 embedded MLflow store, every trial SUCCEEDED with one attempt, one MLflow run and one registered version each, and
-the progress journal no larger than its changes. `status`'s speed on it is measured by `bench/queue.py`."""
+the progress journal no larger than its changes. `status`'s speed on it is measured by `bench/sweep_queue.py`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`resnet-orch status` on a sweep of many trials, and what saving its progress costs per event.
 
-    .venv/bin/python bench/queue.py [--trials 200] [--events 2000] [--sweep ID] [--json]
+    .venv/bin/python bench/sweep_queue.py [--trials 200] [--events 2000] [--sweep ID] [--json]
 
 Without `--sweep`: a private RESNET_ORCH_HOME with a sweep of `--trials` one-step trials (`create_sweep`), driven
 through `--events` progress saves as the driver makes them (each trial PENDING -> RUNNING, reports, SUCCEEDED, the
