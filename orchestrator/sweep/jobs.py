@@ -185,7 +185,7 @@ def submit_driver(record: SweepRecord, *, resume: bool, address: str, local: boo
     else:
         # A remote cluster gets the sweep folder as the job's working dir (its image has the package).
         runtime_env = {"env_vars": job_env.job_settings(os.environ, local=False), "working_dir": str(paths.root)}
-        argv = ["python", "-m", "orchestrator.sweep.driver", "."]
+        argv = ["python", "-m", "orchestrator.sweep.driver", ".", "--from-working-dir"]
     if resume:
         argv.append("--resume")
         # No driver runs now, so this is the only writer: the sweep waits for its new driver, it is no longer the
