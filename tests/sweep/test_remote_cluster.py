@@ -122,18 +122,24 @@ def test_submit_status_cancel_by_address(
         ("000-residual", "SUCCEEDED", 1),
         ("001-plain", "SUCCEEDED", 1),
     ]
+    mlflow_client = MlflowClient(tracking_uri=client_env["MLFLOW_TRACKING_URI"])
+    best = {}
     for trial in trials:
         assert trial["metrics"]["epoch"] == 1  # the last of 2 epochs, 0-based
         assert trial["metrics"]["step"] == 4
-        assert 0.0 <= trial["metrics"]["val_top1_err"] <= 1.0
+        # What `status` read back from the sweep's storage is what the driver logged to MLflow, epoch by epoch.
+        history = mlflow_client.get_metric_history(trial["mlflow_run_id"], "val_top1_err")
+        assert [m.step for m in history] == [2, 4]
+        assert trial["metrics"]["val_top1_err"] == history[-1].value
+        best[trial["id"]] = f"{100 * min(m.value for m in history):.2f}"
     table = resnet_orch("status", sweep_id, env=env)
     assert table.returncode == 0, table.stderr
     rows = [line.split("│")[1:-1] for line in table.stdout.splitlines() if line.startswith("│")]
-    assert [[cell.strip() for cell in row][:7] for row in rows] == [
-        ["000-residual", "test_resnet", "yes", "B", "SUCCEEDED", "1", "1"],
-        ["001-plain", "test_resnet", "no", "B", "SUCCEEDED", "1", "1"],
+    # trial, model, residual, shortcut, state, attempt, workers, preemptions, epoch, best top-1 err %
+    assert [[cell.strip() for cell in row][:10] for row in rows] == [
+        ["000-residual", "test_resnet", "yes", "B", "SUCCEEDED", "1", "1/1", "0", "1", best["000-residual"]],
+        ["001-plain", "test_resnet", "no", "B", "SUCCEEDED", "1", "1/1", "0", "1", best["001-plain"]],
     ]
-    mlflow_client = MlflowClient(tracking_uri=client_env["MLFLOW_TRACKING_URI"])
     experiment = mlflow_client.get_experiment_by_name("remote-e2e")
     assert experiment is not None
     assert {r.info.status for r in mlflow_client.search_runs([experiment.experiment_id])} == {"FINISHED"}
