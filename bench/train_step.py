@@ -130,8 +130,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--checkpoint-every", type=int, default=0, help="steps per checkpoint; 0: compare layouts")
     parser.add_argument("--s3", action="store_true", help="checkpoints to a SeaweedFS started here, not a local folder")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for the steps; 0: torch's default")
     parser.add_argument("--json", action="store_true", dest="as_json")
     args = parser.parse_args()
+    if args.threads > 0:
+        # Fewer threads than cores leaves the rest idle, as a GPU's training step leaves the host's cores.
+        torch.set_num_threads(args.threads)
     images = torch.randn(args.batch, 3, args.size, args.size)
     labels = torch.randint(0, 1000, (args.batch,))
     if args.checkpoint_every > 0:

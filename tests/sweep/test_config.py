@@ -229,7 +229,7 @@ SCHEMA_ERRORS = [
     ),
     (
         {"checkpoint": {"upload": "background"}},
-        "checkpoint.upload: 'background' is not one of 'sync' or 'async'; write one of them, e.g. upload: async",
+        "checkpoint.upload: 'background' is not one of 'sync' or 'async'; write one of them, e.g. upload: sync",
     ),
     # Out of range: every bound of the field, not only the one that was hit.
     ({"recipe": {"epochs": 0}}, "recipe.epochs: 0 is out of range; write a whole number > 0, e.g. epochs: 90"),
