@@ -273,6 +273,12 @@ class ResourcesConfig(_Strict):
 class CheckpointConfig(_Strict):
     every_steps: int = Field(default=1000, gt=0, description="also written at each epoch end")
     keep: int = Field(default=3, gt=0)
+    # `async`: rank 0 copies the state of the checkpoint's step to CPU memory and one background thread writes, hashes
+    # and uploads it (manifest last) while the steps run on; its report goes to the sweep at the next report (an
+    # epoch's end waits for its own). `sync`: the step waits for the write and the upload. `sync` by default:
+    # `bench/train_step.py --checkpoint-every` showed no gain for `async` on a 2-core CPU machine, where the upload
+    # competes with the training threads for the same cores (docs/performance.md).
+    upload: Literal["sync", "async"] = "sync"
 
 
 class TrackingConfig(_Strict):

@@ -40,9 +40,18 @@ def no_space(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in NO_SPACE
 
 
-def upload_checkpoint(local: Path, fs: pyarrow.fs.FileSystem, dest: str, policy: RetryPolicy) -> None:
+def upload_checkpoint(
+    local: Path,
+    fs: pyarrow.fs.FileSystem,
+    dest: str,
+    policy: RetryPolicy,
+    *,
+    after_first_file: Callable[[], None] | None = None,
+) -> None:
     """Copy the complete checkpoint at `local` to `dest` on `fs`, `manifest.json` last, each file retried while the
-    store is away. Raises `RetriesExhausted` past the bound, `OSError` for what waiting cannot cure."""
+    store is away. Raises `RetriesExhausted` past the bound, `OSError` for what waiting cannot cure.
+    `after_first_file` runs once the weights are in storage and the manifest is not (drills kill the uploader there).
+    """
 
     def copy(name: str) -> None:
         with (local / name).open("rb") as source, fs.open_output_stream(f"{dest}/{name}") as out:
@@ -55,6 +64,8 @@ def upload_checkpoint(local: Path, fs: pyarrow.fs.FileSystem, dest: str, policy:
     step(f"mkdir {dest}", lambda: fs.create_dir(dest, recursive=True))
     for name in UPLOAD_ORDER:
         step(f"upload of {dest}/{name}", functools.partial(copy, name))
+        if name == UPLOAD_ORDER[0] and after_first_file is not None:
+            after_first_file()
 
 
 def save_checkpoint(
@@ -65,9 +76,11 @@ def save_checkpoint(
     policy: RetryPolicy,
     *,
     after_first_file: Callable[[], None] | None = None,
+    after_first_upload: Callable[[], None] | None = None,
 ) -> str | None:
     """Write the checkpoint of `state` locally and upload it to `dest`; `dest` when it is complete in storage, None
     when it was skipped (no space left to write it, or the store away past `policy`'s bound), with the reason logged.
+    The hooks run once the weights are written locally (`after_first_file`) and in storage (`after_first_upload`).
     """
     with tempfile.TemporaryDirectory(prefix="resnet-orch-ckpt-") as tmp:
         try:
@@ -76,7 +89,7 @@ def save_checkpoint(
             logger.error("checkpoint of step %d skipped: %s; training goes on", state.step, exc)
             return None
         try:
-            upload_checkpoint(local, fs, dest, policy)
+            upload_checkpoint(local, fs, dest, policy, after_first_file=after_first_upload)
         except (RetriesExhausted, OSError) as exc:
             why = (
                 f"no space left in the trial's storage ({exc})"

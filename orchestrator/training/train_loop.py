@@ -38,13 +38,12 @@ from orchestrator.training.accounting import (
     zero_totals,
 )
 from orchestrator.training.chaos import Point, maybe_kill, should_kill
-from orchestrator.training.checkpoint_upload import save_checkpoint
+from orchestrator.training.checkpoint_reports import CheckpointReports
 from orchestrator.training.checkpointing import (
     CheckpointError,
     RankState,
     TrainState,
     capture_rng,
-    checkpoint_dir_name,
     load_newest_checkpoint,
     read_checkpoint,
     register_attempt,
@@ -59,7 +58,6 @@ from orchestrator.training.preemption import PreemptionNotices
 from orchestrator.training.reporting import Position, epoch_metrics, train_top1_err, window_metrics
 from orchestrator.training.restart_policy import FailureKind, TrainFunctionError, classify_message
 from pipelines.presets import IGNORE_INDEX
-from pipelines.retrying_fs import unwrapped
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +135,7 @@ class _Trainer:
         # This attempt's per-step losses not yet in `state.step_losses` (kept on the device until the next report).
         self.pending_losses: list[torch.Tensor] = []
         self.notices = PreemptionNotices()
+        self.reports = CheckpointReports(cfg, fs, trial_path, self.rank, self._chaos)
 
     def _wrap_and_optimize(self) -> None:
         """DDP around the (restored) model, compiled if asked, and its optimizer with the restored state."""
@@ -215,14 +214,18 @@ class _Trainer:
     def run(self) -> None:
         for metrics in self.unsent:
             ray.train.report(metrics)  # every rank: Ray Train counts reports per rank
-        for epoch in range(self.state.epoch, self.epochs):
-            if self.resume_loader is not None:
-                # Restored first, then moved to `epoch`: a state saved at an epoch's end stands before this epoch.
-                self.train_loader.load_state_dict(self.resume_loader)
-                self.resume_loader = None
-            self.train_loader.set_epoch(epoch)
-            self.state.epoch = epoch
-            self._end_epoch(self._train_epoch())
+        try:
+            for epoch in range(self.state.epoch, self.epochs):
+                if self.resume_loader is not None:
+                    # Restored first, then moved to `epoch`: a state saved at an epoch's end stands before this epoch.
+                    self.train_loader.load_state_dict(self.resume_loader)
+                    self.resume_loader = None
+                self.train_loader.set_epoch(epoch)
+                self.state.epoch = epoch
+                self._end_epoch(self._train_epoch())
+            self.reports.flush()  # the last report waits for its checkpoint (an epoch's end: nothing is held back)
+        finally:
+            self.reports.close()
 
     def _optimize(
         self, images: torch.Tensor, labels: torch.Tensor, lr: float
@@ -289,7 +292,7 @@ class _Trainer:
             periodic = not last_of_epoch and state.step % self.cfg.checkpoint.every_steps == 0
             just_in_time = self._preemption_notice(checkpoint_due=periodic or last_of_epoch)
             if periodic or just_in_time:
-                self._report(fold(window, self.epoch_totals, self.device), epoch_end=False)
+                self._report(fold(window, self.epoch_totals, self.device), epoch_end=False, wait=just_in_time)
                 window = Window(self.device)
         self.metrics.add_images(live.take(time.perf_counter())[0])
         return window
@@ -378,8 +381,11 @@ class _Trainer:
 
     # ---- reporting ---------------------------------------------------------------------------------------------
 
-    def _report(self, reduced: dict[str, float], *, epoch_end: bool, extra: dict[str, float] | None = None) -> None:
-        """Report a window (`reduced`: its sums over all ranks, already in the epoch's totals) with a checkpoint."""
+    def _report(
+        self, reduced: dict[str, float], *, epoch_end: bool, extra: dict[str, float] | None = None, wait: bool = True
+    ) -> None:
+        """Report a window (`reduced`: its sums over all ranks, already in the epoch's totals) with a checkpoint;
+        `wait`: the report is made now, not held back for its upload (`checkpoint_reports`)."""
         metrics = window_metrics(reduced, self._position(epoch_end), extra)
         self.metrics.update(
             images_per_s_total=metrics[m.IMAGES_PER_S],
@@ -390,7 +396,7 @@ class _Trainer:
         if epoch_end:
             self.state.epoch_reports.append(metrics)
         self._capture_state()
-        self._publish(metrics)
+        self.reports.publish(metrics, self.model.state_dict(), self.state, wait=wait)
 
     def _position(self, epoch_end: bool) -> Position:
         state = self.state
@@ -424,41 +430,10 @@ class _Trainer:
         dist.all_gather_object(gathered, mine)
         state.ranks = gathered
 
-    def _publish(self, metrics: dict[str, Any]) -> None:
-        """`ray.train.report` the metrics; rank 0 writes the checkpoint that goes with them (every rank's state)."""
-        if self.rank != 0:
-            self._chaos("checkpoint")
-            ray.train.report(metrics)
-            return
-        saved = self._save_checkpoint()
-        if saved is None:
-            ray.train.report(metrics)  # skipped (see `checkpoint_upload`): the previous checkpoint stays the newest
-            return
-        ray.train.report(
-            metrics,
-            checkpoint=saved,
-            checkpoint_dir_name=saved.path.rstrip("/").rsplit("/", 1)[-1],
-            checkpoint_upload_mode=ray.train.CheckpointUploadMode.NO_UPLOAD,
-        )
-
-    def _save_checkpoint(self) -> ray.train.Checkpoint | None:
-        """Rank 0: the checkpoint of now, written and uploaded into the trial's storage (retried through an outage
-        of up to `outages.retry_s`); None when it had to be skipped (`checkpoint_upload.save_checkpoint`)."""
-        fs = self.storage.storage_filesystem
-        dest = f"{self.storage.experiment_fs_path}/{checkpoint_dir_name(self.state.step, self.attempt)}"
-        saved = save_checkpoint(
-            self.model.state_dict(),
-            self.state,
-            unwrapped(fs),  # retried under `outages.retry_s` alone, then skipped (Ray Train's calls wait longer)
-            dest,
-            self.cfg.outages.policy(),
-            after_first_file=lambda: self._chaos("checkpoint"),
-        )
-        return None if saved is None else ray.train.Checkpoint(saved, filesystem=fs)
-
-    def _chaos(self, point: Point) -> None:
+    def _chaos(self, point: Point, step: int | None = None) -> None:
+        """A drill's kill at `point` of `step` (by default the step just completed)."""
         chaos = self.cfg.chaos
-        step = self.state.step
+        step = self.state.step if step is None else step
         if should_kill(chaos, rank=self.rank, step=step, attempt=self.attempt, point=point):
             # Drills measure the time from the kill to the next completed step: leave the kill's time behind.
             marker = {"rank": self.rank, "step": step, "point": point, "unix_s": time.time()}

@@ -227,6 +227,10 @@ SCHEMA_ERRORS = [
         {"recipe": {"precision": "fp16"}},
         "recipe.precision: 'fp16' is not one of 'auto', 'fp32' or 'bf16'; write one of them, e.g. precision: auto",
     ),
+    (
+        {"checkpoint": {"upload": "background"}},
+        "checkpoint.upload: 'background' is not one of 'sync' or 'async'; write one of them, e.g. upload: sync",
+    ),
     # Out of range: every bound of the field, not only the one that was hit.
     ({"recipe": {"epochs": 0}}, "recipe.epochs: 0 is out of range; write a whole number > 0, e.g. epochs: 90"),
     (
@@ -240,7 +244,7 @@ SCHEMA_ERRORS = [
     # Unknown key: the closest valid name (difflib) when one is close, and every valid name.
     (
         {"checkpoint": {"every": 5}},
-        "checkpoint.every: unknown key; did you mean every_steps? valid keys here: every_steps, keep",
+        "checkpoint.every: unknown key; did you mean every_steps? valid keys here: every_steps, keep, upload",
     ),
     ({"modle": {}}, "modle: unknown key; did you mean model? valid keys here: budget, chaos, checkpoint, data, grid,"),
     ({"recipe": {"learning_rate": 0.1}}, "recipe.learning_rate: unknown key; valid keys here: batch_size,"),

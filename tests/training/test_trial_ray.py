@@ -32,8 +32,10 @@ from orchestrator.sweep.config import (
 )
 from orchestrator.training.checkpointing import (
     ATTEMPTS_DIR,
+    MANIFEST_FILE,
     MODEL_FILE,
     STATE_FILE,
+    checkpoint_dir_name,
     checkpoint_dirs,
     read_checkpoint,
 )
@@ -94,7 +96,9 @@ def trial(name: str, data: tuple[str, str], storage: str, **changes: Any) -> Tri
         ),
         "data": DataConfig(train=train, val=val, num_threads=1),
         "resources": ResourcesConfig(workers=WORKERS, cpus_per_worker=1),
-        "checkpoint": CheckpointConfig(every_steps=CHECKPOINT_EVERY, keep=20),
+        # `sync`: each report's checkpoint is in storage before the report, so the drills below know which checkpoint
+        # a kill resumes from; `async` has a drill of its own.
+        "checkpoint": CheckpointConfig(every_steps=CHECKPOINT_EVERY, keep=20, upload="sync"),
         "storage": storage,
         "max_failures": 2,
     }
@@ -339,6 +343,43 @@ def test_config_error_fails_once_with_its_reason(
     assert "config error before the first training step" in result.error
     assert "resnet19" in result.error
     assert result.checkpoint_path is None
+
+
+@pytest.mark.slow
+def test_a_kill_mid_async_upload_resumes_from_the_complete_checkpoint_before_it(
+    reference: Run, learnable_shards_s3: tuple[str, str], storage: str, tmp_path: Path
+) -> None:
+    # `checkpoint.upload: async`: rank 0's background thread uploads each checkpoint while the steps run on, and each
+    # report waits for its checkpoint until the next report point. Rank 0 is killed on that thread once the weights
+    # of step 12's checkpoint are in storage and its manifest is not, while its main thread trains on. Step 9's
+    # upload had finished before step 12's started (one at a time), so the restart resumes there, whether or not
+    # Ray Train had registered it.
+    fault = ChaosConfig(kill_rank=0, at_step=12, during="checkpoint")
+    log = tmp_path / "reports.jsonl"
+    cfg = trial(
+        "kill-in-async-upload",
+        learnable_shards_s3,
+        storage,
+        checkpoint=CheckpointConfig(every_steps=CHECKPOINT_EVERY, keep=20, upload="async"),
+        chaos=(fault,),
+    )
+    result = run_trial(cfg, reporter=report_log(log))
+    reports = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    run = finished(result, reports)
+    assert run.result.attempts == 2
+    assert run.result.metrics["resumed_from_step"] == 9
+    # The cut-off upload is still in storage: the weights, no manifest.
+    path, filesystem = storage_location(f"{storage}/{cfg.trial_id}")
+    assert filesystem is not None
+    cut_off = f"{path}/{checkpoint_dir_name(12, 0)}"
+    assert filesystem.get_file_info(f"{cut_off}/{MODEL_FILE}").is_file
+    assert not filesystem.get_file_info(f"{cut_off}/{MANIFEST_FILE}").is_file
+    # Every report point's report reached the sweep exactly once (step 12's of the killed attempt never went out:
+    # it was held back for its upload), and each checkpoint Ray Train registered is the one of its report's step.
+    points = sorted({*range(CHECKPOINT_EVERY, EPOCHS * STEPS_PER_EPOCH, CHECKPOINT_EVERY)} | {*range(8, 33, 8)})
+    assert sorted(r["step"] for r in reports) == points
+    assert all(uri.endswith(checkpoint_dir_name(m["step"], m["attempt"])) for uri, m in run.result.checkpoints)
+    assert_same_run(run, reference)
 
 
 @pytest.mark.slow
