@@ -241,6 +241,35 @@ def twin_losses(stack: SoakStack, root: Path, shards: str, seed: int, epochs: in
     return list(train_state.step_losses)
 
 
+def one_sweep(
+    stack: SoakStack, args: argparse.Namespace, index: int, seed: int, faults: list[Fault], twin: list[float]
+) -> SweepOutcome:
+    """Run one sweep under its faults and check it; an error of the soak itself is a problem of that sweep."""
+    path = sweep_file(stack.root, str(stack.root / "shards"), stack.mlflow.url, seed=seed, epochs=args.epochs,
+                      retry_s=args.retry_s, faults=faults, twin=False)  # fmt: skip
+    outcome = SweepOutcome(index, "", seed, faults, "NOT RUN", 0.0)
+    try:
+        outside = [f for f in faults if f.chaos_entry() is None]
+        outcome.sweep_id, outcome.state, outcome.wall_s, outcome.done = run_sweep(
+            stack, path, outside, args.sweep_timeout_s, outcome.struck
+        )
+        _, progress = _state(outcome.sweep_id)
+        for trial in progress["trials"]:
+            outcome.restarts += max(0, int(trial.get("attempts", 0)) - 1)
+            if trial["state"] != "SUCCEEDED":
+                outcome.findings.problems.append(
+                    f"{outcome.sweep_id}/{trial['id']}: {trial['state']} {trial.get('reason') or ''}"
+                )
+            evidence = trial_evidence(stack, outcome.sweep_id, trial, twin, args.epochs)
+            outcome.findings.add(check_trial(evidence))
+        outcome.leftovers = leftovers(outcome.sweep_id, stack.home / "sweeps" / outcome.sweep_id, stack)
+    except Exception as exc:  # the soak goes on to the next sweep; this one counts as not finished
+        outcome.findings.problems.append(f"sweep {index} ({outcome.sweep_id or 'not submitted'}): {exc!r}")
+        if outcome.state == "SUCCEEDED":
+            outcome.state = "UNCHECKED"
+    return outcome
+
+
 def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     from pipelines.sharding import shard_dataset
 
@@ -257,19 +286,7 @@ def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
             faults = draw_schedule(rng, shape, tuple(args.outage_s))
             if seed not in twins:
                 twins[seed] = twin_losses(stack, root, shards, seed, args.epochs, args.sweep_timeout_s)
-            path = sweep_file(root, shards, stack.mlflow.url, seed=seed, epochs=args.epochs, retry_s=args.retry_s,
-                              faults=faults, twin=False)  # fmt: skip
-            outside = [f for f in faults if f.chaos_entry() is None]
-            struck: list[Fault] = []
-            sweep_id, state, wall_s, done = run_sweep(stack, path, outside, args.sweep_timeout_s, struck)
-            outcome = SweepOutcome(index, sweep_id, seed, faults, state, wall_s, struck=struck, done=done)
-            _, progress = _state(sweep_id)
-            for trial in progress["trials"]:
-                outcome.restarts += max(0, int(trial.get("attempts", 0)) - 1)
-                if trial["state"] != "SUCCEEDED":
-                    outcome.findings.problems.append(f"{sweep_id}/{trial['id']}: {trial['state']} {trial['reason']}")
-                outcome.findings.add(check_trial(trial_evidence(stack, sweep_id, trial, twins[seed], args.epochs)))
-            outcome.leftovers = leftovers(sweep_id, stack.home / "sweeps" / sweep_id, stack)
+            outcome = one_sweep(stack, args, index, seed, faults, twins[seed])
             outcomes.append(outcome)
             print(json.dumps(_sweep_line(outcome)), file=sys.stderr, flush=True)
     return summary(outcomes, args, time.monotonic() - t0)

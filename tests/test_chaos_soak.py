@@ -16,7 +16,8 @@ CHAOS = Path(__file__).resolve().parents[1] / "bench" / "chaos.py"
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 def test_one_sweep_under_faults_loses_nothing(tmp_path: Path) -> None:
-    # Seed 1's first sweep: a worker killed, then the driver killed mid-epoch and the sweep resumed.
+    # Seed 1's first sweep (`soak_faults.draw_schedule`): rank 0 killed after step 3, rank 1 killed while writing
+    # the restarted attempt's checkpoint of step 6, and the driver killed at the trial's first report, then resumed.
     done = subprocess.run(
         [sys.executable, str(CHAOS), "--sweeps", "1", "--seed", "1", "--json", "--workdir", str(tmp_path)],
         capture_output=True,
