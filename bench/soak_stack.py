@@ -154,9 +154,11 @@ def submitted_id(stdout: str) -> str:
 
 # ---- the sweep's own processes ------------------------------------------------------------------------------------
 
-# Process titles of a trial's Ray actors (Ray sets `ray::<Class>`): Tune's trial actor, Ray Train's controller and
-# workers. On the soak's private head only the sweep under test creates them.
-TRIAL_ACTOR_TITLES = ("RayTrainWorker", "TrainController", "ImplicitFunc", "trial_trainable")
+# Ray processes of the head that outlive every sweep (`ray::<title>`): its agents, the detached actors Ray Train and
+# Ray Data share across runs (`sweep/cleanup.py`), and idle pooled workers. Any other `ray::` process under the head
+# belongs to a sweep (its job supervisor, Tune trial actor, Train controller and workers, their queues and helpers),
+# and only one sweep runs on the soak's private head at a time.
+SHARED_RAY_TITLES = ("DashboardAgent", "RuntimeEnvAgent", "_AutoscalingCoordinatorActor", "TrainStateActor", "IDLE")
 
 
 def driver_pids(sweep_dir: Path) -> list[int]:
@@ -171,8 +173,8 @@ def driver_pids(sweep_dir: Path) -> list[int]:
     return found
 
 
-def trial_actor_processes(ray_temp_dir: str) -> list[str]:
-    """Titles of the trial actors alive under this head's raylet."""
+def sweep_ray_processes(ray_temp_dir: str) -> list[str]:
+    """`pid: title` of the Ray processes under this head's raylet that are not shared by every sweep."""
     import psutil
 
     found = []
@@ -182,8 +184,9 @@ def trial_actor_processes(ray_temp_dir: str) -> list[str]:
             continue
         for child in proc.children(recursive=True):
             with contextlib.suppress(psutil.Error):
-                title = " ".join(child.cmdline())
-                if any(name in title for name in TRIAL_ACTOR_TITLES):
+                title = " ".join(child.cmdline()).strip()
+                name = title.removeprefix("ray::")
+                if title.startswith("ray::") and not name.startswith(SHARED_RAY_TITLES):
                     found.append(f"{child.pid}: {title}")
     return found
 
@@ -197,13 +200,13 @@ def leftover_placement_groups(sweep_id: str, dashboard_url: str) -> list[str]:
 
 
 def leftovers(sweep_id: str, sweep_dir: Path, stack: SoakStack, grace_s: float = 60.0) -> list[str]:
-    """What the ended sweep left running: its driver, its trials' actors, its placement groups. Ray tears actors down
+    """What the ended sweep left running: its driver, its Ray processes, its placement groups. Ray tears actors down
     asynchronously, so each is given `grace_s` to go before it counts."""
     deadline = time.monotonic() + grace_s
     while True:
         temp_dir, url = stack.ray_temp_dir, stack.dashboard_url
         found = [f"driver {pid}" for pid in driver_pids(sweep_dir)]
-        found += trial_actor_processes(temp_dir) if temp_dir else []
+        found += sweep_ray_processes(temp_dir) if temp_dir else []
         found += leftover_placement_groups(sweep_id, url) if url else []
         if not found or time.monotonic() > deadline:
             return found
