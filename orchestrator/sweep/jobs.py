@@ -33,6 +33,7 @@ from orchestrator.sweep.layout import (
     sweep_paths,
 )
 from orchestrator.sweep.state import SweepProgress, SweepRecord, SweepState, save_model
+from pipelines.retry import RetriesExhausted, RetryPolicy, retry
 
 # How long `watch` keeps following a sweep whose cluster does not answer (a dashboard slow on a busy head, a
 # dropped tunnel) before it calls the sweep interrupted.
@@ -44,6 +45,7 @@ ADMISSION_TIMEOUT_S = 180.0
 # agent that runs jobs has registered, and Ray says so with "No available agent" (HTTP 500) until it has.
 AGENT_WAIT_S = 120.0
 _NO_AGENT = "No available agent"
+SUBMIT_RETRY = RetryPolicy(max_wait_s=AGENT_WAIT_S, first_delay_s=0.5, max_delay_s=5.0)
 _JOB_TO_SWEEP = {
     "PENDING": SweepState.PENDING,
     "RUNNING": SweepState.RUNNING,
@@ -185,7 +187,7 @@ def submit_driver(record: SweepRecord, *, resume: bool, address: str, local: boo
     else:
         # A remote cluster gets the sweep folder as the job's working dir (its image has the package).
         runtime_env = {"env_vars": job_env.job_settings(os.environ, local=False), "working_dir": str(paths.root)}
-        argv = ["python", "-m", "orchestrator.sweep.driver", "."]
+        argv = ["python", "-m", "orchestrator.sweep.driver", ".", "--from-working-dir"]
     if resume:
         argv.append("--resume")
         # No driver runs now, so this is the only writer: the sweep waits for its new driver, it is no longer the
@@ -207,10 +209,15 @@ def submit_driver(record: SweepRecord, *, resume: bool, address: str, local: boo
             submission_id=f"{record.sweep_id}{suffix}",
             metadata={JOB_METADATA_SWEEP: record.sweep_id},
         )
-    except OSError as exc:  # requests' errors are OSErrors: the head's dashboard did not answer or take it
+    except (RetriesExhausted, RuntimeError) as exc:
         # Without a job the sweep would stay PENDING forever, and `resume` refuses a PENDING sweep: record why it
         # never started, as FAILED, which `resume` sends again.
-        reason = f"the Ray head at {address} did not take the driver job within {AGENT_WAIT_S:.0f} s ({exc})"
+        if isinstance(exc, RetriesExhausted):  # the dashboard did not answer, or had no job agent, all along
+            reason = (
+                f"the Ray head at {address} did not take the driver job within {AGENT_WAIT_S:.0f} s ({exc.__cause__})"
+            )
+        else:  # the Jobs API answered no (a runtime env it cannot build, a bad entrypoint)
+            reason = f"the Ray head at {address} refused the driver job ({exc})"
         progress = load_sweep_progress(record.sweep_id)
         progress.state = SweepState.FAILED
         progress.error = f"not submitted: {reason}"
@@ -264,25 +271,35 @@ def _refusal(record: SweepRecord, progress: SweepProgress) -> str | None:
 
 
 def _submit_when_agent_ready(address: str, **job: Any) -> str:
-    """`submit_job`, retried (up to AGENT_WAIT_S) while the head has no job agent yet or drops the connection, as a
-    busy head's dashboard does; any other error at once. The submission id is fixed, so a request that reached the
-    head before its connection dropped is found on the retry ("already exists") instead of running twice."""
-    deadline = time.monotonic() + AGENT_WAIT_S
-    delay = 0.5
+    """`submit_job`, retried along SUBMIT_RETRY while the head has no job agent yet or drops the connection, as a
+    busy head's dashboard does (`RetriesExhausted` past it); any other error at once. The submission id is fixed, so
+    a request that reached the head before its connection dropped is found on the retry ("already exists") instead
+    of running twice."""
     dropped = False
-    while True:
+
+    def submit() -> str:
+        nonlocal dropped
         try:
-            job_id: str = _job_client(address).submit_job(**job)
-            return job_id
-        except (RuntimeError, OSError) as exc:  # requests' errors are OSErrors
+            return str(_job_client(address).submit_job(**job))
+        except OSError:  # requests' errors are OSErrors
+            dropped = True
+            raise
+        except RuntimeError as exc:
             if dropped and "already exists" in str(exc):
                 return str(job["submission_id"])
-            retry = isinstance(exc, OSError) or _NO_AGENT in str(exc)
-            if not retry or time.monotonic() + delay > deadline:
-                raise
-            dropped = dropped or isinstance(exc, OSError)
-        time.sleep(delay)
-        delay = min(delay * 2, 5.0)
+            raise
+
+    def transient(exc: BaseException) -> bool:
+        return isinstance(exc, OSError) or _NO_AGENT in str(exc)
+
+    # `time.sleep` looked up at the call, not bound at import: tests replace it.
+    return retry(
+        submit,
+        what=f"submit of the driver job to {address}",
+        transient=transient,
+        policy=SUBMIT_RETRY,
+        sleep=time.sleep,
+    )
 
 
 def check_resumable(record: SweepRecord) -> None:

@@ -99,10 +99,9 @@ def test_a_submit_the_head_never_takes_leaves_a_failed_sweep_that_resume_sends_a
 ) -> None:
     record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
     head = _UnreachableHead()
-    clock = iter(range(0, 10_000, 10))  # 10 s per look at the clock: the wait runs out after a few tries
+    slept: list[float] = []
     monkeypatch.setattr(jobs, "_job_client", lambda address: head)
-    monkeypatch.setattr(jobs.time, "sleep", lambda s: None)
-    monkeypatch.setattr(jobs.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(jobs.time, "sleep", slept.append)
     with pytest.raises(jobs.SubmitError) as info:
         jobs.submit_driver(record, resume=False, address="http://127.0.0.1:1", local=False)
     assert str(info.value) == (
@@ -110,7 +109,7 @@ def test_a_submit_the_head_never_takes_leaves_a_failed_sweep_that_resume_sends_a
         "address: http://127.0.0.1:1.); check the head (`resnet-orch stack status`, or the cluster's dashboard), "
         f"then `resnet-orch resume {record.sweep_id}`"
     )
-    assert head.calls > 1
+    assert sum(slept) == pytest.approx(jobs.AGENT_WAIT_S) and head.calls == len(slept) + 1
     progress = load_sweep_progress(record.sweep_id)
     assert progress.state == SweepState.FAILED
     assert progress.error is not None and progress.error.startswith("not submitted: the Ray head at")
@@ -118,3 +117,19 @@ def test_a_submit_the_head_never_takes_leaves_a_failed_sweep_that_resume_sends_a
     assert stored.job_id is None
     assert jobs.current_state(stored)[0] == SweepState.FAILED
     jobs.check_resumable(stored)  # FAILED: `resume` sends it again
+
+
+def test_a_submit_the_head_refuses_is_one_line_and_a_failed_sweep(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    record = create_sweep(EXAMPLES / "quickstart.yaml", load_sweep(EXAMPLES / "quickstart.yaml"))
+    head = _AgentlessHead(busy=1, error="Request failed with status code 400: bad runtime_env: pip not allowed")
+    monkeypatch.setattr(jobs, "_job_client", lambda address: head)
+    with pytest.raises(jobs.SubmitError) as info:
+        jobs.submit_driver(record, resume=False, address="http://127.0.0.1:1", local=False)
+    assert head.calls == 1  # no retry of a refusal
+    assert str(info.value).startswith(
+        "the Ray head at http://127.0.0.1:1 refused the driver job (Request failed with status code 400: bad "
+        "runtime_env: pip not allowed); check the head"
+    )
+    progress = load_sweep_progress(record.sweep_id)
+    assert progress.state == SweepState.FAILED
+    assert progress.error == f"not submitted: {str(info.value).split('; check the head')[0]}"

@@ -14,6 +14,7 @@ Started and stopped by process (`tests.ray_clusters`), never with `ray stop`.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
 from collections.abc import Iterator
@@ -149,7 +150,10 @@ def test_a_preempted_node_costs_at_most_one_step_and_not_max_failures(
     assert drained.returncode == 0, drained.stdout + drained.stderr
     drained_at = time.monotonic()
     time.sleep(max(0.0, drained_at + DEADLINE_S - time.monotonic()))
-    cluster.kill_node(victim)  # the reclaim itself
+    # The reclaim itself, unless Ray got there first: at the deadline Ray Train stops the drained node's workers,
+    # and a drained raylet with nothing left to run shuts itself down.
+    with contextlib.suppress(LookupError):
+        cluster.kill_node(victim)
 
     progress, _, _ = follow(sweep_id, cluster, remote_client, lambda p: p.state.value == "SUCCEEDED")
     trials = {t.id: t for t in progress.trials}
@@ -175,7 +179,9 @@ def test_a_preempted_node_costs_at_most_one_step_and_not_max_failures(
     jit_step = next(step for step, value in counted if value == 1)
     assert {value for step, value in counted if step < jit_step} == {0}
     assert {value for step, value in counted if step >= jit_step} == {1}
-    assert jit_step % STEPS_PER_EPOCH != 0 and STEPS_PER_EPOCH < jit_step < 2 * STEPS_PER_EPOCH
+    # Mid-epoch (no epoch-end checkpoint coincides with it), after the first epoch closed; how far into the rest of
+    # the run depends on how long the drain took to reach the workers.
+    assert jit_step % STEPS_PER_EPOCH != 0 and STEPS_PER_EPOCH < jit_step < total
     attempts = metric_history(client, run_id, "attempt")
     assert {value for step, value in attempts if step <= jit_step} == {0}
     assert {value for step, value in attempts if step > jit_step} == {1}
