@@ -96,6 +96,11 @@ def check_epoch_samples(evidence: TrialEvidence) -> Findings:
     return found
 
 
+def _far(value: float, reference: float, tolerance: float) -> bool:
+    """`value` is not within `tolerance` of `reference` (a NaN never is)."""
+    return not (math.isfinite(value) and abs(value - reference) <= tolerance)
+
+
 def check_losses(evidence: TrialEvidence, tolerance: float = LOSS_TOLERANCE) -> Findings:
     """The per-step losses equal the fault-free twin's within `tolerance`, step for step, none missing or extra."""
     found = Findings()
@@ -106,11 +111,7 @@ def check_losses(evidence: TrialEvidence, tolerance: float = LOSS_TOLERANCE) -> 
         found.steps_differing = total
         found.problems.append(f"{evidence.trial_id}: the twin has {len(twin)} step losses of {total}")
         return found
-    differing = [
-        step
-        for step, (a, b) in enumerate(zip(ours, twin, strict=False), start=1)
-        if not (math.isfinite(a) and abs(a - b) <= tolerance)
-    ]
+    differing = [step for step, (a, b) in enumerate(zip(ours, twin, strict=False), start=1) if _far(a, b, tolerance)]
     found.steps_differing = len(differing) + abs(len(ours) - len(twin))
     if found.steps_differing:
         found.problems.append(
@@ -167,11 +168,8 @@ def check_history(evidence: TrialEvidence) -> Findings:
         values = dict(logged)
         lost = sorted(set(wanted) - set(steps))
         duplicated = sum(n - 1 for n in steps.values())
-        wrong = [
-            s
-            for s, v in wanted.items()
-            if v is not None and s in values and abs(values[s] - v) > VALUE_TOLERANCE * max(1.0, abs(v))
-        ]
+        checked = [(s, v) for s, v in wanted.items() if v is not None and s in values]
+        wrong = [s for s, v in checked if _far(values[s], v, VALUE_TOLERANCE * max(1.0, abs(v)))]
         found.metric_points_lost += len(lost)
         found.metric_points_duplicated += duplicated
         found.metric_points_wrong += len(wrong)
