@@ -286,7 +286,9 @@ class _Trainer:
             if live.due(now):
                 trained, images_per_s = live.take(now)
                 self.metrics.update(images_per_s=images_per_s, lr=lr, step=state.step)
-                self.metrics.update(train_loss=float(loss), data_wait_frac=window.wait_s / max(window.step_s, 1e-9))
+                self.metrics.update(
+                    train_loss=float(loss.detach()), data_wait_frac=window.wait_s / max(window.step_s, 1e-9)
+                )
                 self.metrics.add_images(trained)
             last_of_epoch = state.epoch_step == steps
             periodic = not last_of_epoch and state.step % self.cfg.checkpoint.every_steps == 0
