@@ -10,11 +10,14 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.sweep.layout import load_sweep_progress
+from orchestrator.sweep.layout import load_sweep_progress, load_sweep_record
 from orchestrator.sweep.state import SweepProgress
 from tests.ray_clusters import LocalCluster
+
+if TYPE_CHECKING:
+    from orchestrator.training.checkpointing import TrainState
 
 RESNET_ORCH = str(Path(sys.executable).with_name("resnet-orch"))
 
@@ -99,3 +102,20 @@ def dashboard_get(cluster: LocalCluster, path: str) -> Any:
     request = urllib.request.Request(f"{cluster.dashboard_url}{path}", headers=get_auth_headers_if_auth_enabled({}))
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
+
+
+def newest_train_states(sweep_id: str, trial_ids: tuple[str, ...], into: Path) -> dict[str, TrainState]:
+    """Each trial's state in its newest complete checkpoint in the sweep's S3 storage (downloaded under `into`)."""
+    from orchestrator.training.checkpointing import latest_complete_checkpoint, read_checkpoint
+    from orchestrator.training.trial import open_checkpoint
+    from pipelines.storage import S3Settings
+
+    fs = S3Settings.from_env().arrow_filesystem()
+    storage = load_sweep_record(sweep_id).storage.removeprefix("s3://")
+    states = {}
+    for trial_id in trial_ids:
+        latest = latest_complete_checkpoint(fs, f"{storage}/{sweep_id}.{trial_id}")
+        assert latest is not None, f"no complete checkpoint of {trial_id}"
+        local = open_checkpoint(f"s3://{latest}").to_directory(str(into / trial_id))
+        _, states[trial_id] = read_checkpoint(Path(local))
+    return states

@@ -21,7 +21,7 @@ import pytest
 from orchestrator.stack.seaweedfs import SeaweedFS
 from orchestrator.sweep.layout import load_sweep_record
 from tests.ray_clusters import FakeAutoscaling, FakeNodeType, LocalCluster
-from tests.sweep.remote_sweeps import dashboard_get, follow, resnet_orch, running_past, submit
+from tests.sweep.remote_sweeps import dashboard_get, follow, newest_train_states, resnet_orch, running_past, submit
 
 # A shared 2-core machine under load starts and stops a multi-node cluster slowly; 900 s cut one off in teardown.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -122,9 +122,6 @@ def test_a_killed_node_restarts_the_trial_from_its_s3_checkpoint(
     remote_client: dict[str, str],
     tmp_path: Path,
 ) -> None:
-    from orchestrator.training.checkpointing import latest_complete_checkpoint, read_checkpoint
-    from orchestrator.training.trial import open_checkpoint
-    from pipelines.storage import S3Settings
 
     # Two identical trials (same seed, data and world size), one after the other: the second loses a node.
     sweep_id = submit(
@@ -158,15 +155,8 @@ def test_a_killed_node_restarts_the_trial_from_its_s3_checkpoint(
     assert restarted and victim not in restarted[-1] and len(set(restarted[-1])) == 2
 
     # Per-step losses of the interrupted trial (the restart resumed them from its checkpoint) equal the reference's.
-    fs = S3Settings.from_env().arrow_filesystem()
-    storage = load_sweep_record(sweep_id).storage.removeprefix("s3://")
-    losses = {}
-    for trial_id in ("000-seed7", second):
-        latest = latest_complete_checkpoint(fs, f"{storage}/{sweep_id}.{trial_id}")
-        assert latest is not None
-        local = open_checkpoint(f"s3://{latest}").to_directory(str(tmp_path / trial_id))
-        _, state = read_checkpoint(Path(local))
-        losses[trial_id] = state.step_losses
+    states = newest_train_states(sweep_id, ("000-seed7", second), tmp_path)
+    losses = {trial_id: state.step_losses for trial_id, state in states.items()}
     assert len(losses["000-seed7"]) == len(losses[second]) == 32
     assert max(abs(a - b) for a, b in zip(losses["000-seed7"], losses[second], strict=True)) <= 1e-4
     cluster.wait_for_nodes(1, timeout_s=180)

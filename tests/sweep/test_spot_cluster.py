@@ -24,9 +24,8 @@ import pytest
 
 from orchestrator.stack import processes
 from orchestrator.stack.seaweedfs import SeaweedFS
-from orchestrator.sweep.layout import load_sweep_record
 from tests.ray_clusters import LocalCluster
-from tests.sweep.remote_sweeps import follow, resnet_orch, running_past, submit
+from tests.sweep.remote_sweeps import follow, newest_train_states, resnet_orch, running_past, submit
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -110,9 +109,6 @@ def test_a_preempted_node_costs_at_most_one_step_and_not_max_failures(
     from mlflow import MlflowClient
 
     from orchestrator.sweep.tracking import metric_history
-    from orchestrator.training.checkpointing import latest_complete_checkpoint, read_checkpoint
-    from orchestrator.training.trial import open_checkpoint
-    from pipelines.storage import S3Settings
 
     train, val = learnable_shards_s3
     sweep_id = submit(
@@ -188,14 +184,7 @@ def test_a_preempted_node_costs_at_most_one_step_and_not_max_failures(
     assert {value for _, value in metric_history(client, run_id, "workers")} == {2}
 
     # The restart resumed at the just-in-time checkpoint's step, and reproduced the uninterrupted trial's losses.
-    fs = S3Settings.from_env().arrow_filesystem()
-    storage = load_sweep_record(sweep_id).storage.removeprefix("s3://")
-    states = {}
-    for trial_id in ("000-seed7", second):
-        latest = latest_complete_checkpoint(fs, f"{storage}/{sweep_id}.{trial_id}")
-        assert latest is not None
-        local = open_checkpoint(f"s3://{latest}").to_directory(str(tmp_path / trial_id))
-        _, states[trial_id] = read_checkpoint(Path(local))
+    states = newest_train_states(sweep_id, ("000-seed7", second), tmp_path)
     final = states[second]
     assert (final.report["attempt"], final.report["resumed_from_step"], final.preemptions) == (1, jit_step, 1)
     assert len(states["000-seed7"].step_losses) == len(final.step_losses) == total
