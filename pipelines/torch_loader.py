@@ -3,8 +3,9 @@
 `pipelines.loader`); its validation views are DALI's within float tolerance.
 
 Samples are located through the DALI index files (`pipelines.dali_index`: offset and size of every
-image and `.cls`), so a shard is fetched once (whole, from S3 or disk) and sliced. Augmentation randomness
-is drawn from torch's RNG seeded per batch with (seed, epoch, rank, batch) inside `torch.random.fork_rng`,
+image and `.cls`), so a shard is fetched once (whole, from S3 or disk) and sliced; `read_sample` fetches one
+sample by a ranged read instead (the elastic loader's scattered reads, `pipelines.elastic_loader`). Augmentation
+randomness is drawn from torch's RNG seeded per batch with (seed, epoch, rank, batch) inside `torch.random.fork_rng`,
 so (epoch, batch) alone determines the next batch and the caller's RNG is untouched.
 """
 

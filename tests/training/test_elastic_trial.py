@@ -6,7 +6,6 @@ order of the sums) and every epoch trains exactly its 500 samples.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +75,10 @@ def epoch_samples(result: TrialResult) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def pinned(train_shards: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrialResult]:
+def pinned(train_shards: str, tmp_path_factory: pytest.TempPathFactory) -> TrialResult:
     """The range's run on a Ray with one CPU: one worker accumulates both micro-batches of every step."""
     with in_process_ray(num_cpus=1):
-        yield run_trial(trial("pinned", train_shards, tmp_path_factory.mktemp("storage")))
+        return run_trial(trial("pinned", train_shards, tmp_path_factory.mktemp("storage")))
 
 
 def test_two_workers_train_as_the_run_pinned_at_one(pinned: TrialResult, train_shards: str, tmp_path: Path) -> None:
