@@ -38,7 +38,7 @@ import numpy as np
 import pyarrow.fs
 import torch
 
-from orchestrator.training.metric_names import STEP
+from orchestrator.training.metric_names import IS_EPOCH_END, STEP
 from pipelines.files import sha256_file
 from pipelines.retrying_fs import NO_SPACE
 
@@ -85,11 +85,11 @@ class TrainState:
     epoch_sizes: list[int] = field(default_factory=list)
     # Sums over all ranks for the current epoch so far (samples, loss, correct top-1/top-5, timings).
     epoch_totals: dict[str, float] = field(default_factory=dict)
-    # The metrics of every epoch-end report so far, and of the report this checkpoint went with: a worker killed
-    # between a report and Ray Train's next poll of the workers takes that report with it, so a restart re-sends
-    # those its checkpoint has and Ray Train had not registered (`unsent_reports`).
-    epoch_reports: list[dict[str, Any]] = field(default_factory=list)
-    report: dict[str, Any] = field(default_factory=dict)
+    # The metrics of every report so far, in step order, the last one the report this checkpoint went with. A worker
+    # killed between a report and Ray Train's next poll of the workers takes that report with it, and the one
+    # before may still wait in the worker's one-slot result queue, so a restart re-sends those its checkpoint has
+    # and Ray Train had not registered (`unsent_reports`): mid-epoch ones too, or their steps go missing in MLflow.
+    reports: list[dict[str, Any]] = field(default_factory=list)
     # Preemption notices checkpointed for over all attempts (`training/preemption.py`).
     preemptions: int = 0
 
@@ -106,13 +106,27 @@ class TrainState:
             "step_lrs": self.step_lrs,
             "epoch_sizes": self.epoch_sizes,
             "epoch_totals": self.epoch_totals,
-            "epoch_reports": self.epoch_reports,
-            "report": self.report,
+            "reports": self.reports,
             "preemptions": self.preemptions,
         }
 
+    @property
+    def epoch_reports(self) -> list[dict[str, Any]]:
+        """The epoch-end reports so far, in epoch order."""
+        return [r for r in self.reports if r.get(IS_EPOCH_END)]
+
+    @property
+    def report(self) -> dict[str, Any]:
+        """The report this checkpoint went with ({} before the first)."""
+        return self.reports[-1] if self.reports else {}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainState:
+        data = dict(data)
+        if "reports" not in data:
+            # A state written before every report was kept: its epoch ends and its own report.
+            ends, own = data.pop("epoch_reports", []), data.pop("report", {})
+            data["reports"] = [*ends, own] if own and own not in ends else list(ends)
         return cls(**{**data, "ranks": [RankState(**r) for r in data["ranks"]]})
 
 
@@ -380,11 +394,11 @@ def state_of_rank(state: TrainState, rank: int, world: int, *, elastic: bool, pa
 
 
 def unsent_reports(state: TrainState, registered: str | None) -> list[dict[str, Any]]:
-    """The reports of `state` (its epoch ends and its own) after the checkpoint Ray Train last registered
+    """The reports of `state` after the checkpoint Ray Train last registered
     (`registered`, its path; None: none), in step order: those the sweep may never have received. Ray Train
     registers a checkpoint when it passes its report on, so everything up to that one arrived."""
     after = checkpoint_step(registered) if registered is not None else -1
-    reports = {int(r[STEP]): r for r in [*state.epoch_reports, state.report] if r and int(r[STEP]) > after}
+    reports = {int(r[STEP]): r for r in state.reports if int(r[STEP]) > after}
     return [reports[step] for step in sorted(reports)]
 
 

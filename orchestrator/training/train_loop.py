@@ -384,9 +384,7 @@ class _Trainer:
             train_loss=metrics[m.TRAIN_LOSS],
             data_wait_frac=metrics[m.DATA_WAIT_FRAC],
         )
-        self.state.report = metrics
-        if epoch_end:
-            self.state.epoch_reports.append(metrics)
+        self.state.reports.append(metrics)
         self._capture_state()
         self.reports.publish(metrics, self.model.state_dict(), self.state, wait=wait)
 

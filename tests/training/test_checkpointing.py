@@ -62,12 +62,16 @@ def test_round_trip(tmp_path: Path) -> None:
 
 
 def test_unsent_reports_are_those_after_the_registered_checkpoint_once_each(tmp_path: Path) -> None:
-    # Epochs of 8 steps, a checkpoint every 3: the checkpoint of step 17 went with the report of step 15 after the
-    # epoch ends at 8 and 16 (the report of step 17 is its own).
-    ends = [{"step": 8, "is_epoch_end": True}, {"step": 16, "is_epoch_end": True}]
+    # Epochs of 8 steps, a checkpoint every 3: reports at 3, 6, the epoch end 8, 9, 12, 15, the epoch end 16 and 17,
+    # whose checkpoint this is.
+    steps = [3, 6, 8, 9, 12, 15, 16, 17]
+    reports = [{"step": s, "is_epoch_end": s in (8, 16)} for s in steps]
     state = _state(step=17)
-    state.epoch_reports, state.report = ends, {"step": 17, "is_epoch_end": False}
+    state.reports = reports
     _, state = read_checkpoint(write_checkpoint(tmp_path / "ckpt", {"w": torch.zeros(1)}, state))
+    assert state.reports == reports
+    assert [r["step"] for r in state.epoch_reports] == [8, 16]
+    assert state.report == reports[-1]
 
     def registered(step: int) -> str:
         return f"s3://bucket/trial/{checkpoint_dir_name(step, attempt=1)}"
@@ -76,15 +80,22 @@ def test_unsent_reports_are_those_after_the_registered_checkpoint_once_each(tmp_
     assert unsent_reports(state, registered(17)) == []
     assert unsent_reports(state, registered(21)) == []  # a newer one (this one was an older, readable fallback)
     # Its own report died with the worker before Ray Train collected it.
-    assert unsent_reports(state, registered(16)) == [{"step": 17, "is_epoch_end": False}]
-    # The epoch end of step 16 too (no later report repeats its validation); a mid-epoch report in between (step
-    # 12) is not kept.
-    assert [r["step"] for r in unsent_reports(state, registered(12))] == [16, 17]
-    # Nothing registered in this run: every epoch end and its own, in step order.
-    assert [r["step"] for r in unsent_reports(state, None)] == [8, 16, 17]
-    # A checkpoint taken at an epoch end: its own report is that epoch's, sent once.
-    state.epoch_reports, state.report = ends, ends[-1]
-    assert unsent_reports(state, registered(8)) == [ends[-1]]
+    assert unsent_reports(state, registered(16)) == [reports[-1]]
+    # The report of step 15 waited in the worker's result queue behind the registered 12: mid-epoch reports are
+    # re-sent too, or MLflow's history of the trial misses step 15.
+    assert [r["step"] for r in unsent_reports(state, registered(12))] == [15, 16, 17]
+    # Nothing registered in this run: every report, in step order.
+    assert [r["step"] for r in unsent_reports(state, None)] == steps
+
+
+def test_a_state_written_with_epoch_reports_and_its_own_report_reads_as_its_reports() -> None:
+    ends = [{"step": 8, "is_epoch_end": True}, {"step": 16, "is_epoch_end": True}]
+    old = {k: v for k, v in _state(step=17).to_dict().items() if k != "reports"}
+    mid = TrainState.from_dict({**old, "epoch_reports": ends, "report": {"step": 17, "is_epoch_end": False}})
+    assert [r["step"] for r in mid.reports] == [8, 16, 17]
+    at_end = TrainState.from_dict({**old, "epoch_reports": ends, "report": ends[-1]})
+    assert at_end.reports == ends
+    assert TrainState.from_dict({**old, "epoch_reports": [], "report": {}}).reports == []
 
 
 def test_rng_states_restore_the_same_draws_after_a_weights_only_round_trip(tmp_path: Path) -> None:

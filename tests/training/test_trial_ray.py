@@ -393,6 +393,28 @@ def test_kill_during_checkpoint_write_uses_the_previous_one(
     assert_same_run(run, reference)
 
 
+def test_a_kill_during_a_checkpoint_loses_no_mid_epoch_report_waiting_before_it(
+    reference: Run, learnable_shards_s3: tuple[str, str], storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rank 1 dies while the checkpoint of step 6 is written; rank 0 completes it. The report of step 3 still waits in
+    # rank 0's one-slot result queue (Ray Train collects it at its next poll of the workers, every 5 s here), so it
+    # dies with the worker group although no later report repeats it; the restart resumes from step 6 and must
+    # re-send it, mid-epoch as it is. The sweep receives every report, each step once.
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "5")
+    log = tmp_path / "reports.jsonl"
+    fault = ChaosConfig(kill_rank=1, at_step=2 * CHECKPOINT_EVERY, during="checkpoint")
+    result = run_trial(trial("kill-1-in-write", learnable_shards_s3, storage, chaos=(fault,)), reporter=report_log(log))
+    reports = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines()]
+    total = STEPS_PER_EPOCH * EPOCHS
+    periodic = {s for s in range(CHECKPOINT_EVERY, total + 1, CHECKPOINT_EVERY)}
+    epoch_ends = {STEPS_PER_EPOCH * (e + 1) for e in range(EPOCHS)}
+    assert sorted(r["step"] for r in reports) == sorted(periodic | epoch_ends)
+    run = finished(result, reports)
+    assert run.result.attempts == 2
+    assert run.result.metrics["resumed_from_step"] == 2 * CHECKPOINT_EVERY
+    assert_same_run(run, reference)
+
+
 @pytest.mark.slow
 def test_loss_falls_and_top1_rises_far_above_chance(ray_cluster: None, sample_shards_s3: str, storage: str) -> None:
     # ResNet-18 at width 16 on 48 px crops memorises the 1,000-image sample: ~2-3 minutes on 2 busy cores.
