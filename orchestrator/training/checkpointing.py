@@ -378,21 +378,6 @@ def load_newest_checkpoint(
     return None
 
 
-def state_of_rank(state: TrainState, rank: int, world: int, *, elastic: bool, path: str | None) -> RankState:
-    """The saved state rank `rank` of a `world`-worker attempt resumes from. A fixed trial needs the same workers as
-    the checkpoint's (each rank reads its own slice of the epoch). An elastic trial's loader state is the same on
-    every rank (`pipelines.elastic_loader`), so any world size resumes it; a rank the checkpoint's group lacked takes
-    rank 0's RNG streams (no step of the train loop draws from them: augmentation is seeded per sample)."""
-    if elastic:
-        return state.ranks[rank] if rank < len(state.ranks) else state.ranks[0]
-    if len(state.ranks) != world:
-        raise ValueError(
-            f"the checkpoint at {path} was written by {len(state.ranks)} workers, this attempt has "
-            f"{world}; resources.workers must stay the same to resume exactly"
-        )
-    return state.ranks[rank]
-
-
 def unsent_reports(state: TrainState, registered: str | None) -> list[dict[str, Any]]:
     """The reports of `state` after the checkpoint Ray Train last registered
     (`registered`, its path; None: none), in step order: those the sweep may never have received. Ray Train

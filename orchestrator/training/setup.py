@@ -21,6 +21,7 @@ from torch import nn
 from models import get_model
 from orchestrator.sweep.config import TrialConfig
 from orchestrator.sweep.data_check import check_num_classes
+from orchestrator.training.checkpointing import RankState, TrainState
 from pipelines.elastic_loader import ElasticLoader
 from pipelines.loader import Loader, LoaderSpec
 from pipelines.loader_factory import make_elastic_loader, make_loader
@@ -179,3 +180,18 @@ def steps_per_epoch(cfg: TrialConfig, train: Loader | ElasticLoader) -> int:
             "lower recipe.batch_size or add data"
         )
     return steps
+
+
+def state_of_rank(state: TrainState, rank: int, world: int, *, elastic: bool, path: str | None) -> RankState:
+    """The saved state rank `rank` of a `world`-worker attempt resumes from. A fixed trial needs the same workers as
+    the checkpoint's (each rank reads its own slice of the epoch). An elastic trial's loader state is the same on
+    every rank (`pipelines.elastic_loader`), so any world size resumes it; a rank the checkpoint's group lacked takes
+    rank 0's RNG streams (no step of the train loop draws from them: augmentation is seeded per sample)."""
+    if elastic:
+        return state.ranks[rank] if rank < len(state.ranks) else state.ranks[0]
+    if len(state.ranks) != world:
+        raise ValueError(
+            f"the checkpoint at {path} was written by {len(state.ranks)} workers, this attempt has "
+            f"{world}; resources.workers must stay the same to resume exactly"
+        )
+    return state.ranks[rank]

@@ -44,7 +44,6 @@ from orchestrator.training.checkpointing import (
     register_attempt,
     restore_rng,
     seed_everything,
-    state_of_rank,
     unsent_reports,
 )
 from orchestrator.training.evaluation import evaluate, evaluate_protocol, no_validation
@@ -200,7 +199,7 @@ class _Trainer:
             return None
         registered = ray.train.get_checkpoint()
         self.unsent = setup.broadcast(unsent_reports(state, registered.path if registered else None), self.device)
-        rank_state = state_of_rank(state, self.rank, self.world, elastic=self.cfg.resources.elastic, path=path)
+        rank_state = setup.state_of_rank(state, self.rank, self.world, elastic=self.cfg.resources.elastic, path=path)
         self.model.load_state_dict(model_state)
         self.schedule.load_state_dict(state.schedule)
         restore_rng(rank_state.rng)
