@@ -3,10 +3,12 @@ and only ranged reads of the shards."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
-from pipelines.elastic_loader import ElasticLoader, StepBatches
+from pipelines.elastic_loader import ElasticLoader
 from pipelines.loader import Batch, LoaderSpec
 from pipelines.loader_factory import make_elastic_loader
 from pipelines.storage import LocalStore
@@ -26,14 +28,14 @@ def loaders(uri: str, world: int, **changes: object) -> list[ElasticLoader]:
 
 
 def steps(group: list[ElasticLoader], epoch: int, count: int | None = None) -> list[list[Batch]]:
-    """Each step's micro-batches over the group's ranks, in rank order (= micro-batch order)."""
+    """The group's steps from where it stands (`count` of them, else to the epoch's end): each step's micro-batches
+    over the ranks, in rank order (= micro-batch order)."""
     iters = []
     for loader in group:
         loader.set_epoch(epoch)
         iters.append(iter(loader))
     result = []
-    for _ in range(count if count is not None else len(group[0])):
-        parts: list[StepBatches] = [next(it) for it in iters]
+    for parts in itertools.islice(zip(*iters, strict=True), count):
         assert len({p.step_samples for p in parts}) == 1  # every rank knows the step's real count alike
         result.append([batch for part in parts for batch in part.micro])
     return result
