@@ -26,6 +26,7 @@ CPU = torch.device("cpu")
 M, MICRO, CLASSES, LR = 4, 5, 3, 0.5
 # 18 real samples in a step of 20: the last micro-batch holds 3 real samples and 2 padding positions.
 REAL = 18
+WORLDS = (1, 2, 3)  # 3: unequal shares of the 4 micro-batches (1, 1, 2)
 
 
 def model() -> nn.Module:
@@ -51,22 +52,27 @@ def criterion() -> nn.Module:
     return nn.CrossEntropyLoss(reduction="sum", ignore_index=IGNORE_INDEX)
 
 
-def rank_main(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        net = model()
-        ddp = DistributedDataParallel(net, broadcast_buffers=False)
-        optimizer = torch.optim.SGD(ddp.parameters(), lr=LR)
-        accumulator = Accumulator(ddp, ddp, optimizer, criterion(), device=CPU, bf16=False, world=world, elastic=True)
-        mine = GlobalPlan(REAL, MICRO, M).micro_range(rank, world)
-        sums, loss = accumulator.step(StepBatches(micro_batches(mine), step_samples=REAL), LR)
-        logged = accumulator.step_losses([loss])
-        dist.all_reduce(sums)
-        if rank == 0:
-            torch.save({"params": [p.detach() for p in net.parameters()], "loss": logged, "sums": sums}, out)
-    finally:
-        dist.destroy_process_group()
+def rank_main(rank: int, ports: list[int], out: str) -> None:
+    """Rank `rank` of each group of 1, 2 and 3 it belongs to, one after the other (one process start for all)."""
+    torch.set_num_threads(1)
+    for world, port in zip(WORLDS, ports, strict=True):
+        if rank >= world:
+            continue
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        try:
+            net = model()
+            ddp = DistributedDataParallel(net, broadcast_buffers=False)
+            optimizer = torch.optim.SGD(ddp.parameters(), lr=LR)
+            step = Accumulator(ddp, ddp, optimizer, criterion(), device=CPU, bf16=False, world=world, elastic=True)
+            mine = GlobalPlan(REAL, MICRO, M).micro_range(rank, world)
+            sums, loss = step.step(StepBatches(micro_batches(mine), step_samples=REAL), LR)
+            logged = step.step_losses([loss])
+            dist.all_reduce(sums)
+            if rank == 0:
+                found = {"params": [p.detach() for p in net.parameters()], "loss": logged, "sums": sums}
+                torch.save(found, f"{out}/world{world}.pt")
+        finally:
+            dist.destroy_process_group()
 
 
 def free_port() -> int:
@@ -86,16 +92,16 @@ def reference() -> tuple[list[torch.Tensor], float]:
         return [p - LR * p.grad for p in net.parameters()], float(mean)
 
 
-@pytest.mark.parametrize("world", [1, 2, 3])
-def test_every_world_size_steps_with_the_global_batch_mean(world: int, tmp_path: Path) -> None:
-    out = str(tmp_path / "rank0.pt")
-    mp.start_processes(rank_main, args=(world, free_port(), out), nprocs=world, start_method="spawn")
-    result = torch.load(out)
+def test_every_world_size_steps_with_the_global_batch_mean(tmp_path: Path) -> None:
+    ports = [free_port() for _ in WORLDS]
+    mp.start_processes(rank_main, args=(ports, str(tmp_path)), nprocs=max(WORLDS), start_method="spawn")
     params, mean = reference()
-    for got, expected in zip(result["params"], params, strict=True):
-        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
-    assert result["loss"] == pytest.approx([mean], abs=1e-6)
-    assert result["sums"][0].item() == REAL  # real samples over all ranks: padding is not counted
+    for world in WORLDS:
+        result = torch.load(tmp_path / f"world{world}.pt")
+        for got, expected in zip(result["params"], params, strict=True):
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+        assert result["loss"] == pytest.approx([mean], abs=1e-6)
+        assert result["sums"][0].item() == REAL  # real samples over all ranks: padding is not counted
 
 
 def test_the_fixed_path_steps_with_the_rank_batch_mean(tmp_path: Path) -> None:
