@@ -32,7 +32,7 @@ ENV = {
     "RAY_health_check_period_ms": "1000",
     "RAY_health_check_failure_threshold": "5",
 }
-SAMPLES, BATCH, EPOCHS = 500, 20, 8
+SAMPLES, BATCH, EPOCHS = 500, 20, 10
 STEPS = SAMPLES // BATCH  # 25 steps an epoch, 2 micro-batches of 10
 CHECKPOINT_EVERY = 5
 

@@ -93,6 +93,7 @@ def test_two_workers_train_as_the_run_pinned_at_one(pinned: TrialResult, train_s
     assert epoch_samples(pinned) == epoch_samples(wide) == dict.fromkeys(range(EPOCHS), SAMPLES)
 
 
+@pytest.mark.slow  # two more trials and Ray starts (~1-3 min): the shrink itself, as the cluster drill does it
 def test_a_checkpoint_of_two_workers_resumes_at_one(pinned: TrialResult, train_shards: str, tmp_path: Path) -> None:
     # Rank 1 dies at step 17 (mid-epoch 1), after the checkpoint of step 15; with max_failures 0 the trial ends there.
     # Run again on a 1-CPU Ray, the trial resumes from that checkpoint with one worker taking both micro-batches.
