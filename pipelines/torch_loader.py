@@ -3,8 +3,9 @@
 `pipelines.loader`); its validation views are DALI's within float tolerance.
 
 Samples are located through the DALI index files (`pipelines.dali_index`: offset and size of every
-image and `.cls`), so a shard is fetched once (whole, from S3 or disk) and sliced. Augmentation randomness
-is drawn from torch's RNG seeded per batch with (seed, epoch, rank, batch) inside `torch.random.fork_rng`,
+image and `.cls`), so a shard is fetched once (whole, from S3 or disk) and sliced; `read_sample` fetches one
+sample by a ranged read instead (the elastic loader's scattered reads, `pipelines.elastic_loader`). Augmentation
+randomness is drawn from torch's RNG seeded per batch with (seed, epoch, rank, batch) inside `torch.random.fork_rng`,
 so (epoch, batch) alone determines the next batch and the caller's RNG is untouched.
 """
 
@@ -24,7 +25,7 @@ from pipelines.dali_index import parse_index
 from pipelines.loader import EpochLoader, EpochPlan, LoaderSpec, ShardSet, derive_seed
 from pipelines.names import check_tar_members
 from pipelines.normalization import preset_normalization
-from pipelines.storage import open_store
+from pipelines.storage import Store, open_store
 from pipelines.torch_transforms import eval_views, finish_batch, train_transform
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,38 @@ class SampleRef:
     shard: int
     image: tuple[int, int]  # offset, size
     cls: tuple[int, int]
+
+    @property
+    def span(self) -> tuple[int, int]:
+        """(offset, size) of the byte range holding both the image and the class member (one ranged read)."""
+        start = min(self.image[0], self.cls[0])
+        end = max(self.image[0] + self.image[1], self.cls[0] + self.cls[1])
+        return start, end - start
+
+    def members(self, data: bytes, base: int = 0) -> tuple[bytes, int]:
+        """(encoded image, label) from `data`, which holds the shard's bytes from offset `base` on."""
+        (jo, js), (co, cs) = self.image, self.cls
+        return data[jo - base : jo - base + js], int(data[co - base : co - base + cs])
+
+
+def sample_refs(store: Store, shards: ShardSet) -> list[list[SampleRef]]:
+    """Where every sample of the shard set lies, per shard in manifest order, from its DALI index files."""
+    indexes = [parse_index(store.read_bytes(name).decode(), store.location.join(name)) for name in shards.index_names]
+    return [
+        [SampleRef(shard, s.members[shards.image_ext], s.members["cls"]) for s in samples]
+        for shard, samples in enumerate(indexes)
+    ]
+
+
+def read_sample(store: Store, shards: ShardSet, ref: SampleRef) -> tuple[bytes, int]:
+    """(encoded image, label) of one sample by one ranged read of its shard (nothing else of the shard is fetched)."""
+    offset, size = ref.span
+    return ref.members(store.read_range(shards.tar_names[ref.shard], offset, size), base=offset)
+
+
+def decode_rgb(encoded: bytes) -> torch.Tensor:
+    """An encoded image as uint8 3 x H x W (grayscale made RGB)."""
+    return decode_image(torch.frombuffer(bytearray(encoded), dtype=torch.uint8), mode=ImageReadMode.RGB)
 
 
 class TorchLoader(EpochLoader):
@@ -53,14 +86,7 @@ class TorchLoader(EpochLoader):
 
     def _sample_refs(self) -> list[list[SampleRef]]:
         if self._refs is None:
-            indexes = [
-                parse_index(self._store.read_bytes(name).decode(), self._store.location.join(name))
-                for name in self.shards.index_names
-            ]
-            self._refs = [
-                [SampleRef(shard, s.members[self.shards.image_ext], s.members["cls"]) for s in samples]
-                for shard, samples in enumerate(indexes)
-            ]
+            self._refs = sample_refs(self._store, self.shards)
         return self._refs
 
     def _epoch_order(self) -> list[SampleRef]:
@@ -93,9 +119,7 @@ class TorchLoader(EpochLoader):
         return self._cache[shard]
 
     def _read(self, ref: SampleRef) -> tuple[bytes, int]:
-        data = self._shard_bytes(ref.shard)
-        (jo, js), (co, cs) = ref.image, ref.cls
-        return data[jo : jo + js], int(data[co : co + cs])
+        return ref.members(self._shard_bytes(ref.shard))
 
     def _produce(self, k: int) -> tuple[torch.Tensor | tuple[tuple[torch.Tensor, ...], ...], torch.Tensor]:
         order = self._epoch_order()
@@ -105,9 +129,7 @@ class TorchLoader(EpochLoader):
         decoded, labels = [], []
         for p in positions:
             encoded, label = self._read(order[p])
-            decoded.append(
-                decode_image(torch.frombuffer(bytearray(encoded), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            )
+            decoded.append(decode_rgb(encoded))
             labels.append(label)
         targets = torch.tensor(labels, dtype=torch.int64)
         if self.spec.split == "train":

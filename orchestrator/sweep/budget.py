@@ -44,8 +44,9 @@ class BudgetStopper(tune.Stopper):
 
     @classmethod
     def for_sweep(cls, config: SweepConfig, used: BudgetUse) -> BudgetStopper:
-        """The stopper of `config.budget`; every trial holds `workers x gpus_per_worker` GPUs while it runs."""
-        return cls(config.budget, config.resources.workers * config.resources.gpus_per_worker, used)
+        """The stopper of `config.budget`; every trial holds `workers x gpus_per_worker` GPUs while it runs (an
+        elastic range: its max, the most it holds)."""
+        return cls(config.budget, config.resources.max_workers * config.resources.gpus_per_worker, used)
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its stopper; a restored one starts its clock afresh and takes what was spent from the progress.

@@ -130,16 +130,17 @@ def plan(resources: ResourcesConfig, shape: ClusterShape, *, max_concurrent: int
             "holds one worker"
         )
     worker_slots = sum(slots_per_node(t.resources, bundle) * count for t, count in nodes)
-    if worker_slots < resources.workers:
+    if worker_slots < resources.min_workers:
         raise SchedulingError(
-            f"one trial needs {resources.workers} workers x {_fmt(bundle)} but the largest this cluster can grow to "
-            f"holds {int(worker_slots)} (node types from {shape.source}: {types}); lower `resources.workers` or "
+            f"one trial needs {resources.min_workers} workers x {_fmt(bundle)} but the largest this cluster can grow "
+            f"to holds {int(worker_slots)} (node types from {shape.source}: {types}); lower `resources.workers` or "
             "raise the node types' max workers"
         )
     driver_slots = sum(t.resources.get(TRIAL_DRIVER_RESOURCE, 0.0) * count for t, count in nodes)
     if driver_slots < 1:
         raise SchedulingError(_no_driver_resource())
-    fits = min(worker_slots // resources.workers, math.floor(driver_slots + _EPS))
+    # An elastic trial wants its range's max, but runs as soon as its min fits.
+    fits = min(max(worker_slots // resources.max_workers, 1), math.floor(driver_slots + _EPS))
     concurrent = int(min(fits, cap))
     grown = "unlimited" if math.isinf(worker_slots) else str(int(worker_slots))
     return Plan(

@@ -246,24 +246,64 @@ class DataConfig(_Strict):
         return self.val is not None and cross_checks.same_location(self.val, self.train)
 
 
-class ResourcesConfig(_Strict):
-    """Per-trial resources: `workers` DDP ranks, each with these GPUs and CPUs."""
+class WorkerRange(_Strict):
+    """An elastic worker count: the trial starts once `min` workers fit and Ray Train restarts its group larger (up
+    to `max`) as resources appear, smaller when a worker is lost; every restart resumes from the newest checkpoint.
+    The math stays that of `max` workers: each step's global batch is `max` fixed micro-batches, and a group of w
+    workers accumulates `max / w` of them per rank (`pipelines.global_order`)."""
 
-    workers: int = Field(default=1, gt=0)
+    min: int = Field(ge=1, examples=[1])
+    max: int = Field(ge=1, examples=[8])
+    # How often Ray Train looks for room to grow a running group (ScalingConfig.elastic_resize_monitor_interval_s);
+    # each resize restarts the group from the newest checkpoint, so a short interval on a busy cluster costs steps.
+    resize_check_s: float = Field(default=60.0, gt=0, strict=False)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> WorkerRange:
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}; give 1 <= min <= max, e.g. {{min: 1, max: {self.min}}}")
+        return self
+
+
+class ResourcesConfig(_Strict):
+    """Per-trial resources: `workers` DDP ranks (a number, or an elastic `{min, max}` range), each with these GPUs and
+    CPUs."""
+
+    workers: int | WorkerRange = Field(default=1, union_mode="left_to_right")
     gpus_per_worker: float = Field(default=0, ge=0)
     cpus_per_worker: float = Field(default=1, gt=0)
 
     @field_validator("workers", mode="before")
     @classmethod
-    def _one_count(cls, value: Any) -> Any:
-        # An elastic range would change which samples make up each step's batch when the group resizes (each rank
-        # reads its own slice of the epoch), so a resized run would not be the configured run: refused, not guessed.
-        if isinstance(value, dict | list | tuple):
-            raise ValueError(
-                f"{value!r} is a range; elastic worker counts are not supported (a resize would change each step's "
-                "batch); give one number of workers, e.g. workers: 2"
-            )
-        return value
+    def _count_or_range(cls, value: Any) -> Any:
+        # One message per mistake, at its own YAML path (the union's two branches would each report one).
+        where: tuple[str, ...] = ("resources", "workers")
+        if isinstance(value, dict):
+            try:
+                return WorkerRange.model_validate(value)
+            except ValidationError as exc:
+                loc = (*where, *(str(part) for part in exc.errors()[0]["loc"]))
+                raise PathError(loc, describe_value(exc, WorkerRange, loc)) from None
+        if isinstance(value, WorkerRange) or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise PathError(
+            where,
+            f"{value!r} is neither a number of workers nor a range; give a whole number of at least 1 (workers: 2) or "
+            "an elastic range (workers: {min: 1, max: 2})",
+        )
+
+    @property
+    def elastic(self) -> bool:
+        return isinstance(self.workers, WorkerRange)
+
+    @property
+    def min_workers(self) -> int:
+        return self.workers.min if isinstance(self.workers, WorkerRange) else self.workers
+
+    @property
+    def max_workers(self) -> int:
+        """The workers of a fixed count; the most an elastic range grows to, whose micro-batches every step holds."""
+        return self.workers.max if isinstance(self.workers, WorkerRange) else self.workers
 
     @property
     def use_gpu(self) -> bool:
@@ -377,7 +417,9 @@ class TrialConfig(_Strict):
 
     @property
     def per_worker_batch(self) -> int:
-        return self.recipe.batch_size // self.resources.workers
+        """The batch each worker computes at once: the global batch over the workers (an elastic range: over its
+        `max`, one micro-batch, of which a smaller group accumulates several per step)."""
+        return self.recipe.batch_size // self.resources.max_workers
 
     @property
     def run_name(self) -> str:
@@ -461,9 +503,10 @@ class SweepConfig(_Strict):
         cross_checks.check_stop(self.recipe, self.grid)
         milestones_given = "milestones" in self.recipe.model_fields_set or "milestones" in self.grid
         for recipe in recipes:
-            cross_checks.check_recipe(recipe, self.resources.workers, milestones_given=milestones_given)
+            cross_checks.check_recipe(recipe, self.resources, milestones_given=milestones_given)
         cross_checks.check_protocols(recipes, self.data)
-        cross_checks.check_faults(self.chaos, self.resources.workers, recipes)
+        cross_checks.check_faults(self.chaos, self.resources.max_workers, recipes)
+        cross_checks.check_elastic(self.resources, self.data)
         cross_checks.check_val(self.data)
         return self
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.sweep.config_errors import PathError
 
 if TYPE_CHECKING:
-    from orchestrator.sweep.config import ChaosConfig, DataConfig, RecipeConfig
+    from orchestrator.sweep.config import ChaosConfig, DataConfig, RecipeConfig, ResourcesConfig
 
 
 def check_stop(recipe: RecipeConfig, grid: Mapping[str, Any]) -> None:
@@ -27,8 +27,16 @@ def check_stop(recipe: RecipeConfig, grid: Mapping[str, Any]) -> None:
             raise PathError(where, "replaces recipe.epochs (training stops after max_steps); remove epochs")
 
 
-def check_recipe(recipe: RecipeConfig, workers: int, *, milestones_given: bool) -> None:
-    """The global batch splits evenly over the workers; every given milestone of the step schedule comes."""
+def check_recipe(recipe: RecipeConfig, resources: ResourcesConfig, *, milestones_given: bool) -> None:
+    """The global batch splits evenly over the workers (an elastic range: into `max` micro-batches, whatever the
+    group's size); every given milestone of the step schedule comes."""
+    workers = resources.max_workers
+    if recipe.batch_size % workers and resources.elastic:
+        raise PathError(
+            ("recipe", "batch_size"),
+            f"{recipe.batch_size} is not divisible by resources.workers.max={workers}, so it cannot split into "
+            f"{workers} equal micro-batches (one per worker at the range's max); choose a multiple of {workers}",
+        )
     if recipe.batch_size % workers:
         raise PathError(
             ("recipe", "batch_size"),
@@ -89,6 +97,18 @@ def check_faults(faults: Sequence[ChaosConfig], workers: int, recipes: Sequence[
                 f"{fault.at_step} is beyond the last step of every trial (at most {max(capped)} = {cap}), so"
                 f" the fault would never fire; choose 1..{max(capped)}",
             )
+
+
+def check_elastic(resources: ResourcesConfig, data: DataConfig) -> None:
+    """An elastic range reads each step's samples by their place in the epoch's global order, which the torch loader
+    does (`pipelines.elastic_loader`); the DALI pipeline reads one contiguous slice per rank, which a resize changes."""
+    if resources.elastic and data.backend != "torch":
+        raise PathError(
+            ("data", "backend"),
+            f"{data.backend!r}: an elastic resources.workers range reads its samples with the torch loader, whose "
+            "steps stay the same whatever the number of workers; set data.backend: torch (or give a fixed number "
+            "of workers for DALI)",
+        )
 
 
 def check_val(data: DataConfig) -> None:

@@ -113,12 +113,18 @@ def check_num_classes(num_classes: int, dataset_classes: dict[str, int], split: 
 
 def total_steps(trial: TrialConfig, train_samples: int) -> int:
     """The optimizer steps a trial runs over a train set of `train_samples`: each rank's padded batches per epoch
-    (`pipelines.loader.EpochPlan`), capped by `recipe.steps_per_epoch`, times the epochs (or `recipe.max_steps`)."""
+    (`pipelines.loader.EpochPlan`; an elastic trial's global steps, `pipelines.global_order.GlobalPlan`), capped
+    by `recipe.steps_per_epoch`, times the epochs (or `recipe.max_steps`)."""
+    from pipelines.global_order import GlobalPlan
     from pipelines.loader import EpochPlan
 
-    workers = trial.resources.workers
-    plan = EpochPlan(train_samples, rank=0, world_size=workers, batch_size=trial.per_worker_batch, last_batch="pad")
-    steps = plan.batches if trial.recipe.steps_per_epoch is None else min(plan.batches, trial.recipe.steps_per_epoch)
+    resources = trial.resources
+    batches = (
+        GlobalPlan(train_samples, trial.per_worker_batch, resources.max_workers).steps
+        if resources.elastic
+        else EpochPlan(train_samples, 0, resources.max_workers, trial.per_worker_batch, last_batch="pad").batches
+    )
+    steps = batches if trial.recipe.steps_per_epoch is None else min(batches, trial.recipe.steps_per_epoch)
     return trial.recipe.total_steps(steps)
 
 

@@ -130,6 +130,8 @@ class TrialStatus(BaseModel):
         worker group started. The live count is the last the trial's workers or their controller reported."""
         live = self.metrics.get(WORKERS)
         configured = self.config.get("resources", {}).get("workers", "?")
+        if isinstance(configured, dict):  # an elastic range: out of the most it grows to
+            configured = configured.get("max", "?")
         return "-" if live is None else f"{int(live)}/{configured}"
 
 

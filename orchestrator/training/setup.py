@@ -21,8 +21,10 @@ from torch import nn
 from models import get_model
 from orchestrator.sweep.config import TrialConfig
 from orchestrator.sweep.data_check import check_num_classes
+from orchestrator.training.checkpointing import RankState, TrainState
+from pipelines.elastic_loader import ElasticLoader
 from pipelines.loader import Loader, LoaderSpec
-from pipelines.loader_factory import make_loader
+from pipelines.loader_factory import make_elastic_loader, make_loader
 from pipelines.sharding import read_manifest
 
 logger = logging.getLogger(__name__)
@@ -146,9 +148,15 @@ def dataset_classes(uri: str) -> int:
     return len(read_manifest(uri)["classes"])
 
 
-def build_loaders(cfg: TrialConfig, at: Placement) -> tuple[Loader, Loader | None]:
-    """(train loader, val loader or None) of this rank, after checking the model can output every class of each."""
-    train = make_loader(loader_spec(cfg, "train", cfg.data.train, at), at.rank, at.world, at.device)
+def build_loaders(cfg: TrialConfig, at: Placement) -> tuple[Loader | ElasticLoader, Loader | None]:
+    """(train loader, val loader or None) of this rank, after checking the model can output every class of each. An
+    elastic trial's train loader yields each global step's micro-batches of this rank (`pipelines.global_order`)."""
+    train_spec = loader_spec(cfg, "train", cfg.data.train, at)
+    train: Loader | ElasticLoader = (
+        make_elastic_loader(train_spec, cfg.resources.max_workers, at.rank, at.world, at.device)
+        if cfg.resources.elastic
+        else make_loader(train_spec, at.rank, at.world, at.device)
+    )
     val = (
         make_loader(loader_spec(cfg, "val", cfg.data.val, at), at.rank, at.world, at.device)
         if cfg.data.val is not None
@@ -160,8 +168,9 @@ def build_loaders(cfg: TrialConfig, at: Placement) -> tuple[Loader, Loader | Non
     return train, val
 
 
-def steps_per_epoch(cfg: TrialConfig, train: Loader) -> int:
-    """Optimizer steps per epoch: the train loader's batches per rank, capped by `recipe.steps_per_epoch`."""
+def steps_per_epoch(cfg: TrialConfig, train: Loader | ElasticLoader) -> int:
+    """Optimizer steps per epoch: the train loader's batches per rank (an elastic trial's: its global steps), capped
+    by `recipe.steps_per_epoch`."""
     steps = len(train)
     if cfg.recipe.steps_per_epoch is not None:
         steps = min(steps, cfg.recipe.steps_per_epoch)
@@ -171,3 +180,18 @@ def steps_per_epoch(cfg: TrialConfig, train: Loader) -> int:
             "lower recipe.batch_size or add data"
         )
     return steps
+
+
+def state_of_rank(state: TrainState, rank: int, world: int, *, elastic: bool, path: str | None) -> RankState:
+    """The saved state rank `rank` of a `world`-worker attempt resumes from. A fixed trial needs the same workers as
+    the checkpoint's (each rank reads its own slice of the epoch). An elastic trial's loader state is the same on
+    every rank (`pipelines.elastic_loader`), so any world size resumes it; a rank the checkpoint's group lacked takes
+    rank 0's RNG streams (no step of the train loop draws from them: augmentation is seeded per sample)."""
+    if elastic:
+        return state.ranks[rank] if rank < len(state.ranks) else state.ranks[0]
+    if len(state.ranks) != world:
+        raise ValueError(
+            f"the checkpoint at {path} was written by {len(state.ranks)} workers, this attempt has "
+            f"{world}; resources.workers must stay the same to resume exactly"
+        )
+    return state.ranks[rank]

@@ -16,6 +16,7 @@ import logging
 import math
 import time
 import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,8 @@ from torch.nn.parallel import DistributedDataParallel
 from orchestrator.sweep.config import TrialConfig
 from orchestrator.training import metric_names as m
 from orchestrator.training import setup
-from orchestrator.training.accounting import (
-    InvariantError,
-    LiveThroughput,
-    Window,
-    batch_sums,
-    fold,
-    zero_totals,
-)
+from orchestrator.training.accounting import InvariantError, LiveThroughput, Window, fold, zero_totals
+from orchestrator.training.accumulation import Accumulator
 from orchestrator.training.chaos import Point, maybe_kill, should_kill
 from orchestrator.training.checkpoint_reports import CheckpointReports
 from orchestrator.training.checkpointing import (
@@ -57,6 +52,8 @@ from orchestrator.training.lr_schedule import LRSchedule
 from orchestrator.training.preemption import PreemptionNotices
 from orchestrator.training.reporting import Position, epoch_metrics, train_top1_err, window_metrics
 from orchestrator.training.restart_policy import FailureKind, TrainFunctionError, classify_message
+from pipelines.elastic_loader import StepBatches
+from pipelines.loader import Batch
 from pipelines.presets import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
@@ -141,7 +138,13 @@ class _Trainer:
         """DDP around the (restored) model, compiled if asked, and its optimizer with the restored state."""
         recipe = self.cfg.recipe
         on_gpu_index = self.at.on_gpu and self.device.index is not None
-        self.ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if on_gpu_index else None)
+        # An elastic rank runs as many forwards per step as it has micro-batches, which may differ between ranks:
+        # DDP's per-forward buffer broadcast would pair unequal collectives, so each rank keeps its own BN statistics.
+        self.ddp = DistributedDataParallel(
+            self.model,
+            device_ids=[self.device.index] if on_gpu_index else None,
+            broadcast_buffers=not self.cfg.resources.elastic,
+        )
         self.forward: nn.Module = torch.compile(self.ddp) if recipe.compile else self.ddp  # type: ignore[assignment]
         # The paper's recipe (Section 3.4): SGD, momentum 0.9, weight decay 1e-4 on all weights, no dropout.
         self.optimizer = torch.optim.SGD(
@@ -149,6 +152,16 @@ class _Trainer:
         )
         if self.state.optimizer:
             self.optimizer.load_state_dict(self.state.optimizer)
+        self.accumulator = Accumulator(
+            self.ddp,
+            self.forward,
+            self.optimizer,
+            self.criterion,
+            device=self.device,
+            bf16=self.at.bf16,
+            world=self.world,
+            elastic=self.cfg.resources.elastic,
+        )
 
     # ---- resuming ----------------------------------------------------------------------------------------------
 
@@ -186,14 +199,9 @@ class _Trainer:
             return None
         registered = ray.train.get_checkpoint()
         self.unsent = setup.broadcast(unsent_reports(state, registered.path if registered else None), self.device)
-        if len(state.ranks) != self.world:
-            raise ValueError(
-                f"the checkpoint at {path} was written by {len(state.ranks)} workers, this attempt has "
-                f"{self.world}; resources.workers must stay the same to resume exactly"
-            )
+        rank_state = setup.state_of_rank(state, self.rank, self.world, elastic=self.cfg.resources.elastic, path=path)
         self.model.load_state_dict(model_state)
         self.schedule.load_state_dict(state.schedule)
-        rank_state = state.ranks[self.rank]
         restore_rng(rank_state.rng)
         self.epoch_totals = dict(state.epoch_totals)
         self.state = state
@@ -227,22 +235,6 @@ class _Trainer:
         finally:
             self.reports.close()
 
-    def _optimize(
-        self, images: torch.Tensor, labels: torch.Tensor, lr: float
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One optimizer step at learning rate `lr`; returns (logits, loss sum, mean loss) of the batch."""
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.at.bf16):
-            logits = self.forward(images)
-        # Sum over the real samples, divided by their count: a rank's all-padding tail batch gives 0, not NaN.
-        loss_sum = self.criterion(logits.float(), labels)
-        loss = loss_sum / (labels != IGNORE_INDEX).sum().clamp(min=1)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return logits, loss_sum, loss
-
     def _steps_in_epoch(self) -> int:
         """Steps of the current epoch: `steps_per_epoch`, fewer in the last one when `recipe.max_steps` ends it."""
         return min(self.steps_per_epoch, self.total_steps - self.state.epoch * self.steps_per_epoch)
@@ -252,7 +244,7 @@ class _Trainer:
         state = self.state
         window = Window(self.device)
         live = LiveThroughput(self.device)
-        batches = iter(self.train_loader)
+        batches: Iterator[Batch | StepBatches] = iter(self.train_loader)
         self.forward.train()
         self.progress.in_setup = False
         steps = self._steps_in_epoch()
@@ -266,13 +258,10 @@ class _Trainer:
                 )
             waited = time.perf_counter() - started
             lr = self.schedule.lr_at(state.step)
-            images = batch.images.to(self.device, non_blocking=True)
-            labels = batch.labels.to(self.device, non_blocking=True)
-            logits, loss_sum, loss = self._optimize(images, labels, lr)
+            sums, loss = self.accumulator.step(batch, lr)
             state.step += 1
             state.epoch_step += 1
             self.progress.steps_done += 1
-            sums = batch_sums(logits, labels, loss_sum)
             if self.schedule.watches_train_error:
                 self._observe_train_error(sums)
             window.add(sums, waited, time.perf_counter() - started)
@@ -287,7 +276,7 @@ class _Trainer:
                 trained, images_per_s = live.take(now)
                 self.metrics.update(images_per_s=images_per_s, lr=lr, step=state.step)
                 self.metrics.update(
-                    train_loss=float(loss.detach()), data_wait_frac=window.wait_s / max(window.step_s, 1e-9)
+                    train_loss=self.accumulator.live_loss(loss), data_wait_frac=window.wait_s / max(window.step_s, 1e-9)
                 )
                 self.metrics.add_images(trained)
             last_of_epoch = state.epoch_step == steps
@@ -418,7 +407,7 @@ class _Trainer:
         """Bring `self.state` up to now: losses, optimizer, schedule, epoch totals and every rank's loader and RNGs."""
         state = self.state
         if self.pending_losses:
-            state.step_losses.extend(torch.stack(self.pending_losses).float().cpu().tolist())
+            state.step_losses.extend(self.accumulator.step_losses(self.pending_losses))
             self.pending_losses = []
         state.optimizer = self.optimizer.state_dict()
         state.schedule = self.schedule.state_dict()

@@ -26,7 +26,7 @@ from ray.train.v2.api.config import FailureConfig  # `ray.train`'s under Train v
 from ray.train.v2.api.exceptions import ControllerError, TrainingFailedError, WorkerGroupError
 
 from orchestrator.sweep.capacity import worker_bundle
-from orchestrator.sweep.config import TrialConfig
+from orchestrator.sweep.config import ResourcesConfig, TrialConfig, WorkerRange
 from orchestrator.training.checkpointing import count_attempts, latest_complete_checkpoint
 from orchestrator.training.restart_policy import (
     Action,
@@ -156,6 +156,21 @@ class ReporterCallback(UserCallback):
         self.reporter(report)
 
 
+def scaling_config(resources: ResourcesConfig, per_worker: dict[str, float]) -> ScalingConfig:
+    """Ray Train's `ScalingConfig`: a fixed worker count, or an elastic range (Ray's `ElasticScalingPolicy` starts
+    the group with what fits of `(min, max)`, restarts it larger when room appears, checked every `resize_check_s`,
+    and smaller after a worker is lost; each restart resumes from the newest checkpoint)."""
+    workers = resources.workers
+    if isinstance(workers, WorkerRange):
+        return ScalingConfig(
+            num_workers=(workers.min, workers.max),  # type: ignore[arg-type]  # v2 takes a range; the stub says v1
+            use_gpu=resources.use_gpu,
+            resources_per_worker=per_worker,
+            elastic_resize_monitor_interval_s=workers.resize_check_s,  # type: ignore[call-arg]
+        )
+    return ScalingConfig(num_workers=workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker)
+
+
 def build_trainer(
     cfg: TrialConfig,
     *,
@@ -180,9 +195,7 @@ def build_trainer(
     return TorchTrainer(
         train_func,
         train_loop_config=cfg.model_dump(mode="json"),
-        scaling_config=ScalingConfig(
-            num_workers=resources.workers, use_gpu=resources.use_gpu, resources_per_worker=per_worker
-        ),
+        scaling_config=scaling_config(resources, per_worker),
         run_config=RunConfig(
             name=cfg.run_name,
             storage_path=storage_path,

@@ -359,14 +359,55 @@ def test_experiment_names_may_hold_spaces_and_quotes() -> None:
     assert sweep(tracking={"experiment": 'it\'s "ResNet" v2'}).tracking.experiment == 'it\'s "ResNet" v2'
 
 
-@pytest.mark.parametrize("workers", [{"min": 1, "max": 2}, [1, 2]])
-def test_an_elastic_worker_range_is_refused_with_the_fix(workers: object) -> None:
-    with pytest.raises(ConfigError) as caught:
-        sweep(resources={"workers": workers})
-    assert str(caught.value) == (
-        f"sweep.yaml: resources.workers: {workers!r} is a range; elastic worker counts are not supported (a resize "
-        "would change each step's batch); give one number of workers, e.g. workers: 2"
+def test_an_elastic_worker_range_is_typed_and_reaches_every_trial() -> None:
+    config = sweep(
+        resources={"workers": {"min": 1, "max": 4, "resize_check_s": 5}},
+        data={"train": "s3://bucket/train", "backend": "torch"},
+        recipe={"batch_size": 64},
     )
+    trial = config.expand("/s")[0]
+    assert (trial.resources.elastic, trial.resources.min_workers, trial.resources.max_workers) == (True, 1, 4)
+    assert trial.resources.workers.resize_check_s == 5  # type: ignore[union-attr]
+    assert trial.per_worker_batch == 16  # one micro-batch: the global batch over the range's max
+    fixed = sweep(resources={"workers": 2}).expand("/s")[0]
+    assert (fixed.resources.elastic, fixed.resources.workers, fixed.per_worker_batch) == (False, 2, 128)
+    # The resolved trial config round-trips (Ray Train hands it to every worker as JSON).
+    assert TrialConfig.model_validate(trial.model_dump(mode="json")) == trial
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            {"resources": {"workers": {"min": 3, "max": 2}}},
+            "sweep.yaml: resources.workers: min 3 > max 2; give 1 <= min <= max, e.g. {min: 1, max: 3}",
+        ),
+        (
+            {"resources": {"workers": {"min": 0, "max": 2}}},
+            "sweep.yaml: resources.workers.min: 0 is out of range; write a whole number >= 1, e.g. min: 1",
+        ),
+        ({"resources": {"workers": {"max": 2}}}, "sweep.yaml: resources.workers.min: is required; add it, e.g. min: 1"),
+        (
+            {"resources": {"workers": [1, 2]}},
+            "sweep.yaml: resources.workers: [1, 2] is neither a number of workers nor a range; give a whole number of "
+            "at least 1 (workers: 2) or an elastic range (workers: {min: 1, max: 2})",
+        ),
+        (
+            {"resources": {"workers": {"min": 1, "max": 3}}, "data": {"train": "/d", "backend": "torch"}},
+            "recipe.batch_size: 256 is not divisible by resources.workers.max=3, so it cannot split into 3 equal "
+            "micro-batches (one per worker at the range's max); choose a multiple of 3",
+        ),
+        (
+            {"resources": {"workers": {"min": 1, "max": 2}}},
+            "data.backend: 'auto': an elastic resources.workers range reads its samples with the torch loader, whose "
+            "steps stay the same whatever the number of workers; set data.backend: torch (or give a fixed number of "
+            "workers for DALI)",
+        ),
+    ],
+)
+def test_worker_range_errors_name_the_field_and_the_fix(overrides: dict[str, object], expected: str) -> None:
+    text = error_text(**overrides)
+    assert expected in text and len(text.splitlines()) == 1, text
 
 
 def test_outages_bound_is_typed_and_reaches_every_trial() -> None:

@@ -173,3 +173,12 @@ def test_champion_says_which_version_and_why_it_was_kept() -> None:
     assert kept.describe() == (
         "m version 3 (val top-1 error 12.50%, sweep m-1); kept: this sweep's best, version 5 at 12.50%, is not better"
     )
+
+
+def test_an_elastic_trial_shows_its_live_workers_out_of_the_range_max() -> None:
+    from orchestrator.sweep.state import TrialStatus
+
+    elastic = {"resources": {"workers": {"min": 1, "max": 4, "resize_check_s": 60.0}}}
+    assert TrialStatus(id="t", config=elastic).workers == "-"
+    assert TrialStatus(id="t", config=elastic, metrics={"workers": 3.0}).workers == "3/4"
+    assert TrialStatus(id="t", config={"resources": {"workers": 2}}, metrics={"workers": 2.0}).workers == "2/2"
