@@ -407,6 +407,7 @@ def test_kill_during_checkpoint_write_uses_the_previous_one(
     assert_same_run(run, reference)
 
 
+@pytest.mark.slow  # a 5 s poll interval and a restart: 1-3 min here; the chaos soak meets the same fault
 def test_a_kill_during_a_checkpoint_loses_no_mid_epoch_report_waiting_before_it(
     reference: Run, learnable_shards_s3: tuple[str, str], storage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
