@@ -31,16 +31,16 @@ def check_recipe(recipe: RecipeConfig, resources: ResourcesConfig, *, milestones
     """The global batch splits evenly over the workers (an elastic range: into `max` micro-batches, whatever the
     group's size); every given milestone of the step schedule comes."""
     workers = resources.max_workers
-    if recipe.batch_size % workers and resources.elastic:
-        raise PathError(
-            ("recipe", "batch_size"),
-            f"{recipe.batch_size} is not divisible by resources.workers.max={workers}, so it cannot split into "
-            f"{workers} equal micro-batches (one per worker at the range's max); choose a multiple of {workers}",
-        )
     if recipe.batch_size % workers:
+        why = (
+            f"resources.workers.max={workers}, so it cannot split into {workers} equal micro-batches (one per worker "
+            "at the range's max)"
+            if resources.elastic
+            else f"resources.workers={workers}"
+        )
         raise PathError(
             ("recipe", "batch_size"),
-            f"{recipe.batch_size} is not divisible by resources.workers={workers}; choose a multiple of {workers}",
+            f"{recipe.batch_size} is not divisible by {why}; choose a multiple of {workers}",
         )
     # The defaults (30, 60, 80) are torchvision's 90-epoch schedule: only milestones the file gives are its intent.
     if recipe.schedule != "step" or not milestones_given:
