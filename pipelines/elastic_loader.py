@@ -64,6 +64,8 @@ class ElasticLoader:
         self._norm = preset_normalization(spec.preset, spec.mean_source)
         self._transform = train_transform(spec.preset, spec.image_size, self._norm)
         self._order: np.ndarray | None = None
+        # One pool of readers for the loader's life: a micro-batch's samples are fetched in parallel every step.
+        self._readers = ThreadPoolExecutor(max_workers=max(1, min(spec.threads, plan.micro_size)))
         self._epoch = 0
         self._step = 0  # the next global step of the current epoch
 
@@ -127,8 +129,7 @@ class ElasticLoader:
         positions = list(self.plan.positions(step, micro))
         # Padding positions (past N in the last step) repeat the epoch's last sample, masked by their label.
         chosen = [refs[int(order[min(p, len(order) - 1)])] for p in positions]
-        with ThreadPoolExecutor(max_workers=max(1, min(self.spec.threads, len(chosen)))) as pool:
-            read = list(pool.map(lambda ref: read_sample(self._store, self.shards, ref), chosen))
+        read = list(self._readers.map(lambda ref: read_sample(self._store, self.shards, ref), chosen))
         images = []
         with torch.random.fork_rng(devices=[]):
             for p, (encoded, _) in zip(positions, read, strict=True):
