@@ -183,6 +183,10 @@ def submit_driver(record: SweepRecord, *, resume: bool, address: str, local: boo
         home = paths.root.parents[1]
         runtime_env = job_env.local_runtime_env(os.environ, job_env.secrets_path(home, record.sweep_id))
         runtime_env["env_vars"]["RESNET_ORCH_HOME"] = str(home)
+        # Ray Train's placement-group cleaner asks the state API whether its controller still lives; without an
+        # address the API looks for "the" Ray on this machine and, where other Ray instances run beside the head,
+        # fails on every poll, so the cleaner never exits. Name the head's dashboard for every process of the job.
+        runtime_env["env_vars"]["RAY_API_SERVER_ADDRESS"] = address
         argv = [sys.executable, "-m", "orchestrator.sweep.driver", str(paths.root)]
     else:
         # A remote cluster gets the sweep folder as the job's working dir (its image has the package).

@@ -182,6 +182,20 @@ def _driver_pid(sweep_dir: Path) -> int | None:
     return None
 
 
+def alive_cleaners(dashboard_url: str, grace_s: float = 60.0) -> list[str]:
+    """Ray Train's placement-group cleaners still alive on the head; Ray ends actors asynchronously, so each one is
+    given `grace_s` after its run to go."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + grace_s
+    while True:
+        actors = list_actors(address=dashboard_url, filters=[("state", "=", "ALIVE")], raise_on_missing_output=False)
+        alive = [a.actor_id for a in actors if a.class_name == "PlacementGroupCleaner"]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(2)
+
+
 @pytest.mark.slow
 def test_driver_killed_then_resume(orch_home: Path, sample_shards_local: str, tmp_path: Path) -> None:
     from orchestrator.training.checkpointing import count_attempts
@@ -228,6 +242,11 @@ def test_driver_killed_then_resume(orch_home: Path, sample_shards_local: str, tm
     runs = client.search_runs([experiment.experiment_id])
     assert sorted(r.data.tags["resnet_orch.kind"] for r in runs) == ["sweep", "trial", "trial"]
     assert len(client.search_model_versions("name = 'quickstart'")) == 2
+    # The killed attempt's Train controller died without a goodbye: Ray Train's placement-group cleaner saw it end
+    # through this head's state API, removed its placement group and exited (`jobs.submit_driver`).
+    from orchestrator.stack import local_stack
+
+    assert alive_cleaners(local_stack.recorded(orch_home).services[local_stack.RAY].url) == []
 
 
 @pytest.mark.slow

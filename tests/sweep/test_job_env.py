@@ -26,6 +26,7 @@ from orchestrator.sweep.job_env import (
     local_runtime_env,
     withheld,
 )
+from tests.sweep.test_end_to_end import alive_cleaners
 
 RESNET_ORCH = str(Path(sys.executable).with_name("resnet-orch"))
 
@@ -257,6 +258,10 @@ def test_a_local_sweep_runs_on_its_secrets_and_shows_them_nowhere(
     env_vars = info.runtime_env["env_vars"]
     assert env_vars[SECRETS_FILE_VAR] == str(job_env.secrets_path(hostile_home, sweep_id))
     assert env_vars["AWS_ENDPOINT_URL"] == canary_s3.endpoint_url  # settings do travel
+    # Every process of the job asks the state API of this head, not whichever Ray it finds on the machine: Ray
+    # Train's placement-group cleaner then sees its controller end, and exits with it.
+    assert env_vars["RAY_API_SERVER_ADDRESS"] == head.url
+    assert alive_cleaners(head.url) == []
     assert not set(canary) & set(env_vars)
     listed = json.dumps([job.dict() for job in jobs.list_jobs()], default=str)
     seen = {
