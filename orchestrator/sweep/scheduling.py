@@ -139,11 +139,14 @@ def trial_trainable(config: dict[str, Any]) -> None:
     A trial that fails reports why in one line (`FAILURE_KEY`) before its error ends the Tune trial, so the sweep's
     progress, and `status`, say it without anyone reading a traceback.
     """
+    TRAIN_RUN.begin()
     try:
         _train_and_register(config)
     except Exception as exc:
         tune.report({FAILURE_KEY: one_line(str(exc))})
         raise
+    finally:
+        TRAIN_RUN.end()
 
 
 def one_line(text: str, limit: int = 600) -> str:
@@ -184,7 +187,7 @@ def _train_and_register(config: dict[str, Any]) -> None:
             return
         raise
     finally:
-        TRAIN_RUN.channel = None  # the run is over: nothing left to abort
+        TRAIN_RUN.run_ended()
         monitor.finish()
     if TRAIN_RUN.stopping.is_set():
         return  # stopped as the run ended: Tune has decided, the model is not registered
@@ -479,7 +482,11 @@ def run_sweep(record: SweepRecord, config: SweepConfig, paths: SweepPaths, *, re
             trainable,
             param_space={PARAM_KEY: tune.grid_search(values)},
             tune_config=tune.TuneConfig(
-                max_concurrent_trials=decided.max_concurrent, reuse_actors=False, scheduler=build_scheduler(config)
+                max_concurrent_trials=decided.max_concurrent,
+                # A trial actor runs trial after trial (`stopping`): a short trial's fixed cost is mostly a new
+                # actor's process and imports.
+                reuse_actors=True,
+                scheduler=build_scheduler(config),
             ),
             run_config=tune.RunConfig(
                 name=TUNE_RUN_NAME,
