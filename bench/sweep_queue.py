@@ -1,6 +1,7 @@
 """`resnet-orch status` on a sweep of many trials, and what saving its progress costs per event.
 
     .venv/bin/python bench/sweep_queue.py [--trials 200] [--events 2000] [--sweep ID] [--json]
+    .venv/bin/python bench/sweep_queue.py --run 8 [--cpus-per-worker 1] [--json]
 
 Without `--sweep`: a private RESNET_ORCH_HOME with a sweep of `--trials` one-step trials (`create_sweep`), driven
 through `--events` progress saves as the driver makes them (each trial PENDING -> RUNNING, reports, SUCCEEDED, the
@@ -10,6 +11,11 @@ home (e.g. the 200-trial sweep of `tests/sweep/test_queue_at_scale.py`). Bytes w
 count (/proc/self/io `wchar`) over the saves, next to the size of the whole progress (what a full rewrite per event
 would write). The target: `status` under 2 s at 200 trials; its CPU seconds are shown too, and `--help`'s (the
 start-up alone), since a shared machine's load stretches wall time. With --json the last line is one JSON object.
+
+With `--run N`: a real sweep of N one-step trials, the 200-trial test's sweep cut to N, through `resnet-orch submit
+--wait` on a private home's Ray head (started before the clock starts): its wall time and the whole machine's CPU
+seconds over it (/proc/stat: every process the sweep starts, Ray's own included, so run it on a quiet machine), per
+trial, and the 200-trial sweep's wall time at that rate.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 RESNET_ORCH = str(Path(sys.executable).with_name("resnet-orch"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+QUEUE_AT_SCALE = 200  # tests/sweep/test_queue_at_scale.py
 
 
 def written_bytes() -> int:
@@ -108,15 +116,69 @@ def time_status(sweep_id: str, repeats: int = 5) -> dict[str, float]:
     return out
 
 
+def machine_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat: all but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values) - values[3] - values[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def run_queue(trials: int, cpus_per_worker: float, root: Path) -> dict[str, Any]:
+    """Wall and machine CPU seconds of a real sweep of `trials` one-step trials (see the module's doc)."""
+    from soak_stack import write_images
+
+    from orchestrator.stack import local_stack
+    from pipelines.sharding import shard_dataset
+
+    shards = root / "shards"
+    shard_dataset(write_images(root / "images", 8, 6), str(shards), shard_bytes=60_000)
+    sweep = {
+        "name": "queue",
+        "grid": {"seed": list(range(trials))},
+        "model": {"arch": "test_resnet", "base_width": 4, "num_classes": 8},
+        "recipe": {"batch_size": 8, "epochs": 1, "steps_per_epoch": 1, "image_size": 32, "resize_size": 36},
+        "data": {"train": str(shards), "backend": "torch", "num_threads": 1},
+        "resources": {"workers": 1, "cpus_per_worker": cpus_per_worker},
+        "checkpoint": {"every_steps": 1, "keep": 1},
+        "max_failures": 1,
+    }
+    sweep_file = root / "sweep.yaml"
+    sweep_file.write_text(json.dumps(sweep))  # YAML reads JSON
+    home = Path(os.environ["RESNET_ORCH_HOME"])
+    local_stack.ensure_ray(home)
+    try:
+        busy, started = machine_cpu_s(), time.perf_counter()
+        done = subprocess.run([RESNET_ORCH, "submit", str(sweep_file), "--wait"], capture_output=True, text=True)
+        wall, cpu = time.perf_counter() - started, machine_cpu_s() - busy
+    finally:
+        local_stack.down(home)
+    if done.returncode != 0:
+        raise SystemExit(f"the sweep failed: {done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return {
+        "queue_trials": trials,
+        "queue_cpus_per_worker": cpus_per_worker,
+        "queue_wall_s": round(wall, 1),
+        "queue_machine_cpu_s": round(cpu, 1),
+        "queue_wall_per_trial_s": round(wall / trials, 2),
+        "queue_machine_cpu_per_trial_s": round(cpu / trials, 2),
+        "queue_200_trials_projected_min": round(QUEUE_AT_SCALE * wall / trials / 60, 1),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--sweep", help="time `status` on this sweep of the current RESNET_ORCH_HOME instead")
+    parser.add_argument("--run", type=int, metavar="N", help="run a real sweep of N one-step trials instead")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="with --run: each trial's one worker")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result: dict[str, Any] = {"bench": "queue", "machine": f"{os.cpu_count()} cores"}
-    if args.sweep:
+    if args.run:
+        with tempfile.TemporaryDirectory(prefix="queue-run-") as tmp:
+            os.environ["RESNET_ORCH_HOME"] = str(Path(tmp) / "home")
+            result |= run_queue(args.run, args.cpus_per_worker, Path(tmp))
+    elif args.sweep:
         from orchestrator.sweep.layout import load_sweep_progress
 
         result |= {"sweep": args.sweep, "trials": len(load_sweep_progress(args.sweep).trials)}
@@ -126,7 +188,8 @@ def main() -> None:
             os.environ["RESNET_ORCH_HOME"] = str(Path(tmp) / "home")
             sweep_id, saves = synthetic_sweep(args.trials, args.events, Path(tmp))
             result |= {"trials": args.trials, **saves, **time_status(sweep_id)}
-    result["status_under_2s"] = max(result["status_s"], result["status_json_s"]) < 2.0
+    if not args.run:
+        result["status_under_2s"] = max(result["status_s"], result["status_json_s"]) < 2.0
     result["load_average_1min"] = round(os.getloadavg()[0], 1)
     if not args.json:
         for key, value in result.items():

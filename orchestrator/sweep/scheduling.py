@@ -13,15 +13,12 @@ import logging
 import math
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import tune
-from ray.train.v2._internal.execution.callback import WorkerGroupCallback
-from ray.train.v2.api.callback import UserCallback
 
 from orchestrator.stack.ray_head import TRIAL_DRIVER_RESOURCE
 from orchestrator.sweep.autoscaler import read_shape
@@ -42,6 +39,7 @@ from orchestrator.sweep.state import (
 )
 from orchestrator.sweep.stopping import TRAIN_RUN, stoppable
 from orchestrator.sweep.tracking import TAG_SWEEP, TAG_TRIAL, Tracker, log_trial_model, numeric_metrics
+from orchestrator.sweep.trial_notices import RESTART_KEY, WAITING_FOR_NODES, WAITING_KEY, PlacementNotice, RestartNotice
 from orchestrator.sweep.trial_schedulers import build_scheduler
 from orchestrator.training import metric_names
 from orchestrator.training.metric_names import BEST_METRIC, RANK_METRIC, VAL_TOP5_ERR
@@ -50,7 +48,6 @@ from pipelines.retry import RetryPolicy
 logger = logging.getLogger(__name__)
 
 TUNE_RUN_NAME = "tune"
-RESTART_KEY = "resnet_orch_restarting"
 FAILURE_KEY = "resnet_orch_failure"
 # One grid-search axis whose values are whole trials (the sweep's own grid is expanded by `SweepConfig.expand`).
 PARAM_KEY = "sweep_trial"
@@ -59,78 +56,6 @@ BUDGET_SAVE_S = 30.0
 
 
 __all__ = ["SchedulingError", "run_sweep"]
-
-# A result carrying only this key tells the sweep driver whether the trial's workers wait for nodes (1) or started (0).
-WAITING_KEY = "resnet_orch_waiting_for_nodes"
-WAITING_FOR_NODES = "waiting for nodes"
-# A worker group not started this long after asking for its placement group waits for nodes (the autoscaler's, or
-# running trials' to free up); starting workers on nodes that are up takes less. The variable overrides it (drills).
-WAITING_GRACE_S = 5.0
-WAITING_GRACE_ENV = "RESNET_ORCH_WAITING_GRACE_S"
-
-
-def _tune_queue() -> Any:
-    """The queue from the Ray Train controller to this Tune trial's driver (Ray's `TuneReportCallback` uses it)."""
-    from ray.train._internal.session import get_session
-
-    session = get_session()
-    if session is None:
-        raise RuntimeError("a trial notice needs a Tune trial's session; create it inside the trial function")
-    return session._get_or_create_inter_actor_queue()
-
-
-class RestartNotice(UserCallback):
-    """On the Ray Train controller: tells the sweep driver at once that the trial's workers failed and restart.
-
-    It goes through the same controller -> Tune queue as Ray's own `TuneReportCallback` (a result with only
-    `RESTART_KEY`), so `status` shows RESTARTING while Ray Train replaces the worker group.
-    """
-
-    def __init__(self) -> None:
-        self._queue = _tune_queue()
-
-    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-        self._queue.put({RESTART_KEY: 1})
-
-
-class PlacementNotice(WorkerGroupCallback):
-    """On the Ray Train controller: tells the sweep driver that the trial's workers wait for nodes (their placement
-    group is not ready `WAITING_GRACE_S` after it was asked for), and when they started.
-
-    A Ray Train callback of the controller's own kind (not a `UserCallback`, which has no worker-group hooks); Ray
-    Train runs the `RunConfig.callbacks` that are not user callbacks alongside its own.
-    """
-
-    def __init__(self) -> None:
-        self._queue = _tune_queue()
-        self._grace_s = float(os.environ.get(WAITING_GRACE_ENV, WAITING_GRACE_S))
-        self._timer: threading.Timer | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickled to the controller before any group starts: a timer is created there, never shipped.
-        return {**self.__dict__, "_timer": None}
-
-    def _cancel(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def before_worker_group_start(self, worker_group_context: Any) -> None:
-        self._cancel()
-        self._timer = threading.Timer(self._grace_s, self._queue.put, args=({WAITING_KEY: 1},))
-        self._timer.daemon = True
-        self._timer.start()
-
-    def after_worker_group_start(self, worker_group: Any) -> None:
-        self._cancel()
-        # The live worker count, before the group's first report (which carries it too).
-        self._queue.put({WAITING_KEY: 0, metric_names.WORKERS: len(worker_group.get_workers())})
-
-    def before_worker_group_shutdown(self, worker_group: Any) -> None:
-        self._cancel()
-
-    def before_worker_group_abort(self, worker_group_context: Any) -> None:
-        self._cancel()
 
 
 def trial_trainable(config: dict[str, Any]) -> None:

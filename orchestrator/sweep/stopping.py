@@ -24,7 +24,6 @@ from typing import Any
 
 import ray
 from ray.train.v2._internal.execution.callback import ControllerCallback
-from ray.tune.trainable.function_trainable import wrap_function
 from ray.util.queue import Empty, Queue
 
 logger = logging.getLogger(__name__)
@@ -105,6 +104,8 @@ class ControllerChannel(ControllerCallback):
 def stoppable(trial_function: Callable[[dict[str, Any]], None]) -> type:
     """Tune's trainable class of `trial_function` whose `cleanup()`, and `reset_config()` before the actor's next trial,
     first abort the trial's Train run."""
+    from ray.tune.trainable.function_trainable import wrap_function  # the driver's; the controller never needs Tune
+
     base: type = wrap_function(trial_function)
 
     class StoppableTrial(base):

@@ -1,6 +1,6 @@
 """The sweep's trial scheduler (`scheduler:` in sweep.yaml) on Ray Tune's own: ASHA or the median stopping rule.
 
-Our trials report to Tune many times per epoch (every report of Ray Train's `TuneReportCallback`), and only the
+Our trials report to Tune many times per epoch (every report Ray Train's controller passes on), and only the
 epoch-end ones carry the ranking metrics (mid-epoch reports have NaN there). `EpochEnds` wraps Tune's scheduler and
 shows it only the epoch-end reports, with the clock `epochs_done` (the epoch just closed, counted from 1): "grace
 5 epochs" means five closed epochs, whatever the report cadence. A trial the scheduler stops ends STOPPED

@@ -1,8 +1,8 @@
 """When a trial fails, retry it from its last checkpoint or give up with the reason: decided here, done elsewhere.
 
 Deciding is separate from acting (Ray Train v2's `failure_handling/`, `FailurePolicy.make_decision`): `decide` is
-a pure function of a `Failure` description, unit-tested over a table without Ray. `trial.FailFastCallback` carries
-the decision out inside Ray Train's controller.
+a pure function of a `Failure` description, unit-tested over a table without Ray.
+`controller_callbacks.FailFastCallback` carries the decision out inside Ray Train's controller.
 
 Retryable: a worker that died (SIGKILL, node lost, actor died) or a collective (NCCL/gloo) error — the ranks that
 survive a death routinely fail with collateral collective errors, so a death anywhere makes the whole failure a

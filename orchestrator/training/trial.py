@@ -12,42 +12,35 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.fs
 import ray.train
-from ray.exceptions import RayActorError
 from ray.train import CheckpointConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from ray.train.v2.api.callback import RayTrainCallback, UserCallback
+from ray.train.v2.api.callback import RayTrainCallback
 from ray.train.v2.api.config import FailureConfig  # `ray.train`'s under Train v2; the stub names v1's
 from ray.train.v2.api.exceptions import ControllerError, TrainingFailedError, WorkerGroupError
 
 from orchestrator.sweep.capacity import worker_bundle
 from orchestrator.sweep.config import ResourcesConfig, TrialConfig, WorkerRange
 from orchestrator.training.checkpointing import count_attempts, latest_complete_checkpoint
-from orchestrator.training.restart_policy import (
-    Action,
-    Failure,
-    FailureKind,
-    RestartPolicy,
-    TrainFunctionError,
-    classify_message,
+from orchestrator.training.controller_callbacks import (
+    FailFastCallback,
+    Reporter,
+    ReporterCallback,
+    TrialFailedFast,
+    failure_from_errors,
 )
+from orchestrator.training.restart_policy import RestartPolicy
 from orchestrator.training.train_loop import train_func
 from pipelines.retry import DEFAULT_MAX_WAIT_S, RetryPolicy
 from pipelines.retrying_fs import retrying_s3
 from pipelines.storage import S3Settings
 
 logger = logging.getLogger(__name__)
-
-Reporter = Callable[[dict[str, Any]], None]
-
-
-class TrialFailedFast(RuntimeError):
-    """The restart policy ended the trial: the message is its reason (e.g. `config error before the first ...`)."""
 
 
 @dataclass(frozen=True)
@@ -92,70 +85,6 @@ def storage_policy(cfg: TrialConfig) -> RetryPolicy:
     return RetryPolicy(max_wait_s=max(cfg.outages.retry_s, DEFAULT_MAX_WAIT_S))
 
 
-def failure_from_errors(worker_errors: dict[int, Exception], failures_so_far: int) -> Failure:
-    """Describe the errors of one failed attempt (rank -> error) for the restart policy."""
-    kinds: set[FailureKind] = set()
-    steps_done = 0
-    reasons: list[str] = []
-    for rank in sorted(worker_errors):
-        error = worker_errors[rank]
-        if _preempted(error):
-            kinds.add(FailureKind.PREEMPTED)
-            reasons.append(f"rank {rank}: its node was preempted ({type(error).__name__})")
-        elif isinstance(error, TrainFunctionError):
-            kinds.add(error.kind)
-            steps_done = max(steps_done, error.steps_done)
-            reasons.append(f"rank {rank}: {error.reason}")
-        elif isinstance(error, RayActorError) or "died" in type(error).__name__.lower():
-            kinds.add(FailureKind.WORKER_DIED)
-            reasons.append(f"rank {rank}: worker died ({type(error).__name__})")
-        else:
-            text = f"{type(error).__name__}: {error}"
-            kinds.add(FailureKind.WORKER_DIED if "health" in text.lower() else classify_message(text))
-            reasons.append(f"rank {rank}: {text}")
-    return Failure(
-        kinds=frozenset(kinds), reason="; ".join(reasons), steps_done=steps_done, failures_so_far=failures_so_far
-    )
-
-
-def _preempted(error: Exception) -> bool:
-    """Whether a worker error is its node's preemption: Ray marks the `RayActorError` of an actor whose node died
-    after a drain for preemption `preempted`, wrapped in the health check's error when the poll found it."""
-    cause = getattr(error, "health_check_failure", error)
-    return isinstance(cause, RayActorError) and bool(getattr(cause, "preempted", False))
-
-
-class FailFastCallback(UserCallback):
-    """Runs `RestartPolicy` on the controller after each failed attempt; raises when it says FAIL."""
-
-    def __init__(self, policy: RestartPolicy) -> None:
-        self.policy = policy
-        self.failures = 0
-
-    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
-        failure = failure_from_errors(worker_exceptions, self.failures)
-        decision = self.policy.decide(failure)
-        if FailureKind.PREEMPTED not in failure.kinds:
-            # Ray Train calls this at every poll of a preempted group until its deadline: only failures count.
-            self.failures += 1
-        logger.warning("trial %s: %s -> %s", run_context.run_config.name, decision.why, decision.action.value)
-        if decision.action is Action.FAIL:
-            raise TrialFailedFast(decision.why)
-
-
-class ReporterCallback(UserCallback):
-    """Calls `reporter(metrics)` with rank 0's metrics of every report (on the Ray Train controller)."""
-
-    def __init__(self, reporter: Reporter) -> None:
-        self.reporter = reporter
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        report = dict(metrics[0])
-        if checkpoint is not None:
-            report["checkpoint_path"] = checkpoint.path
-        self.reporter(report)
-
-
 def scaling_config(resources: ResourcesConfig, per_worker: dict[str, float]) -> ScalingConfig:
     """Ray Train's `ScalingConfig`: a fixed worker count, or an elastic range (Ray's `ElasticScalingPolicy` starts
     the group with what fits of `(min, max)`, restarts it larger when room appears, checked every `resize_check_s`,
@@ -188,9 +117,11 @@ def build_trainer(
     if reporter is not None:
         user_callbacks.append(ReporterCallback(reporter))
     if _in_tune_session():
-        from ray.tune.integration.ray_train import TuneReportCallback
+        from orchestrator.sweep.trial_notices import tune_queue
 
-        user_callbacks.append(TuneReportCallback())
+        # What Ray's `TuneReportCallback` does (rank 0's metrics and checkpoint path into the trial's queue to
+        # Tune), without making the controller import Tune to unpickle it.
+        user_callbacks.append(ReporterCallback(tune_queue().put))
     per_worker = worker_bundle(resources)
     return TorchTrainer(
         train_func,
@@ -216,7 +147,7 @@ def run_trial(
     """Train one trial on the connected Ray cluster to its end; failures come back in `TrialResult.error`.
 
     `reporter` is called with rank 0's metrics at every report; it runs on the Ray Train controller actor, so it
-    must pickle. Inside a Ray Tune function trainable the metrics also go to Tune (`TuneReportCallback`).
+    must pickle. Inside a Ray Tune function trainable the metrics also go to Tune (the trial's queue to Tune).
     Re-running a trial with the same name and storage resumes it from its latest checkpoint.
     """
     name = cfg.run_name

@@ -14,8 +14,9 @@ from typer.testing import CliRunner
 from orchestrator.cli import app
 from orchestrator.sweep.config import load_sweep
 from orchestrator.sweep.layout import create_sweep, load_sweep_progress, sweep_paths
-from orchestrator.sweep.scheduling import PARAM_KEY, RESTART_KEY, WAITING_KEY, SweepCallback
+from orchestrator.sweep.scheduling import PARAM_KEY, SweepCallback
 from orchestrator.sweep.state import TrialState
+from orchestrator.sweep.trial_notices import RESTART_KEY, WAITING_KEY
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ray.exceptions import ActorDiedError
 
+from orchestrator.training.controller_callbacks import failure_from_errors
 from orchestrator.training.restart_policy import Action, FailureKind, RestartPolicy, TrainFunctionError
-from orchestrator.training.trial import failure_from_errors
 
 GLOO_RESET = "RuntimeError: [gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer"
 

@@ -10,9 +10,9 @@ from ray.exceptions import RayActorError
 from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
 
 from orchestrator.sweep.config import ConfigError, parse_sweep
+from orchestrator.training.controller_callbacks import FailFastCallback, TrialFailedFast, failure_from_errors
 from orchestrator.training.preemption import NoticeDecision, PreemptionNotices
 from orchestrator.training.restart_policy import Action, FailureKind, RestartPolicy, TrainFunctionError
-from orchestrator.training.trial import FailFastCallback, TrialFailedFast, failure_from_errors
 
 GLOO_RESET = "RuntimeError: [gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer"
 
