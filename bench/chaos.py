@@ -12,7 +12,8 @@ second such kill in the restarted attempt, and one of: the driver SIGKILLed then
 `mlflow server` stopped for `--outage-s` seconds and started again on its port and data.
 
 After each sweep (`bench/soak_checks.py`): its final state; per trial every epoch's samples (the train loop's count),
-its per-step losses against a fault-free twin sweep of the same config (run once per config, 1e-4), exactly one MLflow
+its per-step losses against a fault-free twin trial of the same config (one twin sweep first, a trial per seed the
+schedule drew; 1e-4), exactly one MLflow
 run with every reported point once, one registered version; and that the sweep left no driver, trial actor or
 placement group behind. The last line (`--json`) is one JSON object; `problems` lists what was found.
 """
@@ -47,6 +48,9 @@ CLASSES = 10
 IMAGES_PER_CLASS = 12
 # Trial seeds the schedule draws from: each is one distinct config, so one twin each.
 SEEDS = (1, 2)
+# The soak reads a sweep's progress file every second (its trial's step decides when an outside fault strikes) and
+# asks the Jobs API whether its driver lives every this many reads: the watching should not take the CPUs it measures.
+JOB_POLL_EVERY = 5
 EXPERIMENT = "soak"
 TWIN_EXPERIMENT = "soak-twins"
 
@@ -70,12 +74,13 @@ class SweepOutcome:
         return [f for f in self.faults if f.chaos_entry() is not None]
 
 
-def sweep_file(root: Path, shards: str, mlflow_url: str, *, seed: int, epochs: int, retry_s: float,
+def sweep_file(root: Path, shards: str, mlflow_url: str, *, seeds: list[int], epochs: int, retry_s: float,
                faults: list[Fault], twin: bool) -> Path:  # fmt: skip
+    """A sweep of one trial per seed (a chaos sweep has one seed; the twin sweep one per config)."""
     chaos = [entry for fault in faults if (entry := fault.chaos_entry()) is not None]
     sweep: dict[str, Any] = {
         "name": "soak",
-        "seed": seed,
+        **({"seed": seeds[0]} if len(seeds) == 1 else {"grid": {"seed": list(seeds)}}),
         "model": {"arch": "test_resnet", "base_width": 8, "num_classes": CLASSES},
         "recipe": {
             "lr": 0.1,
@@ -104,10 +109,15 @@ def sweep_file(root: Path, shards: str, mlflow_url: str, *, seed: int, epochs: i
     return path
 
 
-def _state(sweep_id: str) -> tuple[str, dict[str, Any]]:
+def _state(sweep_id: str, ask_job: bool = True) -> tuple[str, dict[str, Any]]:
+    """(state, progress) as `status` has them; with `ask_job=False` the recorded progress alone, which cannot tell a
+    dead driver from a live one."""
     from orchestrator.sweep import jobs
-    from orchestrator.sweep.layout import load_sweep_record
+    from orchestrator.sweep.layout import load_sweep_progress, load_sweep_record
 
+    if not ask_job:
+        recorded = load_sweep_progress(sweep_id)
+        return recorded.state.value, recorded.as_json()
     state, progress, _ = jobs.current_state(load_sweep_record(sweep_id))
     return state.value, progress.as_json()
 
@@ -153,8 +163,10 @@ def run_sweep(
     sweep_dir = stack.home / "sweeps" / sweep_id
     pending = sorted(outside, key=lambda f: f.at_step)
     done: list[str] = []
+    polls = 0
     while True:
-        state, progress = _state(sweep_id)
+        state, progress = _state(sweep_id, ask_job=polls % JOB_POLL_EVERY == 0)
+        polls += 1
         if state not in ("PENDING", "RUNNING"):
             return sweep_id, state, time.monotonic() - t0, done
         if time.monotonic() - t0 > timeout_s:
@@ -228,24 +240,28 @@ def trial_evidence(
     return TrialEvidence(**{**asdict(base), "history": history})
 
 
-def twin_losses(stack: SoakStack, root: Path, shards: str, seed: int, epochs: int, timeout_s: float) -> list[float]:
-    """The per-step losses of a fault-free sweep of this config (no chaos, no outage)."""
-    path = sweep_file(root, shards, stack.mlflow.url, seed=seed, epochs=epochs,
+def twin_losses(
+    stack: SoakStack, root: Path, shards: str, seeds: list[int], epochs: int, timeout_s: float
+) -> dict[int, list[float]]:
+    """Per seed, the per-step losses of a fault-free trial of that config (no chaos, no outage): one sweep, whose
+    trials share its driver's start and Tune's trial actor."""
+    path = sweep_file(root, shards, stack.mlflow.url, seeds=seeds, epochs=epochs,
                       retry_s=180, faults=[], twin=True)  # fmt: skip
     sweep_id, state, _, _ = run_sweep(stack, path, [], timeout_s)
     if state != "SUCCEEDED":
         raise RuntimeError(f"the fault-free twin sweep {sweep_id} ended {state}")
     from orchestrator.sweep.layout import load_sweep_record
 
-    train_state = final_train_state(load_sweep_record(sweep_id).storage, sweep_id, "000")
-    return list(train_state.step_losses)
+    storage = load_sweep_record(sweep_id).storage
+    trials = _state(sweep_id)[1]["trials"]
+    return {int(t["config"]["seed"]): list(final_train_state(storage, sweep_id, t["id"]).step_losses) for t in trials}
 
 
 def one_sweep(
     stack: SoakStack, args: argparse.Namespace, index: int, seed: int, faults: list[Fault], twin: list[float]
 ) -> SweepOutcome:
     """Run one sweep under its faults and check it; an error of the soak itself is a problem of that sweep."""
-    path = sweep_file(stack.root, str(stack.root / "shards"), stack.mlflow.url, seed=seed, epochs=args.epochs,
+    path = sweep_file(stack.root, str(stack.root / "shards"), stack.mlflow.url, seeds=[seed], epochs=args.epochs,
                       retry_s=args.retry_s, faults=faults, twin=False)  # fmt: skip
     outcome = SweepOutcome(index, "", seed, faults, "NOT RUN", 0.0)
     try:
@@ -277,15 +293,13 @@ def soak(args: argparse.Namespace, root: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)
     shape = Shape(args.epochs, STEPS_PER_EPOCH, EVERY_STEPS, WORKERS)
     outcomes: list[SweepOutcome] = []
-    twins: dict[int, list[float]] = {}
+    plan = [(rng.choice(SEEDS), draw_schedule(rng, shape, tuple(args.outage_s))) for _ in range(args.sweeps)]
     with SoakStack(root) as stack:
         shards = str(root / "shards")
         shard_dataset(write_images(root / "images", CLASSES, IMAGES_PER_CLASS), shards, shard_bytes=40_000)
-        for index in range(args.sweeps):
-            seed = rng.choice(SEEDS)
-            faults = draw_schedule(rng, shape, tuple(args.outage_s))
-            if seed not in twins:
-                twins[seed] = twin_losses(stack, root, shards, seed, args.epochs, args.sweep_timeout_s)
+        seeds = sorted({seed for seed, _ in plan})
+        twins = twin_losses(stack, root, shards, seeds, args.epochs, args.sweep_timeout_s)
+        for index, (seed, faults) in enumerate(plan):
             outcome = one_sweep(stack, args, index, seed, faults, twins[seed])
             outcomes.append(outcome)
             print(json.dumps(_sweep_line(outcome)), file=sys.stderr, flush=True)
