@@ -13,9 +13,9 @@ second such kill in the restarted attempt, and one of: the driver SIGKILLed then
 
 After each sweep (`bench/soak_checks.py`): its final state; per trial every epoch's samples (the train loop's count),
 its per-step losses against a fault-free twin trial of the same config (one twin sweep first, a trial per seed the
-schedule drew; 1e-4), exactly one MLflow
-run with every reported point once, one registered version; and that the sweep left no driver, trial actor or
-placement group behind. The last line (`--json`) is one JSON object; `problems` lists what was found.
+schedule drew; 1e-4), exactly one MLflow run with every reported point once, one registered version; and that the
+sweep left no driver, trial actor or placement group behind. The last line (`--json`) is one JSON object; `problems`
+lists what was found.
 """
 
 from __future__ import annotations
@@ -48,9 +48,6 @@ CLASSES = 10
 IMAGES_PER_CLASS = 12
 # Trial seeds the schedule draws from: each is one distinct config, so one twin each.
 SEEDS = (1, 2)
-# The soak reads a sweep's progress file every second (its trial's step decides when an outside fault strikes) and
-# asks the Jobs API whether its driver lives every this many reads: the watching should not take the CPUs it measures.
-JOB_POLL_EVERY = 5
 EXPERIMENT = "soak"
 TWIN_EXPERIMENT = "soak-twins"
 
@@ -109,15 +106,10 @@ def sweep_file(root: Path, shards: str, mlflow_url: str, *, seeds: list[int], ep
     return path
 
 
-def _state(sweep_id: str, ask_job: bool = True) -> tuple[str, dict[str, Any]]:
-    """(state, progress) as `status` has them; with `ask_job=False` the recorded progress alone, which cannot tell a
-    dead driver from a live one."""
+def _state(sweep_id: str) -> tuple[str, dict[str, Any]]:
     from orchestrator.sweep import jobs
-    from orchestrator.sweep.layout import load_sweep_progress, load_sweep_record
+    from orchestrator.sweep.layout import load_sweep_record
 
-    if not ask_job:
-        recorded = load_sweep_progress(sweep_id)
-        return recorded.state.value, recorded.as_json()
     state, progress, _ = jobs.current_state(load_sweep_record(sweep_id))
     return state.value, progress.as_json()
 
@@ -163,10 +155,8 @@ def run_sweep(
     sweep_dir = stack.home / "sweeps" / sweep_id
     pending = sorted(outside, key=lambda f: f.at_step)
     done: list[str] = []
-    polls = 0
     while True:
-        state, progress = _state(sweep_id, ask_job=polls % JOB_POLL_EVERY == 0)
-        polls += 1
+        state, progress = _state(sweep_id)
         if state not in ("PENDING", "RUNNING"):
             return sweep_id, state, time.monotonic() - t0, done
         if time.monotonic() - t0 > timeout_s:
